@@ -1,0 +1,13 @@
+//! agff-lens: see why a multimodal embedding model retrieved what it retrieved.
+//!
+//! The crate is layered, data flowing one way (lower layers never import upper ones):
+//!
+//! - [`model`]: backbones and the compute device;
+//! - [`agff`]: the AGFF-Embed method on candle tensors: perspective embeddings, the four
+//!   perception-pattern similarities, adaptive fusion, InfoNCE and EGA
+//!   (`../shared/docs/method.md` §1–§5);
+//! - [`cli`]: the headless command line, the edge where errors become messages.
+
+pub mod agff;
+pub mod cli;
+pub mod model;

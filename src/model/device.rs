@@ -1,0 +1,115 @@
+//! Choosing the compute device: `cpu`, `cuda[:N]` or `metal[:N]`.
+//!
+//! The default build is CPU only; `cuda` and `metal` need the crate features of the same
+//! name, and asking for one that was not compiled in is a clear error, not a silent CPU run.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::Device;
+
+/// Why a device could not be chosen or opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("unknown device {0:?}: expected cpu, cuda, cuda:N, metal or metal:N")]
+    Unknown(String),
+    #[error("device {0} needs agff-lens built with `--features {1}`")]
+    NotCompiled(DeviceChoice, &'static str),
+    #[error("could not open device {0}: {1}")]
+    Open(DeviceChoice, candle_core::Error),
+}
+
+/// A device named by the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    #[default]
+    Cpu,
+    Cuda(usize),
+    Metal(usize),
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceChoice::Cpu => write!(f, "cpu"),
+            DeviceChoice::Cuda(i) => write!(f, "cuda:{i}"),
+            DeviceChoice::Metal(i) => write!(f, "metal:{i}"),
+        }
+    }
+}
+
+impl FromStr for DeviceChoice {
+    type Err = DeviceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower = s.trim().to_ascii_lowercase();
+        let (kind, ordinal) = match lower.split_once(':') {
+            Some((kind, n)) => {
+                let n = n.parse().map_err(|_| DeviceError::Unknown(s.to_string()))?;
+                (kind, n)
+            }
+            None => (lower.as_str(), 0),
+        };
+        match kind {
+            "cpu" if !lower.contains(':') => Ok(DeviceChoice::Cpu),
+            "cuda" | "gpu" => Ok(DeviceChoice::Cuda(ordinal)),
+            "metal" => Ok(DeviceChoice::Metal(ordinal)),
+            _ => Err(DeviceError::Unknown(s.to_string())),
+        }
+    }
+}
+
+impl DeviceChoice {
+    /// Opens the device, failing clearly when its back-end was not compiled in.
+    pub fn open(self) -> Result<Device, DeviceError> {
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Cuda(i) => {
+                if !cfg!(feature = "cuda") {
+                    return Err(DeviceError::NotCompiled(self, "cuda"));
+                }
+                Device::new_cuda(i).map_err(|e| DeviceError::Open(self, e))
+            }
+            DeviceChoice::Metal(i) => {
+                if !cfg!(feature = "metal") {
+                    return Err(DeviceError::NotCompiled(self, "metal"));
+                }
+                Device::new_metal(i).map_err(|e| DeviceError::Open(self, e))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_names() {
+        assert_eq!("cpu".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cpu);
+        assert_eq!(
+            "CUDA".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Cuda(0)
+        );
+        assert_eq!(
+            "cuda:3".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Cuda(3)
+        );
+        assert_eq!(
+            "metal:1".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Metal(1)
+        );
+        assert!("tpu".parse::<DeviceChoice>().is_err());
+        assert!("cuda:x".parse::<DeviceChoice>().is_err());
+        assert!("cpu:1".parse::<DeviceChoice>().is_err());
+    }
+
+    #[test]
+    fn uncompiled_backend_is_a_clear_error() {
+        if cfg!(feature = "cuda") {
+            return;
+        }
+        let err = DeviceChoice::Cuda(0).open().unwrap_err();
+        assert!(err.to_string().contains("--features cuda"), "{err}");
+    }
+}
