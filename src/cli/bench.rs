@@ -1,0 +1,184 @@
+//! `agff-lens bench …`: speed measurements anyone can rerun.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::{DType, Device, Tensor};
+use clap::Args;
+use serde::Serialize;
+
+use crate::agff::{Fusion, FusionInit, PatternConfig, PerspectiveEmbeddings, pattern_similarities};
+use crate::model::DeviceChoice;
+
+/// Options of `bench fusion`.
+#[derive(Debug, Args)]
+pub struct FusionArgs {
+    /// Number of queries Q.
+    #[arg(long, default_value_t = 64)]
+    pub queries: usize,
+    /// Number of candidates C.
+    #[arg(long, default_value_t = 4096)]
+    pub candidates: usize,
+    /// Fine-grained perspectives K.
+    #[arg(long, default_value_t = 4)]
+    pub k: usize,
+    /// Embedding widths d to measure.
+    #[arg(long = "dim", value_delimiter = ',', default_values_t = [256, 2048])]
+    pub dims: Vec<usize>,
+    /// Timed repetitions of each measurement (the median is reported).
+    #[arg(long, default_value_t = 7)]
+    pub reps: usize,
+    /// Aggregator of the pattern similarities: max, mean, lme or lme:GAMMA.
+    #[arg(long, default_value = "lme")]
+    pub aggregator: String,
+    /// FF pairing: matched or all.
+    #[arg(long, default_value = "matched")]
+    pub ff: String,
+    /// Compute device: cpu, cuda[:N], metal[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One measured configuration.
+#[derive(Debug, Serialize)]
+pub struct FusionResult {
+    pub d: usize,
+    pub k: usize,
+    pub queries: usize,
+    pub candidates: usize,
+    /// Median seconds to score all Q×C pairs (patterns + fusion).
+    pub fusion_seconds: f64,
+    /// Median seconds of the plain matrix product with the same FLOP count.
+    pub gemm_seconds: f64,
+    pub pairs_per_sec: f64,
+    /// `2·Q·C·(1+K)²·d` FLOPs over the fusion time.
+    pub fusion_gflops: f64,
+    /// The same FLOPs over the plain product's time.
+    pub gemm_gflops: f64,
+    /// fusion_gflops / gemm_gflops.
+    pub ratio: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct FusionReport {
+    device: String,
+    threads: usize,
+    reps: usize,
+    aggregator: String,
+    ff: String,
+    results: Vec<FusionResult>,
+}
+
+fn median_seconds(
+    reps: usize,
+    device: &Device,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    f()?; // warm-up: allocations, kernel compilation, thread pools
+    device.synchronize()?;
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let start = Instant::now();
+        f()?;
+        device.synchronize()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Runs `bench fusion`.
+pub fn fusion(args: &FusionArgs) -> anyhow::Result<()> {
+    if args.queries == 0 || args.candidates == 0 || args.dims.contains(&0) {
+        anyhow::bail!("--queries, --candidates and every --dim must be at least 1");
+    }
+    let device = args.device.open()?;
+    let config = PatternConfig {
+        aggregator: args.aggregator.parse()?,
+        ff_pairing: args.ff.parse()?,
+    };
+    let fusion = Fusion::new(FusionInit::default(), DType::F32, &device)?;
+    let p = args.k + 1;
+    let mut results = Vec::new();
+    for &d in &args.dims {
+        let (nq, nc) = (args.queries, args.candidates);
+        let random = |n: usize| -> anyhow::Result<PerspectiveEmbeddings> {
+            let raw = Tensor::randn(0f32, 1.0, (n, p, d), &device)?;
+            Ok(PerspectiveEmbeddings::from_raw(raw)?)
+        };
+        let q = random(nq).context("making random queries")?;
+        let c = random(nc).context("making random candidates")?;
+        let fusion_seconds = median_seconds(args.reps, &device, || {
+            let scores = pattern_similarities(&q, &c, &config)?;
+            let fused = fusion.fuse(&scores.patterns)?;
+            // Make sure lazy back-ends have finished the work.
+            fused.scores.sum_all()?;
+            Ok(())
+        })?;
+        // The plain product with exactly the fusion's GEMM shape and FLOPs.
+        let a = Tensor::randn(0f32, 1.0, (nq * p, d), &device)?;
+        let b = Tensor::randn(0f32, 1.0, (nc * p, d), &device)?;
+        let gemm_seconds = median_seconds(args.reps, &device, || {
+            a.matmul(&b.t()?)?.sum_all()?;
+            Ok(())
+        })?;
+        let flops = 2.0 * (nq * nc * p * p * d) as f64;
+        let fusion_gflops = flops / fusion_seconds / 1e9;
+        let gemm_gflops = flops / gemm_seconds / 1e9;
+        results.push(FusionResult {
+            d,
+            k: args.k,
+            queries: nq,
+            candidates: nc,
+            fusion_seconds,
+            gemm_seconds,
+            pairs_per_sec: (nq * nc) as f64 / fusion_seconds,
+            fusion_gflops,
+            gemm_gflops,
+            ratio: fusion_gflops / gemm_gflops,
+        });
+    }
+    let report = FusionReport {
+        device: args.device.to_string(),
+        threads: candle_core::utils::get_num_threads(),
+        reps: args.reps,
+        aggregator: args.aggregator.clone(),
+        ff: args.ff.clone(),
+        results,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "fusion scoring, {} queries × {} candidates, K={}, aggregator {}, FF {}, device {}, {} threads, median of {}",
+            args.queries,
+            args.candidates,
+            args.k,
+            report.aggregator,
+            report.ff,
+            report.device,
+            report.threads,
+            report.reps
+        );
+        println!(
+            "{:>6} {:>14} {:>12} {:>12} {:>12} {:>12} {:>7}",
+            "d", "pairs/s", "fusion ms", "fusion GF/s", "gemm ms", "gemm GF/s", "ratio"
+        );
+        for r in &report.results {
+            println!(
+                "{:>6} {:>14.0} {:>12.2} {:>12.1} {:>12.2} {:>12.1} {:>7.3}",
+                r.d,
+                r.pairs_per_sec,
+                r.fusion_seconds * 1e3,
+                r.fusion_gflops,
+                r.gemm_seconds * 1e3,
+                r.gemm_gflops,
+                r.ratio
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! The `agff-lens` command line: the edge where library errors become messages and exit
+//! codes (0 success, 1 failure, 2 usage errors and commands that are not available yet).
+
+mod bench;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// See why a multimodal embedding model retrieved what it retrieved.
+#[derive(Debug, Parser)]
+#[command(name = "agff-lens", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands; without one, `gui` runs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Open the desktop app (the default).
+    Gui(Pending),
+    /// Embed images and texts into global and perspective embeddings.
+    Embed(Pending),
+    /// Rank a folder of images for a text or image query by the fused AGFF score.
+    Search(Pending),
+    /// Explain one result: pattern scores, fusion weights and per-perspective heatmaps.
+    Explain(Pending),
+    /// Evaluate a model: the P-MMVP pair benchmark, MMVP-VLM folders, the pointing game.
+    Eval(Pending),
+    /// Train the demo model or fine-tune a model with AGFF InfoNCE and EGA.
+    Train(Pending),
+    /// Generate procedural scenes with captions and metadata.
+    Scenes(Pending),
+    /// Measure speed: fusion scoring, model throughput, search.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// What `bench` measures.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Score Q queries × C candidates with K perspectives and compare the rate with a plain
+    /// matrix product of the same FLOP count.
+    Fusion(bench::FusionArgs),
+    /// Items per second of a model for one perspective and for 1+K perspectives.
+    Model(Pending),
+    /// Gallery embedding throughput and search latency.
+    Search(Pending),
+}
+
+/// Arguments of a command that another issue will implement; kept so that calling it
+/// gives the "not available yet" message rather than a usage error.
+#[derive(Debug, Args)]
+pub struct Pending {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub args: Vec<OsString>,
+}
+
+/// A command that exists in the interface but is not implemented in this build.
+#[derive(Debug, thiserror::Error)]
+#[error("`agff-lens {0}` is not available yet in this version")]
+pub struct NotAvailable(pub &'static str);
+
+/// Parses the process arguments and runs the command.
+pub fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if err.downcast_ref::<NotAvailable>().is_some() {
+                eprintln!("error: {err}");
+                return ExitCode::from(2);
+            }
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGFF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // A second initialisation (tests calling `run` twice) is harmless.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let command = cli
+        .command
+        .unwrap_or(Command::Gui(Pending { args: Vec::new() }));
+    match command {
+        Command::Gui(_) => Err(NotAvailable("gui").into()),
+        Command::Embed(_) => Err(NotAvailable("embed").into()),
+        Command::Search(_) => Err(NotAvailable("search").into()),
+        Command::Explain(_) => Err(NotAvailable("explain").into()),
+        Command::Eval(_) => Err(NotAvailable("eval").into()),
+        Command::Train(_) => Err(NotAvailable("train").into()),
+        Command::Scenes(_) => Err(NotAvailable("scenes").into()),
+        Command::Bench(BenchCommand::Fusion(args)) => bench::fusion(&args),
+        Command::Bench(BenchCommand::Model(_)) => Err(NotAvailable("bench model").into()),
+        Command::Bench(BenchCommand::Search(_)) => Err(NotAvailable("bench search").into()),
+    }
+}
