@@ -2,7 +2,7 @@
 //! hand-computed fusion values, finite differences and the formulas of method.md §2–§5.
 
 use agff_lens::agff::{
-    Aggregator, EgaConfig, FfPairing, Fusion, FusionInit, Pattern, PatternConfig,
+    Aggregator, EgaConfig, FfPairing, FusedScorer, Fusion, FusionInit, Pattern, PatternConfig,
     PerspectiveEmbeddings, ega_objective, info_nce, pattern_similarities,
 };
 use candle_core::{DType, Device, Tensor, Var};
@@ -477,4 +477,48 @@ fn contrastive_losses_reject_bad_input() {
     let err = ega_objective(&nan, &EgaConfig::default()).unwrap_err();
     assert!(err.to_string().contains("not finite"), "{err}");
     assert_eq!(Pattern::ALL.map(|p| p.name()), ["GG", "FG", "GF", "FF"]);
+}
+
+#[test]
+fn fast_scorer_matches_the_differentiable_path() {
+    let mut rng = Lcg(31);
+    for (k, d, nq, nc) in [(0, 6, 2, 5), (1, 4, 3, 2), (4, 32, 3, 300), (5, 9, 1, 7)] {
+        let q = PerspectiveEmbeddings::from_raw(rng.tensor(&[nq, k + 1, d])).unwrap();
+        let c = PerspectiveEmbeddings::from_raw(rng.tensor(&[nc, k + 1, d])).unwrap();
+        let f = fusion([0.2, -0.5, 0.9, 0.0], 0.07);
+        for aggregator in [
+            Aggregator::Max,
+            Aggregator::Mean,
+            Aggregator::Lme { gamma: 0.05 },
+        ] {
+            for ff_pairing in [FfPairing::Matched, FfPairing::All] {
+                let cfg = PatternConfig {
+                    aggregator,
+                    ff_pairing,
+                };
+                let slow = pattern_similarities(&q, &c, &cfg).unwrap();
+                let fused = f.fuse(&slow.patterns).unwrap();
+                let (patterns, weights) = (vec3(&slow.patterns), vec3(&fused.weights));
+                let scores = fused.scores.to_vec2::<f64>().unwrap();
+                let fast = FusedScorer::new(cfg, &f).unwrap().score(&q, &c).unwrap();
+                assert_eq!((fast.queries, fast.candidates), (nq, nc));
+                for i in 0..nq {
+                    assert_eq!(fast.row(i).len(), nc);
+                    for j in 0..nc {
+                        let got = fast.get(i, j).unwrap();
+                        let close = |a: f32, b: f64| (a as f64 - b).abs() < 2e-5;
+                        assert!(
+                            close(got.fused, scores[i][j]),
+                            "K={k} {cfg:?} ({i},{j}) fused"
+                        );
+                        for m in 0..4 {
+                            assert!(close(got.patterns[m], patterns[i][j][m]), "pattern {m}");
+                            assert!(close(got.weights[m], weights[i][j][m]), "weight {m}");
+                        }
+                    }
+                }
+                assert!(fast.get(nq, 0).is_none());
+            }
+        }
+    }
 }

@@ -8,7 +8,8 @@
 //! - [`Fusion`]: `s = β·log Σ_m w_m·exp(s_m/β)` with learnable θ and ρ, and the per-pair
 //!   weights `a_m = ∂s/∂s_m` (§3);
 //! - [`info_nce`] and [`ega_objective`]: InfoNCE on the fused matrix and its explicit
-//!   hard-negative gradient amplification (§4–§5).
+//!   hard-negative gradient amplification (§4–§5);
+//! - [`FusedScorer`]: the same scores without autograd, in one parallel pass, for search.
 //!
 //! Choices that are ours rather than the papers' (the `lme` aggregator, matched FF pairs,
 //! relative-similarity hardness, the defaults) are options with documented defaults.
@@ -17,11 +18,13 @@ mod fusion;
 mod loss;
 mod patterns;
 mod perspectives;
+mod scorer;
 
 pub use fusion::{Fused, Fusion, FusionInit};
 pub use loss::{EgaConfig, EgaOutput, ega_objective, info_nce};
 pub use patterns::{Aggregator, FfPairing, PatternConfig, PatternScores, pattern_similarities};
 pub use perspectives::PerspectiveEmbeddings;
+pub use scorer::{FusedScorer, PairScore, ScoreTable};
 
 /// The four perception patterns, in the order used by every `[…, 4]` tensor here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

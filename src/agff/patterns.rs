@@ -143,20 +143,7 @@ pub fn pattern_similarities(
     config: &PatternConfig,
 ) -> Result<PatternScores> {
     config.aggregator.validate()?;
-    if query.dim() != candidates.dim() {
-        return Err(AgffError::Mismatch(format!(
-            "embedding width {} vs {}",
-            query.dim(),
-            candidates.dim()
-        )));
-    }
-    if query.k() != candidates.k() {
-        return Err(AgffError::Mismatch(format!(
-            "{} vs {} fine-grained perspectives",
-            query.k(),
-            candidates.k()
-        )));
-    }
+    check_compatible(query, candidates)?;
     let (nq, nc, k, d) = (query.len(), candidates.len(), query.k(), query.dim());
     let p = k + 1;
     let q_flat = query.tensor().reshape((nq * p, d))?;
@@ -196,4 +183,26 @@ pub fn pattern_similarities(
         perspective_sims: sims,
         patterns,
     })
+}
+
+/// Query and candidate embeddings must share the width d and the number K.
+pub(crate) fn check_compatible(
+    query: &PerspectiveEmbeddings,
+    candidates: &PerspectiveEmbeddings,
+) -> Result<()> {
+    if query.dim() != candidates.dim() {
+        return Err(AgffError::Mismatch(format!(
+            "embedding width {} vs {}",
+            query.dim(),
+            candidates.dim()
+        )));
+    }
+    if query.k() != candidates.k() {
+        return Err(AgffError::Mismatch(format!(
+            "{} vs {} fine-grained perspectives",
+            query.k(),
+            candidates.k()
+        )));
+    }
+    Ok(())
 }

@@ -7,7 +7,9 @@ use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use serde::Serialize;
 
-use crate::agff::{Fusion, FusionInit, PatternConfig, PerspectiveEmbeddings, pattern_similarities};
+use crate::agff::{
+    FusedScorer, Fusion, FusionInit, PatternConfig, PerspectiveEmbeddings, pattern_similarities,
+};
 use crate::model::DeviceChoice;
 
 /// Options of `bench fusion`.
@@ -49,7 +51,8 @@ pub struct FusionResult {
     pub k: usize,
     pub queries: usize,
     pub candidates: usize,
-    /// Median seconds to score all Q×C pairs (patterns + fusion).
+    /// Median seconds to score all Q×C pairs (patterns, fused score and weights) with the
+    /// inference scorer used by search.
     pub fusion_seconds: f64,
     /// Median seconds of the plain matrix product with the same FLOP count.
     pub gemm_seconds: f64,
@@ -60,6 +63,13 @@ pub struct FusionResult {
     pub gemm_gflops: f64,
     /// fusion_gflops / gemm_gflops.
     pub ratio: f64,
+    /// Median seconds of the differentiable tensor path used in training (patterns +
+    /// fusion, no backward pass).
+    pub autograd_seconds: f64,
+    /// The same FLOPs over the differentiable path's time.
+    pub autograd_gflops: f64,
+    /// autograd_gflops / gemm_gflops.
+    pub autograd_ratio: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -111,7 +121,16 @@ pub fn fusion(args: &FusionArgs) -> anyhow::Result<()> {
         };
         let q = random(nq).context("making random queries")?;
         let c = random(nc).context("making random candidates")?;
+        let scorer = FusedScorer::new(config, &fusion)?;
         let fusion_seconds = median_seconds(args.reps, &device, || {
+            let table = scorer.score(&q, &c)?;
+            anyhow::ensure!(
+                table.pairs.len() == nq * nc,
+                "scorer returned too few pairs"
+            );
+            Ok(())
+        })?;
+        let autograd_seconds = median_seconds(args.reps, &device, || {
             let scores = pattern_similarities(&q, &c, &config)?;
             let fused = fusion.fuse(&scores.patterns)?;
             // Make sure lazy back-ends have finished the work.
@@ -139,6 +158,9 @@ pub fn fusion(args: &FusionArgs) -> anyhow::Result<()> {
             fusion_gflops,
             gemm_gflops,
             ratio: fusion_gflops / gemm_gflops,
+            autograd_seconds,
+            autograd_gflops: flops / autograd_seconds / 1e9,
+            autograd_ratio: gemm_seconds / autograd_seconds,
         });
     }
     let report = FusionReport {
@@ -164,19 +186,29 @@ pub fn fusion(args: &FusionArgs) -> anyhow::Result<()> {
             report.reps
         );
         println!(
-            "{:>6} {:>14} {:>12} {:>12} {:>12} {:>12} {:>7}",
-            "d", "pairs/s", "fusion ms", "fusion GF/s", "gemm ms", "gemm GF/s", "ratio"
+            "{:>6} {:>14} {:>12} {:>12} {:>12} {:>12} {:>7} {:>12} {:>10}",
+            "d",
+            "pairs/s",
+            "fusion ms",
+            "fusion GF/s",
+            "gemm ms",
+            "gemm GF/s",
+            "ratio",
+            "autograd ms",
+            "autograd r"
         );
         for r in &report.results {
             println!(
-                "{:>6} {:>14.0} {:>12.2} {:>12.1} {:>12.2} {:>12.1} {:>7.3}",
+                "{:>6} {:>14.0} {:>12.2} {:>12.1} {:>12.2} {:>12.1} {:>7.3} {:>12.2} {:>10.3}",
                 r.d,
                 r.pairs_per_sec,
                 r.fusion_seconds * 1e3,
                 r.fusion_gflops,
                 r.gemm_seconds * 1e3,
                 r.gemm_gflops,
-                r.ratio
+                r.ratio,
+                r.autograd_seconds * 1e3,
+                r.autograd_ratio
             );
         }
     }
