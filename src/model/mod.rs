@@ -1,5 +1,14 @@
-//! Backbones and where they run.
+//! Backbones and where they run: devices, weights, image decoding, perspectives, and the
+//! model implementations.
 
 pub mod device;
+pub mod error;
+pub mod image_io;
+pub mod ops;
+pub mod perspective;
+pub mod qwen3_vl;
+pub mod weights;
 
 pub use device::{DeviceChoice, DeviceError};
+pub use error::{ModelError, Result};
+pub use perspective::{Perspective, PerspectiveSet};

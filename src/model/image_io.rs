@@ -1,0 +1,105 @@
+//! Decoding any image a user points at into 8-bit RGB, the way the model processors expect:
+//! EXIF orientation applied, grayscale expanded, alpha composited over white, 16-bit
+//! reduced to 8-bit. Decoding limits keep a hostile header (50,000 × 50,000 pixels) from
+//! exhausting memory.
+
+use std::io::BufReader;
+use std::path::Path;
+
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage, RgbaImage};
+
+use super::error::{ModelError, Result};
+
+/// Largest width or height accepted.
+pub const MAX_SIDE: u32 = 16_384;
+/// Largest decoded allocation accepted (bytes).
+pub const MAX_ALLOC: u64 = 1 << 30;
+
+fn image_error(path: &Path, reason: impl ToString) -> ModelError {
+    ModelError::Image {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Opens and decodes an image file with EXIF orientation applied.
+pub fn open_image(path: &Path) -> Result<DynamicImage> {
+    let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+    let mut reader = ImageReader::new(BufReader::new(file))
+        .with_guessed_format()
+        .map_err(|e| ModelError::io(path, e))?;
+    if reader.format().is_none() {
+        return Err(image_error(path, "not a known image format"));
+    }
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_ALLOC);
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(|e| image_error(path, e))?;
+    let orientation = decoder.orientation().map_err(|e| image_error(path, e))?;
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| image_error(path, e))?;
+    image.apply_orientation(orientation);
+    if image.width() == 0 || image.height() == 0 {
+        return Err(image_error(path, "the image has no pixels"));
+    }
+    Ok(image)
+}
+
+/// 8-bit RGB: grayscale is replicated, alpha is composited over a white background (as
+/// transformers' `convert_to_rgb` does), 16-bit and float channels are scaled to 8 bits.
+pub fn to_rgb8(image: &DynamicImage) -> RgbImage {
+    if !image.color().has_alpha() {
+        return image.to_rgb8();
+    }
+    let rgba: RgbaImage = image.to_rgba8();
+    let mut out = RgbImage::new(rgba.width(), rgba.height());
+    for (src, dst) in rgba.pixels().zip(out.pixels_mut()) {
+        let a = src[3] as u32;
+        for c in 0..3 {
+            // Integer "over" with rounding, like PIL's alpha_composite onto opaque white.
+            let v = src[c] as u32 * a + 255 * (255 - a);
+            dst[c] = ((v + 127) / 255) as u8;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{GrayImage, Luma, Rgba};
+
+    #[test]
+    fn alpha_is_composited_over_white_and_gray_is_replicated() {
+        let mut rgba = RgbaImage::new(2, 1);
+        rgba.put_pixel(0, 0, Rgba([0, 0, 0, 0]));
+        rgba.put_pixel(1, 0, Rgba([200, 100, 0, 255]));
+        let rgb = to_rgb8(&DynamicImage::ImageRgba8(rgba));
+        assert_eq!(rgb.get_pixel(0, 0).0, [255, 255, 255]);
+        assert_eq!(rgb.get_pixel(1, 0).0, [200, 100, 0]);
+        let gray = GrayImage::from_pixel(1, 1, Luma([77]));
+        assert_eq!(
+            to_rgb8(&DynamicImage::ImageLuma8(gray)).get_pixel(0, 0).0,
+            [77, 77, 77]
+        );
+    }
+
+    #[test]
+    fn undecodable_files_name_the_problem() {
+        let dir = std::env::temp_dir().join(format!("agff-image-io-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = dir.join("notes.jpg");
+        std::fs::write(&text, b"this is not an image").unwrap();
+        let err = open_image(&text).unwrap_err().to_string();
+        assert!(err.contains("notes.jpg"), "{err}");
+        let missing = dir.join("missing.png");
+        assert!(
+            open_image(&missing)
+                .unwrap_err()
+                .to_string()
+                .contains("missing.png")
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,0 +1,148 @@
+//! Perspectives (method.md §1): a name, an instruction text and m learnable soft-prompt
+//! vectors. The first perspective of a set is the global one; the others are the K
+//! fine-grained ones.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{ModelError, Result};
+
+/// One perspective.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Perspective {
+    /// Short name shown in the UI and JSON (`global`, `attributes`, …).
+    pub name: String,
+    /// Instruction text appended after the input's content; may be empty.
+    #[serde(default)]
+    pub instruction: String,
+    /// Number of learnable soft-prompt vectors after the instruction (0 for real models by
+    /// default, so the token ids say everything the model saw).
+    #[serde(default)]
+    pub soft_tokens: usize,
+}
+
+impl Perspective {
+    pub fn new(name: &str, instruction: &str) -> Self {
+        Self {
+            name: name.into(),
+            instruction: instruction.into(),
+            soft_tokens: 0,
+        }
+    }
+}
+
+/// The global perspective followed by K fine-grained ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PerspectiveSet {
+    pub perspectives: Vec<Perspective>,
+}
+
+impl PerspectiveSet {
+    /// The default for real models: the global view and K = 4 fine-grained perspectives
+    /// named for what MMVP-VLM probes.
+    pub fn default_real() -> Self {
+        Self {
+            perspectives: vec![
+                Perspective::new("global", ""),
+                Perspective::new(
+                    "attributes",
+                    "Focus on the attributes of the objects: colour, material and state.",
+                ),
+                Perspective::new(
+                    "count",
+                    "Focus on quantity: how many objects there are and which are present.",
+                ),
+                Perspective::new(
+                    "spatial",
+                    "Focus on space: positions, orientation and the viewpoint.",
+                ),
+                Perspective::new(
+                    "text",
+                    "Focus on written characters and the structure of the content.",
+                ),
+            ],
+        }
+    }
+
+    /// Reads a set from JSON: either `{"perspectives":[…]}` or a bare list.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let set = match serde_json::from_str::<PerspectiveSet>(&text) {
+            Ok(set) => set,
+            Err(_) => PerspectiveSet {
+                perspectives: serde_json::from_str(&text).map_err(|source| ModelError::Json {
+                    path: path.to_path_buf(),
+                    what: "a perspective set ({\"perspectives\":[{\"name\":…,\"instruction\":…}]})",
+                    source,
+                })?,
+            },
+        };
+        set.validate().map_err(|reason| ModelError::BadConfig {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        Ok(set)
+    }
+
+    /// Checks that there is a global perspective and names are unique and non-empty.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.perspectives.is_empty() {
+            return Err("a perspective set needs at least the global perspective".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.perspectives {
+            if p.name.trim().is_empty() {
+                return Err("every perspective needs a name".into());
+            }
+            if !seen.insert(p.name.as_str()) {
+                return Err(format!("perspective name {:?} is used twice", p.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of fine-grained perspectives K.
+    pub fn k(&self) -> usize {
+        self.perspectives.len().saturating_sub(1)
+    }
+
+    /// The names in order.
+    pub fn names(&self) -> Vec<&str> {
+        self.perspectives.iter().map(|p| p.name.as_str()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_both_file_shapes_and_rejects_duplicates() {
+        let dir = std::env::temp_dir().join(format!("agff-persp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = dir.join("a.json");
+        std::fs::write(
+            &a,
+            r#"{"perspectives":[{"name":"global"},{"name":"colour","instruction":"Colours."}]}"#,
+        )
+        .unwrap();
+        let set = PerspectiveSet::from_file(&a).unwrap();
+        assert_eq!(set.k(), 1);
+        assert_eq!(set.names(), ["global", "colour"]);
+        let b = dir.join("b.json");
+        std::fs::write(&b, r#"[{"name":"g"},{"name":"g"}]"#).unwrap();
+        let err = PerspectiveSet::from_file(&b).unwrap_err().to_string();
+        assert!(err.contains("b.json") && err.contains("twice"), "{err}");
+        let c = dir.join("c.json");
+        std::fs::write(&c, "{not json").unwrap();
+        assert!(
+            PerspectiveSet::from_file(&c)
+                .unwrap_err()
+                .to_string()
+                .contains("c.json")
+        );
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(PerspectiveSet::default_real().k(), 4);
+    }
+}

@@ -1,0 +1,153 @@
+//! Memory-mapped safetensors weights: one `model.safetensors`, or shards listed in
+//! `model.safetensors.index.json`. Every lookup checks the tensor's shape and names the
+//! file it came from when something is off.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use serde::Deserialize;
+
+use super::error::{ModelError, Result};
+
+#[derive(Deserialize)]
+struct ShardIndex {
+    weight_map: HashMap<String, String>,
+}
+
+/// The safetensors files of a model folder, in a stable order.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index_path = dir.join("model.safetensors.index.json");
+    if !index_path.is_file() {
+        return Err(ModelError::MissingFile(
+            dir.to_path_buf(),
+            "model.safetensors or model.safetensors.index.json",
+        ));
+    }
+    let text = std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
+    let index: ShardIndex = serde_json::from_str(&text).map_err(|source| ModelError::Json {
+        path: index_path.clone(),
+        what: "a safetensors shard index",
+        source,
+    })?;
+    let shards: BTreeSet<&String> = index.weight_map.values().collect();
+    if shards.is_empty() {
+        return Err(ModelError::BadWeights {
+            path: index_path,
+            reason: "the shard index lists no tensors".into(),
+        });
+    }
+    let mut files = Vec::new();
+    for shard in shards {
+        let path = dir.join(shard);
+        if !path.is_file() {
+            return Err(ModelError::MissingFile(
+                path,
+                "a weight shard named in the index",
+            ));
+        }
+        files.push(path);
+    }
+    Ok(files)
+}
+
+/// Weights of one model, memory-mapped, converted to `dtype` on `device` when read.
+pub struct Weights {
+    dir: PathBuf,
+    files: Vec<(PathBuf, MmapedSafetensors)>,
+    by_name: HashMap<String, usize>,
+    dtype: DType,
+    device: Device,
+}
+
+impl Weights {
+    /// Maps every safetensors file of `dir`.
+    pub fn open(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let mut files = Vec::new();
+        let mut by_name = HashMap::new();
+        for path in weight_files(dir)? {
+            // SAFETY: the file is mapped read-only; like every mmap-based loader we rely on
+            // nobody truncating the weight files while the model is loaded.
+            let st =
+                unsafe { MmapedSafetensors::new(&path) }.map_err(|e| ModelError::BadWeights {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            for (name, _) in st.tensors() {
+                by_name.insert(name, files.len());
+            }
+            files.push((path, st));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            files,
+            by_name,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    /// The folder the weights came from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The dtype tensors are converted to.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device tensors are loaded on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Whether a tensor of this name exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// Loads tensor `name` in the model dtype, checking that its shape is `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.load(name, shape, self.dtype)
+    }
+
+    /// Loads tensor `name` in f32 whatever the model dtype (norm weights, position tables).
+    pub fn get_f32(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.load(name, shape, DType::F32)
+    }
+
+    fn load(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let Some(&file) = self.by_name.get(name) else {
+            return Err(ModelError::MissingTensor {
+                name: name.to_string(),
+                dir: self.dir.clone(),
+            });
+        };
+        let (path, st) = &self.files[file];
+        let view = st.get(name).map_err(|e| ModelError::BadWeights {
+            path: path.clone(),
+            reason: format!("tensor `{name}`: {e}"),
+        })?;
+        if view.shape() != shape {
+            return Err(ModelError::TensorShape {
+                name: name.to_string(),
+                file: path.clone(),
+                expected: shape.to_vec(),
+                found: view.shape().to_vec(),
+            });
+        }
+        let tensor = st
+            .load(name, &self.device)
+            .map_err(|e| ModelError::BadWeights {
+                path: path.clone(),
+                reason: format!("tensor `{name}`: {e}"),
+            })?;
+        Ok(tensor.to_dtype(dtype)?)
+    }
+}
