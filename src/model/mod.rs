@@ -1,6 +1,7 @@
 //! Backbones and where they run: devices, weights, image decoding, perspectives, and the
 //! model implementations.
 
+pub mod backbone;
 pub mod device;
 pub mod error;
 pub mod image_io;
@@ -9,6 +10,9 @@ pub mod perspective;
 pub mod qwen3_vl;
 pub mod weights;
 
+pub use backbone::{
+    Backbone, BranchTokens, EmbedInput, EmbedOptions, Embedding, ModelIdentity, VisualTokens,
+};
 pub use device::{DeviceChoice, DeviceError};
 pub use error::{ModelError, Result};
 pub use perspective::{Perspective, PerspectiveSet};

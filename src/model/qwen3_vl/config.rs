@@ -44,8 +44,9 @@ pub struct TextConfig {
     pub head_dim: usize,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
+    /// Frequencies driven by the temporal, height and width position; Qwen3-VL always
+    /// interleaves them (T, H, W, T, H, W, …), as transformers does whatever the config says.
     pub mrope_section: [usize; 3],
-    pub mrope_interleaved: bool,
     pub attention_bias: bool,
     pub hidden_act: String,
 }
@@ -213,7 +214,7 @@ impl Qwen3VlConfig {
                 rope.and_then(|r| r.get("rope_theta"))
                     .and_then(Value::as_f64)
             })
-            .ok_or_else(|| bad("text_config has no rope_theta".into()))?;
+            .unwrap_or(500_000.0);
         let section: Vec<usize> = rope
             .and_then(|r| r.get("mrope_section"))
             .and_then(|s| serde_json::from_value(s.clone()).ok())
@@ -223,10 +224,6 @@ impl Qwen3VlConfig {
                 "mrope_section must have 3 entries, got {section:?}"
             ))
         })?;
-        let mrope_interleaved = rope
-            .and_then(|r| r.get("mrope_interleaved"))
-            .and_then(Value::as_bool)
-            .unwrap_or(true);
         let head_dim = rt
             .head_dim
             .unwrap_or(rt.hidden_size / rt.num_attention_heads.max(1));
@@ -241,7 +238,6 @@ impl Qwen3VlConfig {
             rms_norm_eps: rt.rms_norm_eps,
             rope_theta,
             mrope_section,
-            mrope_interleaved,
             attention_bias: rt.attention_bias,
             hidden_act: rt.hidden_act,
         };

@@ -1,5 +1,11 @@
 //! Our own Qwen3-VL in candle, computing what transformers 5.x computes.
 
 pub mod config;
+pub mod model;
+pub mod preprocess;
+pub mod rope;
+pub mod text;
+pub mod vision;
 
 pub use config::Qwen3VlConfig;
+pub use model::Qwen3Vl;

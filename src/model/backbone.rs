@@ -1,0 +1,106 @@
+//! The one interface every backbone implements (Qwen3-VL, the demo model): embed an input
+//! under a set of perspectives, sharing the content prefix across the 1+K suffix branches.
+
+use candle_core::{Device, Tensor};
+use image::RgbImage;
+
+use super::error::Result;
+use super::perspective::PerspectiveSet;
+
+/// What a model is, for caches: a name and a digest of its weights.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ModelIdentity {
+    pub name: String,
+    pub weights_digest: String,
+}
+
+/// One item to embed: an image, a text, or both.
+#[derive(Debug, Clone, Default)]
+pub struct EmbedInput {
+    pub image: Option<RgbImage>,
+    pub text: Option<String>,
+}
+
+impl EmbedInput {
+    pub fn text(text: impl Into<String>) -> Self {
+        Self {
+            image: None,
+            text: Some(text.into()),
+        }
+    }
+
+    pub fn image(image: RgbImage) -> Self {
+        Self {
+            image: Some(image),
+            text: None,
+        }
+    }
+}
+
+/// Options of one embedding call.
+#[derive(Debug, Clone, Default)]
+pub struct EmbedOptions {
+    /// Learnable soft-prompt vectors, one `[m, hidden]` tensor per perspective that has
+    /// `soft_tokens = m > 0` (in perspective order; `None` for the others).
+    pub soft_prompts: Vec<Option<Tensor>>,
+    /// Return the attention from each branch's last token to the visual tokens, mean over
+    /// heads and over this many last layers (0: none).
+    pub attention_layers: usize,
+    /// Make the visual-token inputs of the language model a gradient leaf (for
+    /// attribution heatmaps).
+    pub track_visual_inputs: bool,
+}
+
+/// The tokens one perspective branch fed to the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BranchTokens {
+    pub name: String,
+    /// The full sequence (shared prefix + this branch's suffix); soft tokens appear as the
+    /// placeholder id given by `soft_placeholder`.
+    pub input_ids: Vec<u32>,
+    /// Positions in `input_ids` that hold soft-prompt vectors instead of token embeddings.
+    pub soft_positions: Vec<usize>,
+    /// Mean attention from the branch's last token to each visual token, when asked for.
+    pub attention_to_visual: Option<Vec<f32>>,
+}
+
+/// The image's tokens inside the language model.
+#[derive(Debug, Clone)]
+pub struct VisualTokens {
+    /// Merged grid `(rows, cols)`: one token per cell.
+    pub grid: (usize, usize),
+    /// Position of the first visual token in the sequence.
+    pub first_position: usize,
+    /// Inputs of the language model at the visual positions, `[rows·cols, hidden]` (a
+    /// gradient leaf when `track_visual_inputs` was set).
+    pub inputs: Tensor,
+    /// Final-normed hidden states at the visual positions, `[rows·cols, hidden]`.
+    pub hidden: Tensor,
+}
+
+/// The result of embedding one input.
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    /// `[1+K, hidden]` last-token hidden states of the branches (not normalised).
+    pub vectors: Tensor,
+    pub branches: Vec<BranchTokens>,
+    pub visual: Option<VisualTokens>,
+}
+
+/// A model that embeds inputs under perspectives.
+pub trait Backbone: Send + Sync {
+    fn identity(&self) -> &ModelIdentity;
+    /// Width of the embeddings.
+    fn hidden_size(&self) -> usize;
+    fn device(&self) -> &Device;
+    /// The prompt of each perspective branch as text, for `--show-prompt`.
+    fn show_prompt(&self, input: &EmbedInput, perspectives: &PerspectiveSet)
+    -> Result<Vec<String>>;
+    /// Embeds `input` under every perspective of the set.
+    fn embed(
+        &self,
+        input: &EmbedInput,
+        perspectives: &PerspectiveSet,
+        options: &EmbedOptions,
+    ) -> Result<Embedding>;
+}

@@ -1,0 +1,544 @@
+//! Qwen3-VL assembled: tokenizer, image processor, vision tower and language model, with
+//! the embedding models' prompt format and perspective branches over a shared prefix.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var};
+use image::RgbImage;
+
+use super::config::Qwen3VlConfig;
+use super::preprocess::{ImageProcessorConfig, PreparedImage, preprocess};
+use super::rope::{TextRope, position_ids};
+use super::text::{Injection, KvCache, RunOptions, TextModel};
+use super::vision::VisionModel;
+use crate::model::backbone::{
+    Backbone, BranchTokens, EmbedInput, EmbedOptions, Embedding, ModelIdentity, VisualTokens,
+};
+use crate::model::error::{ModelError, Result};
+use crate::model::perspective::{Perspective, PerspectiveSet};
+use crate::model::weights::{Weights, weight_files};
+
+/// The embedding models' default system instruction (Qwen3-VL-Embedding's `Qwen3VLEmbedder`).
+pub const DEFAULT_SYSTEM_INSTRUCTION: &str = "Represent the user's input.";
+
+/// Placeholder id written into `input_ids` where a soft-prompt vector sits.
+pub const SOFT_TOKEN_PLACEHOLDER: u32 = u32::MAX;
+
+/// A full forward pass over one sequence, for parity checks and explanations.
+pub struct SequenceOutput {
+    /// Final-normed hidden states `[L, hidden]`.
+    pub hidden: Tensor,
+    /// Outputs of every decoder layer before DeepStack additions, when asked for.
+    pub layer_outputs: Vec<Tensor>,
+    /// Attention probabilities `[heads, L, L]` of the layers asked for.
+    pub attentions: Vec<(usize, Tensor)>,
+    /// The merged image tokens and DeepStack features, when there was an image.
+    pub vision: Option<(Tensor, Vec<Tensor>)>,
+    /// The 3-D position ids.
+    pub position_ids: [Vec<i64>; 3],
+}
+
+pub struct Qwen3Vl {
+    dir: PathBuf,
+    config: Qwen3VlConfig,
+    processor: ImageProcessorConfig,
+    tokenizer: tokenizers::Tokenizer,
+    vision: VisionModel,
+    text: TextModel,
+    rope: TextRope,
+    identity: ModelIdentity,
+    device: Device,
+    system_instruction: String,
+}
+
+/// A digest of the weight files that is cheap for multi-GB checkpoints: sizes, headers and
+/// 16 evenly spaced 4 KiB blocks of every file.
+fn weights_digest(files: &[PathBuf]) -> Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut hasher = blake3::Hasher::new();
+    for path in files {
+        let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+        let len = f.metadata().map_err(|e| ModelError::io(path, e))?.len();
+        hasher.update(&len.to_le_bytes());
+        let mut buf = vec![0u8; 4096];
+        for i in 0..16u64 {
+            let at = len.saturating_sub(4096) * i / 15;
+            f.seek(SeekFrom::Start(at))
+                .map_err(|e| ModelError::io(path, e))?;
+            let n = f.read(&mut buf).map_err(|e| ModelError::io(path, e))?;
+            hasher.update(&buf[..n]);
+        }
+    }
+    Ok(hasher.finalize().to_hex()[..16].to_string())
+}
+
+impl Qwen3Vl {
+    /// Loads a Hugging Face folder: `config.json`, weights, `tokenizer.json`,
+    /// `preprocessor_config.json`.
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let config = Qwen3VlConfig::from_file(&dir.join("config.json"))?;
+        let tok_path = dir.join("tokenizer.json");
+        if !tok_path.is_file() {
+            return Err(ModelError::MissingFile(
+                tok_path,
+                "the tokenizer (tokenizer.json)",
+            ));
+        }
+        let tokenizer =
+            tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| ModelError::Tokenizer {
+                path: tok_path.clone(),
+                reason: e.to_string(),
+            })?;
+        let pp = dir.join("preprocessor_config.json");
+        let processor = if pp.is_file() {
+            ImageProcessorConfig::from_file(&pp)?
+        } else {
+            ImageProcessorConfig::default()
+        };
+        if processor.patch_size != config.vision.patch_size
+            || processor.merge_size != config.vision.spatial_merge_size
+            || processor.temporal_patch_size != config.vision.temporal_patch_size
+        {
+            return Err(ModelError::BadConfig {
+                path: pp,
+                reason: "patch, merge or temporal size differs from config.json's vision_config"
+                    .into(),
+            });
+        }
+        let weights = Weights::open(dir, dtype, device)?;
+        let (vision_prefix, text_prefix) =
+            if weights.contains("model.language_model.embed_tokens.weight") {
+                ("model.visual", "model.language_model")
+            } else {
+                ("visual", "language_model")
+            };
+        let vision = VisionModel::load(&weights, &config.vision, vision_prefix)?;
+        let text = TextModel::load(&weights, &config.text, text_prefix)?;
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "qwen3-vl".into());
+        let identity = ModelIdentity {
+            name,
+            weights_digest: weights_digest(&weight_files(dir)?)?,
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            rope: TextRope::new(&config.text),
+            config,
+            processor,
+            tokenizer,
+            vision,
+            text,
+            identity,
+            device: device.clone(),
+            system_instruction: DEFAULT_SYSTEM_INSTRUCTION.into(),
+        })
+    }
+
+    pub fn config(&self) -> &Qwen3VlConfig {
+        &self.config
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn processor(&self) -> &ImageProcessorConfig {
+        &self.processor
+    }
+
+    /// Token ids of `text`; special tokens written in the text are recognised.
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.dir.join("tokenizer.json"),
+                reason: e.to_string(),
+            })?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn prepare_image(&self, image: &RgbImage) -> Result<PreparedImage> {
+        preprocess(image, &self.processor)
+    }
+
+    /// Expands the single image placeholder to one id per merged image token.
+    fn expand_image_tokens(
+        &self,
+        ids: Vec<u32>,
+        image: Option<&PreparedImage>,
+    ) -> Result<Vec<u32>> {
+        let pad = self.config.image_token_id;
+        let count = ids.iter().filter(|&&t| t == pad).count();
+        match image {
+            None if count == 0 => Ok(ids),
+            None => Err(ModelError::Input(
+                "the prompt has image tokens but no image was given".into(),
+            )),
+            Some(img) => {
+                if count != 1 {
+                    return Err(ModelError::Input(format!(
+                        "the prompt must hold one image placeholder, found {count}"
+                    )));
+                }
+                let m = self.config.vision.spatial_merge_size;
+                let n = img.patches() / (m * m);
+                Ok(ids
+                    .into_iter()
+                    .flat_map(|t| if t == pad { vec![pad; n] } else { vec![t] })
+                    .collect())
+            }
+        }
+    }
+
+    /// The contiguous run of image tokens: `(start, len)`.
+    fn image_run(&self, ids: &[u32]) -> Result<Option<(usize, usize)>> {
+        let pad = self.config.image_token_id;
+        let Some(start) = ids.iter().position(|&t| t == pad) else {
+            return Ok(None);
+        };
+        let len = ids[start..].iter().take_while(|&&t| t == pad).count();
+        if ids[start + len..].contains(&pad) {
+            return Err(ModelError::Input(
+                "only one image per input is supported".into(),
+            ));
+        }
+        Ok(Some((start, len)))
+    }
+
+    /// Input embeddings of `ids` with the image tokens replaced by `visual` `[n, hidden]`.
+    fn input_embeddings(
+        &self,
+        ids: &[u32],
+        run: Option<(usize, usize)>,
+        visual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let embeds = self.text.embed_tokens(ids)?;
+        match (run, visual) {
+            (Some((start, len)), Some(v)) => {
+                if v.dim(0)? != len {
+                    return Err(ModelError::Input(format!(
+                        "{len} image tokens in the prompt but the image gives {} features",
+                        v.dim(0)?
+                    )));
+                }
+                let mut parts = Vec::with_capacity(3);
+                if start > 0 {
+                    parts.push(embeds.narrow(0, 0, start)?);
+                }
+                parts.push(v.to_dtype(embeds.dtype())?);
+                if start + len < ids.len() {
+                    parts.push(embeds.narrow(0, start + len, ids.len() - start - len)?);
+                }
+                Ok(Tensor::cat(&parts, 0)?)
+            }
+            _ => Ok(embeds),
+        }
+    }
+
+    fn merged_grid(&self, image: &PreparedImage) -> (usize, usize) {
+        let m = self.config.vision.spatial_merge_size;
+        (image.grid_thw[1] / m, image.grid_thw[2] / m)
+    }
+
+    /// Runs one whole token sequence (image placeholder already expanded), as transformers'
+    /// forward does.
+    pub fn forward_sequence(
+        &self,
+        ids: &[u32],
+        image: Option<&PreparedImage>,
+        capture_attention: &[usize],
+        keep_layer_outputs: bool,
+    ) -> Result<SequenceOutput> {
+        let run = self.image_run(ids)?;
+        let vision = match (image, run) {
+            (Some(img), Some(_)) => Some(self.vision.forward(img)?),
+            (None, None) => None,
+            _ => {
+                return Err(ModelError::Input(
+                    "image tokens and image must come together".into(),
+                ));
+            }
+        };
+        let embeds = self.input_embeddings(ids, run, vision.as_ref().map(|v| &v.merged))?;
+        let grid = image.map(|img| self.merged_grid(img));
+        let (positions, _) = position_ids(
+            ids.len(),
+            run.zip(grid).map(|((s, _), (gh, gw))| (s, gh, gw)),
+        );
+        let (cos, sin) = self
+            .rope
+            .cos_sin(&positions, embeds.dtype(), &self.device)?;
+        let injection = match (&vision, run) {
+            (Some(v), Some((start, _))) => Some(Injection {
+                start,
+                features: &v.deepstack,
+            }),
+            _ => None,
+        };
+        let out = self.text.run(
+            &embeds.unsqueeze(0)?,
+            &cos,
+            &sin,
+            None,
+            injection.as_ref(),
+            &RunOptions {
+                capture_attention,
+                keep_layer_outputs,
+            },
+        )?;
+        Ok(SequenceOutput {
+            hidden: out.hidden.squeeze(0)?,
+            layer_outputs: out
+                .layer_outputs
+                .into_iter()
+                .map(|t| t.squeeze(0))
+                .collect::<candle_core::Result<_>>()?,
+            attentions: out
+                .attentions
+                .into_iter()
+                .map(|(l, t)| Ok((l, t.squeeze(0)?)))
+                .collect::<Result<_>>()?,
+            vision: vision.map(|v| (v.merged, v.deepstack)),
+            position_ids: positions,
+        })
+    }
+
+    /// The prompt of the embedding models (Qwen3-VL-Embedding), split into the shared
+    /// content prefix and one suffix per perspective:
+    ///
+    /// ```text
+    /// <|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n[<|vision_start|><|image_pad|><|vision_end|>][text]
+    ///     ── prefix ends here; each perspective appends ──
+    /// [\n{instruction}]<|im_end|>\n<|im_start|>assistant\n[soft tokens]
+    /// ```
+    ///
+    /// The global perspective with an empty instruction is exactly the released format.
+    pub fn prompt_text(&self, input: &EmbedInput, perspective: &Perspective) -> (String, String) {
+        let mut prefix = format!(
+            "<|im_start|>system\n{}<|im_end|>\n<|im_start|>user\n",
+            self.system_instruction
+        );
+        if input.image.is_some() {
+            prefix.push_str("<|vision_start|><|image_pad|><|vision_end|>");
+        }
+        match &input.text {
+            Some(t) => prefix.push_str(t),
+            None if input.image.is_none() => prefix.push_str("NULL"),
+            None => {}
+        }
+        let mut suffix = String::new();
+        if !perspective.instruction.trim().is_empty() {
+            suffix.push('\n');
+            suffix.push_str(perspective.instruction.trim());
+        }
+        suffix.push_str("<|im_end|>\n<|im_start|>assistant\n");
+        (prefix, suffix)
+    }
+
+    fn soft_vectors(
+        &self,
+        p: &Perspective,
+        given: Option<&Option<Tensor>>,
+    ) -> Result<Option<Tensor>> {
+        if p.soft_tokens == 0 {
+            return Ok(None);
+        }
+        let h = self.config.text.hidden_size;
+        match given.and_then(|g| g.as_ref()) {
+            Some(t) if t.dims() == [p.soft_tokens, h] => Ok(Some(t.clone())),
+            Some(t) => Err(ModelError::Input(format!(
+                "perspective {:?}: soft prompt has shape {:?}, expected [{}, {h}]",
+                p.name,
+                t.dims(),
+                p.soft_tokens
+            ))),
+            None => Err(ModelError::Input(format!(
+                "perspective {:?} asks for {} soft tokens but no trained soft prompt was given",
+                p.name, p.soft_tokens
+            ))),
+        }
+    }
+}
+
+impl Backbone for Qwen3Vl {
+    fn identity(&self) -> &ModelIdentity {
+        &self.identity
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.config.text.hidden_size
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn show_prompt(
+        &self,
+        input: &EmbedInput,
+        perspectives: &PerspectiveSet,
+    ) -> Result<Vec<String>> {
+        Ok(perspectives
+            .perspectives
+            .iter()
+            .map(|p| {
+                let (prefix, suffix) = self.prompt_text(input, p);
+                let soft = "<soft>".repeat(p.soft_tokens);
+                format!("{prefix}{suffix}{soft}")
+            })
+            .collect())
+    }
+
+    fn embed(
+        &self,
+        input: &EmbedInput,
+        perspectives: &PerspectiveSet,
+        options: &EmbedOptions,
+    ) -> Result<Embedding> {
+        perspectives.validate().map_err(ModelError::Input)?;
+        let prepared = input
+            .image
+            .as_ref()
+            .map(|img| self.prepare_image(img))
+            .transpose()?;
+        // All perspectives share the prefix; tokenise it once.
+        let (prefix_text, _) = self.prompt_text(input, &perspectives.perspectives[0]);
+        let prefix_ids =
+            self.expand_image_tokens(self.tokenize(&prefix_text)?, prepared.as_ref())?;
+        let run = self.image_run(&prefix_ids)?;
+        let vision = prepared
+            .as_ref()
+            .map(|img| self.vision.forward(img))
+            .transpose()?;
+        let visual_inputs = match &vision {
+            Some(v) if options.track_visual_inputs => {
+                Some(Var::from_tensor(&v.merged)?.as_tensor().clone())
+            }
+            Some(v) => Some(v.merged.clone()),
+            None => None,
+        };
+        let embeds = self.input_embeddings(&prefix_ids, run, visual_inputs.as_ref())?;
+        let grid = prepared.as_ref().map(|img| self.merged_grid(img));
+        let (positions, next_pos) = position_ids(
+            prefix_ids.len(),
+            run.zip(grid).map(|((s, _), (gh, gw))| (s, gh, gw)),
+        );
+        let dtype = embeds.dtype();
+        let (cos, sin) = self.rope.cos_sin(&positions, dtype, &self.device)?;
+        let injection = match (&vision, run) {
+            (Some(v), Some((start, _))) => Some(Injection {
+                start,
+                features: &v.deepstack,
+            }),
+            _ => None,
+        };
+        let prefix = self.text.run(
+            &embeds.unsqueeze(0)?,
+            &cos,
+            &sin,
+            None,
+            injection.as_ref(),
+            &RunOptions::default(),
+        )?;
+        let cache: KvCache = prefix.cache;
+
+        // The 1+K suffixes as one right-padded batch attending to the cached prefix.
+        let mut suffixes = Vec::with_capacity(perspectives.perspectives.len());
+        for (i, p) in perspectives.perspectives.iter().enumerate() {
+            let (_, suffix_text) = self.prompt_text(input, p);
+            let ids = self.tokenize(&suffix_text)?;
+            let soft = self.soft_vectors(p, options.soft_prompts.get(i))?;
+            suffixes.push((ids, soft));
+        }
+        let h = self.config.text.hidden_size;
+        let max_len = suffixes
+            .iter()
+            .map(|(ids, s)| ids.len() + s.as_ref().map_or(0, |t| t.dims()[0]))
+            .max()
+            .unwrap_or(0);
+        let mut rows = Vec::with_capacity(suffixes.len());
+        let mut lengths = Vec::with_capacity(suffixes.len());
+        for (ids, soft) in &suffixes {
+            let mut parts = vec![self.text.embed_tokens(ids)?];
+            if let Some(s) = soft {
+                parts.push(s.to_dtype(dtype)?);
+            }
+            let len = ids.len() + soft.as_ref().map_or(0, |t| t.dims()[0]);
+            if len < max_len {
+                parts.push(Tensor::zeros((max_len - len, h), dtype, &self.device)?);
+            }
+            rows.push(Tensor::cat(&parts, 0)?);
+            lengths.push(len);
+        }
+        let batch = Tensor::stack(&rows, 0)?;
+        let text_pos: Vec<i64> = (0..max_len as i64).map(|i| next_pos + i).collect();
+        let (scos, ssin) = self.rope.cos_sin(
+            &[text_pos.clone(), text_pos.clone(), text_pos],
+            dtype,
+            &self.device,
+        )?;
+        let n_layers = self.config.text.num_hidden_layers;
+        let capture: Vec<usize> =
+            (n_layers.saturating_sub(options.attention_layers)..n_layers).collect();
+        let out = self.text.run(
+            &batch,
+            &scos,
+            &ssin,
+            Some(&cache),
+            None,
+            &RunOptions {
+                capture_attention: &capture,
+                keep_layer_outputs: false,
+            },
+        )?;
+        let mut vectors = Vec::with_capacity(lengths.len());
+        let mut branches = Vec::with_capacity(lengths.len());
+        for (b, (p, (ids, _))) in perspectives.perspectives.iter().zip(&suffixes).enumerate() {
+            let last = lengths[b] - 1;
+            vectors.push(out.hidden.get(b)?.get(last)?);
+            let mut input_ids = prefix_ids.clone();
+            input_ids.extend(ids);
+            let soft_start = input_ids.len();
+            input_ids.extend(std::iter::repeat_n(SOFT_TOKEN_PLACEHOLDER, p.soft_tokens));
+            let attention_to_visual = match run {
+                Some((start, n)) if !out.attentions.is_empty() => {
+                    let mut acc = vec![0f32; n];
+                    for (_, probs) in &out.attentions {
+                        // [B, heads, S, T] → this branch's last token, mean over heads.
+                        let row = probs.get(b)?.narrow(1, last, 1)?.squeeze(1)?.mean(0)?;
+                        let vis: Vec<f32> =
+                            row.narrow(0, start, n)?.to_dtype(DType::F32)?.to_vec1()?;
+                        acc.iter_mut()
+                            .zip(vis)
+                            .for_each(|(a, v)| *a += v / out.attentions.len() as f32);
+                    }
+                    Some(acc)
+                }
+                _ => None,
+            };
+            branches.push(BranchTokens {
+                name: p.name.clone(),
+                input_ids,
+                soft_positions: (soft_start..soft_start + p.soft_tokens).collect(),
+                attention_to_visual,
+            });
+        }
+        let visual = match (run, grid, visual_inputs) {
+            (Some((start, n)), Some(grid), Some(inputs)) => Some(VisualTokens {
+                grid,
+                first_position: start,
+                inputs,
+                hidden: prefix.hidden.squeeze(0)?.narrow(0, start, n)?,
+            }),
+            _ => None,
+        };
+        Ok(Embedding {
+            vectors: Tensor::stack(&vectors, 0)?,
+            branches,
+            visual,
+        })
+    }
+}

@@ -1,0 +1,318 @@
+//! The Qwen3 language model of Qwen3-VL: GQA attention with q/k RMS norms and 3-D RoPE,
+//! SwiGLU MLPs, a final RMS norm. Runs a whole sequence, or a batch of suffixes that share
+//! a cached prefix.
+
+use candle_core::{DType, Tensor};
+
+use super::config::TextConfig;
+use crate::model::error::Result;
+use crate::model::ops::{linear, rms_norm, silu, softmax_last};
+use crate::model::weights::Weights;
+
+struct Attention {
+    q_proj: (Tensor, Option<Tensor>),
+    k_proj: (Tensor, Option<Tensor>),
+    v_proj: (Tensor, Option<Tensor>),
+    o_proj: (Tensor, Option<Tensor>),
+    q_norm: Tensor,
+    k_norm: Tensor,
+}
+
+struct Layer {
+    input_norm: Tensor,
+    attn: Attention,
+    post_norm: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    down: Tensor,
+}
+
+/// Keys and values of every layer for a computed prefix, `[1, kv_heads, len, head_dim]`.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    pub layers: Vec<(Tensor, Tensor)>,
+    pub len: usize,
+}
+
+/// What one run of the language model returns.
+pub struct TextOutput {
+    /// Final-normed hidden states `[B, S, hidden]`.
+    pub hidden: Tensor,
+    /// Keys and values of this run's positions (prefix runs keep them as a cache).
+    pub cache: KvCache,
+    /// Attention probabilities `[B, heads, S, T]` of the layers asked for, in order.
+    pub attentions: Vec<(usize, Tensor)>,
+    /// Hidden states after each layer (before the final norm and before DeepStack
+    /// additions, as transformers reports them), when asked for.
+    pub layer_outputs: Vec<Tensor>,
+}
+
+/// Options of one run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions<'a> {
+    /// Layers whose attention probabilities are returned.
+    pub capture_attention: &'a [usize],
+    /// Whether to keep every layer's output.
+    pub keep_layer_outputs: bool,
+}
+
+/// Tensors added to the hidden states after the first layers (DeepStack), at positions
+/// `start..start+n` of a prefix run.
+pub struct Injection<'a> {
+    pub start: usize,
+    pub features: &'a [Tensor],
+}
+
+pub struct TextModel {
+    config: TextConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+}
+
+fn load_linear(
+    w: &Weights,
+    name: &str,
+    out: usize,
+    inp: usize,
+    bias: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let weight = w.get(&format!("{name}.weight"), &[out, inp])?;
+    let bias = if bias {
+        Some(w.get(&format!("{name}.bias"), &[out])?)
+    } else {
+        None
+    };
+    Ok((weight, bias))
+}
+
+impl TextModel {
+    /// Loads the weights under `prefix` (`model.language_model`).
+    pub fn load(weights: &Weights, config: &TextConfig, prefix: &str) -> Result<Self> {
+        let c = config;
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        let embed = weights.get(&format!("{prefix}.embed_tokens.weight"), &[c.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("{prefix}.layers.{i}");
+            let b = c.attention_bias;
+            layers.push(Layer {
+                input_norm: weights.get(&format!("{p}.input_layernorm.weight"), &[h])?,
+                attn: Attention {
+                    q_proj: load_linear(
+                        weights,
+                        &format!("{p}.self_attn.q_proj"),
+                        c.num_attention_heads * hd,
+                        h,
+                        b,
+                    )?,
+                    k_proj: load_linear(
+                        weights,
+                        &format!("{p}.self_attn.k_proj"),
+                        c.num_key_value_heads * hd,
+                        h,
+                        b,
+                    )?,
+                    v_proj: load_linear(
+                        weights,
+                        &format!("{p}.self_attn.v_proj"),
+                        c.num_key_value_heads * hd,
+                        h,
+                        b,
+                    )?,
+                    o_proj: load_linear(
+                        weights,
+                        &format!("{p}.self_attn.o_proj"),
+                        h,
+                        c.num_attention_heads * hd,
+                        b,
+                    )?,
+                    q_norm: weights.get(&format!("{p}.self_attn.q_norm.weight"), &[hd])?,
+                    k_norm: weights.get(&format!("{p}.self_attn.k_norm.weight"), &[hd])?,
+                },
+                post_norm: weights.get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                gate: weights.get(
+                    &format!("{p}.mlp.gate_proj.weight"),
+                    &[c.intermediate_size, h],
+                )?,
+                up: weights.get(
+                    &format!("{p}.mlp.up_proj.weight"),
+                    &[c.intermediate_size, h],
+                )?,
+                down: weights.get(
+                    &format!("{p}.mlp.down_proj.weight"),
+                    &[h, c.intermediate_size],
+                )?,
+            });
+        }
+        let norm = weights.get(&format!("{prefix}.norm.weight"), &[h])?;
+        Ok(Self {
+            config: config.clone(),
+            embed,
+            layers,
+            norm,
+        })
+    }
+
+    pub fn config(&self) -> &TextConfig {
+        &self.config
+    }
+
+    /// Token embeddings `[n, hidden]` of `ids`.
+    pub fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor> {
+        let idx = Tensor::new(ids, self.embed.device())?;
+        Ok(self.embed.index_select(&idx, 0)?)
+    }
+
+    /// Runs `embeds` `[B, S, hidden]` at rotary `cos`/`sin` `[S, head_dim]`, attending
+    /// causally to itself and, when given, to every position of `past`.
+    pub fn run(
+        &self,
+        embeds: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        past: Option<&KvCache>,
+        injection: Option<&Injection<'_>>,
+        options: &RunOptions<'_>,
+    ) -> Result<TextOutput> {
+        let (b, s, _) = embeds.dims3()?;
+        let past_len = past.map_or(0, |p| p.len);
+        let mask = causal_mask(s, past_len, embeds.device())?;
+        let mut x = embeds.clone();
+        let mut cache = Vec::with_capacity(self.layers.len());
+        let mut attentions = Vec::new();
+        let mut layer_outputs = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let capture = options.capture_attention.contains(&i);
+            let past_kv = past.map(|p| &p.layers[i]);
+            let (y, kv, probs) = self.layer(layer, &x, cos, sin, &mask, past_kv, b, capture)?;
+            x = y;
+            if options.keep_layer_outputs {
+                layer_outputs.push(x.clone());
+            }
+            if let Some(inj) = injection
+                && let Some(feat) = inj.features.get(i)
+            {
+                x = add_at(&x, feat, inj.start)?;
+            }
+            if let Some(p) = probs {
+                attentions.push((i, p));
+            }
+            cache.push(kv);
+        }
+        let hidden = rms_norm(&x, &self.norm, self.config.rms_norm_eps)?;
+        Ok(TextOutput {
+            hidden,
+            cache: KvCache {
+                layers: cache,
+                len: past_len + s,
+            },
+            attentions,
+            layer_outputs,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn layer(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        past: Option<&(Tensor, Tensor)>,
+        batch: usize,
+        capture: bool,
+    ) -> Result<(Tensor, (Tensor, Tensor), Option<Tensor>)> {
+        let c = &self.config;
+        let eps = c.rms_norm_eps;
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let s = x.dim(1)?;
+        let a = &layer.attn;
+        let normed = rms_norm(x, &layer.input_norm, eps)?;
+        let q = linear(&normed, &a.q_proj.0, a.q_proj.1.as_ref())?.reshape((batch, s, nh, hd))?;
+        let k = linear(&normed, &a.k_proj.0, a.k_proj.1.as_ref())?.reshape((batch, s, nkv, hd))?;
+        let v = linear(&normed, &a.v_proj.0, a.v_proj.1.as_ref())?.reshape((batch, s, nkv, hd))?;
+        let q = rms_norm(&q, &a.q_norm, eps)?.transpose(1, 2)?;
+        let k = rms_norm(&k, &a.k_norm, eps)?.transpose(1, 2)?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let (cos4, sin4) = (
+            cos.unsqueeze(0)?.unsqueeze(0)?,
+            sin.unsqueeze(0)?.unsqueeze(0)?,
+        );
+        let q = crate::model::ops::rotate_half_rope(&q, &cos4, &sin4)?;
+        let k = crate::model::ops::rotate_half_rope(&k, &cos4, &sin4)?.contiguous()?;
+        let (k_all, v_all) = match past {
+            Some((pk, pv)) => {
+                let t = pk.dim(2)?;
+                let pk = pk.broadcast_as((batch, nkv, t, hd))?;
+                let pv = pv.broadcast_as((batch, nkv, t, hd))?;
+                (
+                    Tensor::cat(&[&pk, &k], 2)?.contiguous()?,
+                    Tensor::cat(&[&pv, &v], 2)?.contiguous()?,
+                )
+            }
+            None => (k.clone(), v.clone()),
+        };
+        let t = k_all.dim(2)?;
+        let rep = nh / nkv;
+        // Group the query heads by their key/value head instead of copying K and V.
+        let qg = q.contiguous()?.reshape((batch, nkv, rep * s, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (qg.matmul(&k_all.transpose(2, 3)?)? * scale)?.reshape((batch, nh, s, t))?;
+        let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
+        let probs = softmax_last(&scores)?;
+        let out = probs
+            .to_dtype(x.dtype())?
+            .reshape((batch, nkv, rep * s, t))?
+            .matmul(&v_all)?
+            .reshape((batch, nh, s, hd))?
+            .transpose(1, 2)?
+            .reshape((batch, s, nh * hd))?;
+        let out = linear(&out, &a.o_proj.0, a.o_proj.1.as_ref())?;
+        let x = (x + out)?;
+        let normed = rms_norm(&x, &layer.post_norm, eps)?;
+        let gate = silu(&linear(&normed, &layer.gate, None)?)?;
+        let up = linear(&normed, &layer.up, None)?;
+        let mlp = linear(&(gate * up)?, &layer.down, None)?;
+        let captured = if capture { Some(probs) } else { None };
+        Ok(((x + mlp)?, (k, v), captured))
+    }
+}
+
+/// `[S, past+S]` additive mask: 0 where query s may see key t (every past key, and suffix
+/// keys up to itself), −∞ elsewhere.
+fn causal_mask(s: usize, past: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let t = past + s;
+    let mask: Vec<f32> = (0..s)
+        .flat_map(|i| {
+            (0..t).map(move |j| {
+                if j <= past + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(mask, (s, t), device)?)
+}
+
+/// Adds `feature` `[n, hidden]` to `x` `[1, L, hidden]` at positions `start..start+n`.
+fn add_at(x: &Tensor, feature: &Tensor, start: usize) -> Result<Tensor> {
+    let (b, l, h) = x.dims3()?;
+    let n = feature.dim(0)?;
+    let dev = x.device();
+    let mut parts = Vec::with_capacity(3);
+    if start > 0 {
+        parts.push(Tensor::zeros((start, h), x.dtype(), dev)?);
+    }
+    parts.push(feature.to_dtype(x.dtype())?);
+    if start + n < l {
+        parts.push(Tensor::zeros((l - start - n, h), x.dtype(), dev)?);
+    }
+    let padded = Tensor::cat(&parts, 0)?
+        .unsqueeze(0)?
+        .broadcast_as((b, l, h))?;
+    Ok((x + padded)?)
+}

@@ -1,0 +1,294 @@
+//! Our Qwen3-VL against Hugging Face transformers 5.23 on tiny random checkpoints of the
+//! real architecture (`tests/fixtures/make_qwen3vl.py` writes them and the references;
+//! these tests need no Python).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use agff_lens::model::image_io::{open_image, to_rgb8};
+use agff_lens::model::qwen3_vl::Qwen3Vl;
+use agff_lens::model::qwen3_vl::preprocess::{ImageProcessorConfig, preprocess};
+use agff_lens::model::{Backbone, EmbedInput, EmbedOptions, PerspectiveSet};
+use candle_core::{DType, Device, Tensor};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3vl")
+}
+
+fn reference(file: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixtures().join(file), &Device::Cpu).unwrap()
+}
+
+fn cases() -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(fixtures().join("reference/cases.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["cases"].as_array().unwrap().clone()
+}
+
+fn load(model: &str, dtype: DType) -> Qwen3Vl {
+    Qwen3Vl::load(&fixtures().join(model), dtype, &Device::Cpu).unwrap()
+}
+
+fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a.to_dtype(DType::F32).unwrap();
+    let b = b.to_dtype(DType::F32).unwrap();
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+fn cosine(a: &Tensor, b: &Tensor) -> f64 {
+    let a: Vec<f32> = a
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let b: Vec<f32> = b
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let dot: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+fn ids(t: &Tensor) -> Vec<u32> {
+    t.to_dtype(DType::I64)
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|v| v as u32)
+        .collect()
+}
+
+fn image(rel: &str) -> image::RgbImage {
+    to_rgb8(&open_image(&fixtures().join(rel)).unwrap())
+}
+
+#[test]
+fn preprocessing_matches_the_transformers_image_processor() {
+    for model in ["tiny-a", "tiny-b"] {
+        let config = ImageProcessorConfig::from_file(
+            &fixtures().join(model).join("preprocessor_config.json"),
+        )
+        .unwrap();
+        // PNGs decode identically everywhere; JPEG decoders may differ by ±1 level.
+        for (name, file) in [
+            ("chelsea", "chelsea.png"),
+            ("camera", "camera.png"),
+            ("horse", "horse.png"),
+        ] {
+            let r = reference(&format!(
+                "reference/preprocess__{name}__{model}.safetensors"
+            ));
+            let got = preprocess(&image(&format!("images/{file}")), &config).unwrap();
+            let grid: Vec<i64> = r["image_grid_thw"]
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_eq!(
+                got.grid_thw.map(|v| v as i64).to_vec(),
+                grid,
+                "{model}/{name}"
+            );
+            let want = &r["pixel_values"];
+            let ours = Tensor::from_slice(&got.pixel_values, want.dims(), &Device::Cpu).unwrap();
+            let err = max_abs(&ours, want);
+            assert!(err <= 1e-5, "{model}/{name}: pixel values differ by {err}");
+        }
+    }
+}
+
+#[test]
+fn hidden_states_and_embeddings_match_transformers() {
+    let mut models: HashMap<String, Qwen3Vl> = HashMap::new();
+    for case in cases() {
+        let model_name = case["model"].as_str().unwrap().to_string();
+        let model = models
+            .entry(model_name.clone())
+            .or_insert_with(|| load(&model_name, DType::F32));
+        let r = reference(case["file"].as_str().unwrap());
+        let label = format!("{model_name}/{}", case["case"]);
+        let input_ids = ids(&r["input_ids"]);
+
+        // Our prompt, tokenised and expanded, is the sequence transformers saw.
+        let input = EmbedInput {
+            image: case["image"].as_str().map(image),
+            text: case["text"].as_str().map(String::from),
+        };
+        let global = &PerspectiveSet::default_real().perspectives[0];
+        let (prefix, suffix) = model.prompt_text(&input, global);
+        assert_eq!(
+            format!("{prefix}{suffix}"),
+            case["prompt"].as_str().unwrap(),
+            "{label}"
+        );
+
+        let prepared = input
+            .image
+            .as_ref()
+            .map(|img| model.prepare_image(img).unwrap());
+        let out = model
+            .forward_sequence(
+                &input_ids,
+                prepared.as_ref(),
+                &[model.config().text.num_hidden_layers - 1],
+                true,
+            )
+            .unwrap();
+        let pos: Vec<Vec<i64>> = r["position_ids"]
+            .to_dtype(DType::I64)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        assert_eq!(pos, out.position_ids.to_vec(), "{label}: position ids");
+        if let Some((merged, deep)) = &out.vision {
+            let err = max_abs(merged, &r["vision_merged"]);
+            assert!(err <= 1e-4, "{label}: vision merger differs by {err}");
+            for (j, d) in deep.iter().enumerate() {
+                let err = max_abs(d, &r[&format!("deepstack_{j}")]);
+                assert!(err <= 1e-4, "{label}: deepstack {j} differs by {err}");
+            }
+        }
+        // hidden_state_i (i ≥ 1, not the last) is layer i−1's output before DeepStack.
+        let n = model.config().text.num_hidden_layers;
+        for i in 1..n {
+            let err = max_abs(&out.layer_outputs[i - 1], &r[&format!("hidden_state_{i}")]);
+            assert!(
+                err <= 1e-4,
+                "{label}: layer {} output differs by {err}",
+                i - 1
+            );
+        }
+        let err = max_abs(&out.hidden, &r["last_hidden_state"]);
+        assert!(err <= 1e-4, "{label}: last hidden state differs by {err}");
+        let last = out.hidden.get(input_ids.len() - 1).unwrap();
+        let cos = cosine(&last, &r["embedding"]);
+        assert!(cos >= 0.99999, "{label}: embedding cosine {cos}");
+        // Attention capture: the last layer, from the last position.
+        let (_, probs) = &out.attentions[0];
+        let row = probs
+            .narrow(1, input_ids.len() - 1, 1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap();
+        let err = max_abs(&row, &r["attn_last_layer_last_token"]);
+        assert!(err <= 1e-4, "{label}: attention differs by {err}");
+
+        // The backbone's global branch (shared prefix + suffix) gives the same embedding.
+        let emb = model
+            .embed(
+                &input,
+                &PerspectiveSet::default_real(),
+                &EmbedOptions::default(),
+            )
+            .unwrap();
+        assert_eq!(
+            emb.branches[0].input_ids, input_ids,
+            "{label}: global branch tokens"
+        );
+        let cos = cosine(&emb.vectors.get(0).unwrap(), &r["embedding"]);
+        assert!(
+            cos >= 0.99999,
+            "{label}: global perspective embedding cosine {cos}"
+        );
+    }
+}
+
+#[test]
+fn branches_with_a_shared_prefix_equal_full_sequence_runs() {
+    let model = load("tiny-b", DType::F32);
+    let input = EmbedInput {
+        image: Some(image("images/chelsea.png")),
+        text: Some("a cat".into()),
+    };
+    let set = PerspectiveSet::default_real();
+    let emb = model
+        .embed(
+            &input,
+            &set,
+            &EmbedOptions {
+                attention_layers: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(emb.vectors.dims(), &[5, model.hidden_size()]);
+    let prepared = model.prepare_image(input.image.as_ref().unwrap()).unwrap();
+    let mut distinct = 0;
+    for (b, branch) in emb.branches.iter().enumerate() {
+        let full = model
+            .forward_sequence(
+                &branch.input_ids,
+                Some(&prepared),
+                &[model.config().text.num_hidden_layers - 1],
+                false,
+            )
+            .unwrap();
+        let want = full.hidden.get(branch.input_ids.len() - 1).unwrap();
+        let err = max_abs(&emb.vectors.get(b).unwrap(), &want);
+        assert!(err <= 1e-5, "branch {}: {err}", branch.name);
+        if b > 0 && max_abs(&emb.vectors.get(b).unwrap(), &emb.vectors.get(0).unwrap()) > 1e-3 {
+            distinct += 1;
+        }
+        // Attention to the visual tokens from the branch's last token, as in the full run.
+        let (start, n) = (
+            emb.visual.as_ref().unwrap().first_position,
+            prepared.patches() / 4,
+        );
+        let (_, probs) = &full.attentions[0];
+        let row = probs
+            .narrow(1, branch.input_ids.len() - 1, 1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap()
+            .mean(0)
+            .unwrap();
+        let want: Vec<f32> = row.narrow(0, start, n).unwrap().to_vec1().unwrap();
+        let got = branch.attention_to_visual.as_ref().unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-5);
+        }
+    }
+    assert_eq!(
+        distinct, 4,
+        "each fine-grained perspective gives its own embedding"
+    );
+    let visual = emb.visual.unwrap();
+    assert_eq!(visual.grid, (2, 3));
+    assert_eq!(visual.hidden.dims(), &[6, model.hidden_size()]);
+}
+
+#[test]
+fn half_precision_weights_load_and_stay_close() {
+    let r = reference("reference/tiny-a__text.safetensors");
+    for dtype in [DType::BF16, DType::F16] {
+        let model = load("tiny-a", dtype);
+        let input_ids = ids(&r["input_ids"]);
+        let out = model
+            .forward_sequence(&input_ids, None, &[], false)
+            .unwrap();
+        assert_eq!(out.hidden.dtype(), dtype);
+        let cos = cosine(
+            &out.hidden.get(input_ids.len() - 1).unwrap(),
+            &r["embedding"],
+        );
+        assert!(cos > 0.99, "{dtype:?}: cosine {cos}");
+    }
+}
