@@ -2,6 +2,7 @@
 //! codes (0 success, 1 failure, 2 usage errors and commands that are not available yet).
 
 mod bench;
+mod embed;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -22,7 +23,7 @@ pub enum Command {
     /// Open the desktop app (the default).
     Gui(Pending),
     /// Embed images and texts into global and perspective embeddings.
-    Embed(Pending),
+    Embed(embed::EmbedArgs),
     /// Rank a folder of images for a text or image query by the fused AGFF score.
     Search(Pending),
     /// Explain one result: pattern scores, fusion weights and per-perspective heatmaps.
@@ -45,7 +46,7 @@ pub enum BenchCommand {
     /// matrix product of the same FLOP count.
     Fusion(bench::FusionArgs),
     /// Items per second of a model for one perspective and for 1+K perspectives.
-    Model(Pending),
+    Model(bench::ModelArgs),
     /// Gallery embedding throughput and search latency.
     Search(Pending),
 }
@@ -62,6 +63,17 @@ pub struct Pending {
 #[derive(Debug, thiserror::Error)]
 #[error("`agff-lens {0}` is not available yet in this version")]
 pub struct NotAvailable(pub &'static str);
+
+/// Resolves a `--model` argument: `None` for the embedded demo model, else a local folder
+/// (a Hub repo id is downloaded, or found in the Hugging Face cache, first).
+pub(crate) fn model_arg(arg: &str) -> anyhow::Result<Option<std::path::PathBuf>> {
+    use crate::model::hub::{IndicatifProgress, ModelSource, ResolveOptions, resolve_model};
+    let mut progress = IndicatifProgress::new();
+    match resolve_model(arg, &ResolveOptions::default(), &mut progress)? {
+        ModelSource::Demo => Ok(None),
+        ModelSource::Local(dir) => Ok(Some(dir)),
+    }
+}
 
 /// Parses the process arguments and runs the command.
 pub fn main() -> ExitCode {
@@ -82,7 +94,7 @@ pub fn main() -> ExitCode {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AGFF_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,hf_hub=off,hf_xet=off"));
     // A second initialisation (tests calling `run` twice) is harmless.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -97,14 +109,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .unwrap_or(Command::Gui(Pending { args: Vec::new() }));
     match command {
         Command::Gui(_) => Err(NotAvailable("gui").into()),
-        Command::Embed(_) => Err(NotAvailable("embed").into()),
+        Command::Embed(args) => embed::run(&args),
         Command::Search(_) => Err(NotAvailable("search").into()),
         Command::Explain(_) => Err(NotAvailable("explain").into()),
         Command::Eval(_) => Err(NotAvailable("eval").into()),
         Command::Train(_) => Err(NotAvailable("train").into()),
         Command::Scenes(_) => Err(NotAvailable("scenes").into()),
         Command::Bench(BenchCommand::Fusion(args)) => bench::fusion(&args),
-        Command::Bench(BenchCommand::Model(_)) => Err(NotAvailable("bench model").into()),
+        Command::Bench(BenchCommand::Model(args)) => bench::model(&args),
         Command::Bench(BenchCommand::Search(_)) => Err(NotAvailable("bench search").into()),
     }
 }

@@ -4,7 +4,9 @@
 pub mod backbone;
 pub mod device;
 pub mod error;
+pub mod hub;
 pub mod image_io;
+pub mod loader;
 pub mod ops;
 pub mod perspective;
 pub mod qwen3_vl;
