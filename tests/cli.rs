@@ -24,8 +24,9 @@ fn help_lists_every_subcommand() {
 #[test]
 fn commands_not_built_yet_exit_2_and_say_so() {
     for args in [
-        &["embed", "--model", "demo", "--json"][..],
-        &["bench", "model"],
+        &["embed", "--model", "demo", "--text", "x", "--json"][..],
+        &["bench", "search"],
+        &["search", "--json"],
         &["train"],
     ] {
         let out = agff_lens().args(args).output().unwrap();

@@ -214,3 +214,157 @@ pub fn fusion(args: &FusionArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Options of `bench model`.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// `demo`, a local Hugging Face folder, or a Hub repo id.
+    #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+    pub model: Option<String>,
+    /// A Qwen3-VL config.json: time that configuration with random weights (no checkpoint
+    /// needed; text is cut into word-like pieces instead of BPE tokens).
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// Side of the square test image, in pixels.
+    #[arg(long, default_value_t = 448)]
+    pub image_size: u32,
+    /// Words of text embedded with the image (0: the image alone).
+    #[arg(long, default_value_t = 0)]
+    pub text_words: usize,
+    /// Timed repetitions (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Weights dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Compute device: cpu, cuda[:N], metal[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ModelReport {
+    model: String,
+    device: String,
+    threads: usize,
+    image_size: u32,
+    text_words: usize,
+    k: usize,
+    /// Tokens of the global branch's full sequence.
+    tokens: usize,
+    single_seconds: f64,
+    multi_seconds: f64,
+    single_per_sec: f64,
+    multi_per_sec: f64,
+    /// multi_seconds / single_seconds.
+    multi_over_single: f64,
+}
+
+/// Runs `bench model`.
+pub fn model(args: &ModelArgs) -> anyhow::Result<()> {
+    use crate::model::qwen3_vl::preprocess::ImageProcessorConfig;
+    use crate::model::qwen3_vl::{Qwen3Vl, Qwen3VlConfig};
+    use crate::model::{Backbone, EmbedInput, EmbedOptions, PerspectiveSet};
+
+    let dtype = crate::model::loader::parse_dtype(&args.dtype)?;
+    let device = args.device.open()?;
+    let backbone: Box<dyn Backbone> = match (&args.model, &args.config) {
+        (_, Some(config)) => {
+            let cfg = Qwen3VlConfig::from_file(config)?;
+            Box::new(Qwen3Vl::random(
+                cfg,
+                ImageProcessorConfig::default(),
+                dtype,
+                &device,
+            )?)
+        }
+        (Some(m), None) => match super::model_arg(m)? {
+            Some(dir) => crate::model::loader::load_folder(&dir, dtype, &device)?,
+            None => return Err(super::NotAvailable("bench model --model demo").into()),
+        },
+        (None, None) => anyhow::bail!("give --model or --config"),
+    };
+    // A deterministic noise image: content does not change the cost.
+    let side = args.image_size.max(1);
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let image = image::RgbImage::from_fn(side, side, |_, _| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        image::Rgb([state as u8, (state >> 8) as u8, (state >> 16) as u8])
+    });
+    let words = [
+        "a", "small", "red", "cube", "left", "of", "two", "blue", "spheres", "on", "grass",
+    ];
+    let text: Vec<&str> = (0..args.text_words)
+        .map(|i| words[i % words.len()])
+        .collect();
+    let input = EmbedInput {
+        image: Some(image),
+        text: if text.is_empty() {
+            None
+        } else {
+            Some(text.join(" "))
+        },
+    };
+    let multi = PerspectiveSet::default_real();
+    let single = PerspectiveSet {
+        perspectives: multi.perspectives[..1].to_vec(),
+    };
+    let options = EmbedOptions::default();
+    let mut tokens = 0;
+    let single_seconds = median_seconds(args.reps, &device, || {
+        let e = backbone.embed(&input, &single, &options)?;
+        tokens = e.branches[0].input_ids.len();
+        e.vectors.sum_all()?;
+        Ok(())
+    })?;
+    let multi_seconds = median_seconds(args.reps, &device, || {
+        backbone
+            .embed(&input, &multi, &options)?
+            .vectors
+            .sum_all()?;
+        Ok(())
+    })?;
+    let report = ModelReport {
+        model: backbone.identity().name.clone(),
+        device: args.device.to_string(),
+        threads: candle_core::utils::get_num_threads(),
+        image_size: side,
+        text_words: args.text_words,
+        k: multi.k(),
+        tokens,
+        single_seconds,
+        multi_seconds,
+        single_per_sec: 1.0 / single_seconds,
+        multi_per_sec: 1.0 / multi_seconds,
+        multi_over_single: multi_seconds / single_seconds,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} on {} ({} threads), {}x{} image, {} text words, {} tokens, median of {}",
+            report.model,
+            report.device,
+            report.threads,
+            side,
+            side,
+            args.text_words,
+            tokens,
+            args.reps
+        );
+        println!(
+            "  1 perspective:     {:.3} s/item  ({:.3} items/s)",
+            single_seconds, report.single_per_sec
+        );
+        println!(
+            "  1+{} perspectives: {:.3} s/item  ({:.3} items/s), {:.3}x the single cost",
+            report.k, multi_seconds, report.multi_per_sec, report.multi_over_single
+        );
+    }
+    Ok(())
+}

@@ -85,6 +85,49 @@ mod tests {
         );
     }
 
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("agff-image-io-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
+    }
+
+    #[test]
+    fn exif_orientation_is_applied() {
+        use image::ImageEncoder;
+        // 3×2 image, red at the top-left; EXIF orientation 6 (rotate 90° clockwise).
+        let mut img = RgbImage::from_pixel(3, 2, image::Rgb([0, 0, 255]));
+        img.put_pixel(0, 0, image::Rgb([255, 0, 0]));
+        let exif: Vec<u8> = vec![
+            0x4d, 0x4d, 0x00, 0x2a, 0, 0, 0, 8, // big-endian TIFF header, IFD at 8
+            0, 1, // one entry
+            0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0, // Orientation = 6
+            0, 0, 0, 0, // no next IFD
+        ];
+        let path = scratch("rotated.png");
+        let file = std::fs::File::create(&path).unwrap();
+        let mut enc = image::codecs::png::PngEncoder::new(file);
+        enc.set_exif_metadata(exif).unwrap();
+        enc.write_image(img.as_raw(), 3, 2, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let decoded = to_rgb8(&open_image(&path).unwrap());
+        assert_eq!(decoded.dimensions(), (2, 3));
+        assert_eq!(decoded.get_pixel(1, 0).0, [255, 0, 0]);
+        std::fs::remove_dir_all(path.parent().unwrap()).ok();
+    }
+
+    #[test]
+    fn sixteen_bit_images_are_scaled_not_clipped() {
+        let img = image::ImageBuffer::<Luma<u16>, Vec<u16>>::from_fn(2, 1, |x, _| {
+            Luma([if x == 0 { 65535 } else { 32896 }])
+        });
+        let path = scratch("deep.png");
+        img.save(&path).unwrap();
+        let rgb = to_rgb8(&open_image(&path).unwrap());
+        assert_eq!(rgb.get_pixel(0, 0).0, [255, 255, 255]);
+        assert_eq!(rgb.get_pixel(1, 0).0, [128, 128, 128]);
+        std::fs::remove_dir_all(path.parent().unwrap()).ok();
+    }
+
     #[test]
     fn undecodable_files_name_the_problem() {
         let dir = std::env::temp_dir().join(format!("agff-image-io-{}", std::process::id()));

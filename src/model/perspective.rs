@@ -40,27 +40,17 @@ pub struct PerspectiveSet {
 
 impl PerspectiveSet {
     /// The default for real models: the global view and K = 4 fine-grained perspectives
-    /// named for what MMVP-VLM probes.
+    /// named for what MMVP-VLM probes. The instructions are short on purpose: every
+    /// instruction token is computed once per perspective, so their length is what 1+K
+    /// perspectives cost over one.
     pub fn default_real() -> Self {
         Self {
             perspectives: vec![
                 Perspective::new("global", ""),
-                Perspective::new(
-                    "attributes",
-                    "Focus on the attributes of the objects: colour, material and state.",
-                ),
-                Perspective::new(
-                    "count",
-                    "Focus on quantity: how many objects there are and which are present.",
-                ),
-                Perspective::new(
-                    "spatial",
-                    "Focus on space: positions, orientation and the viewpoint.",
-                ),
-                Perspective::new(
-                    "text",
-                    "Focus on written characters and the structure of the content.",
-                ),
+                Perspective::new("attributes", "Focus on colours, materials and states."),
+                Perspective::new("count", "Focus on how many objects there are."),
+                Perspective::new("spatial", "Focus on positions, orientation and viewpoint."),
+                Perspective::new("text", "Focus on written text and structure."),
             ],
         }
     }

@@ -56,13 +56,16 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Weights of one model, memory-mapped, converted to `dtype` on `device` when read.
+/// Weights of one model, memory-mapped, converted to `dtype` on `device` when read; or
+/// random normal values of whatever shape is asked for (for benchmarks at a real
+/// configuration without its checkpoint).
 pub struct Weights {
     dir: PathBuf,
     files: Vec<(PathBuf, MmapedSafetensors)>,
     by_name: HashMap<String, usize>,
     dtype: DType,
     device: Device,
+    random: bool,
 }
 
 impl Weights {
@@ -89,7 +92,20 @@ impl Weights {
             by_name,
             dtype,
             device: device.clone(),
+            random: false,
         })
+    }
+
+    /// Random weights, N(0, 0.02²) (norm weights N(1, 0.02²)), for timing a configuration.
+    pub fn random(dtype: DType, device: &Device) -> Self {
+        Self {
+            dir: PathBuf::from("(random weights)"),
+            files: Vec::new(),
+            by_name: HashMap::new(),
+            dtype,
+            device: device.clone(),
+            random: true,
+        }
     }
 
     /// The folder the weights came from.
@@ -109,7 +125,7 @@ impl Weights {
 
     /// Whether a tensor of this name exists.
     pub fn contains(&self, name: &str) -> bool {
-        self.by_name.contains_key(name)
+        self.random || self.by_name.contains_key(name)
     }
 
     /// Loads tensor `name` in the model dtype, checking that its shape is `shape`.
@@ -123,6 +139,14 @@ impl Weights {
     }
 
     fn load(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        if self.random {
+            let mean = if name.contains("norm") && name.ends_with(".weight") {
+                1.0
+            } else {
+                0.0
+            };
+            return Ok(Tensor::randn(mean, 0.02f32, shape, &self.device)?.to_dtype(dtype)?);
+        }
         let Some(&file) = self.by_name.get(name) else {
             return Err(ModelError::MissingTensor {
                 name: name.to_string(),

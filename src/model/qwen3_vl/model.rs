@@ -42,7 +42,8 @@ pub struct Qwen3Vl {
     dir: PathBuf,
     config: Qwen3VlConfig,
     processor: ImageProcessorConfig,
-    tokenizer: tokenizers::Tokenizer,
+    /// `None` for random-weight benchmark models: see [`synthetic_tokens`].
+    tokenizer: Option<tokenizers::Tokenizer>,
     vision: VisionModel,
     text: TextModel,
     rope: TextRope,
@@ -127,10 +128,39 @@ impl Qwen3Vl {
             rope: TextRope::new(&config.text),
             config,
             processor,
-            tokenizer,
+            tokenizer: Some(tokenizer),
             vision,
             text,
             identity,
+            device: device.clone(),
+            system_instruction: DEFAULT_SYSTEM_INSTRUCTION.into(),
+        })
+    }
+
+    /// A model with this configuration and random weights, for speed measurements at a real
+    /// size without its checkpoint. Text is cut into word-like pieces instead of real
+    /// tokens (there is no tokenizer), so token counts are close to, not equal to, a BPE's.
+    pub fn random(
+        config: Qwen3VlConfig,
+        processor: ImageProcessorConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let weights = Weights::random(dtype, device);
+        let vision = VisionModel::load(&weights, &config.vision, "model.visual")?;
+        let text = TextModel::load(&weights, &config.text, "model.language_model")?;
+        Ok(Self {
+            dir: PathBuf::from("(random weights)"),
+            rope: TextRope::new(&config.text),
+            config,
+            processor,
+            tokenizer: None,
+            vision,
+            text,
+            identity: ModelIdentity {
+                name: "random".into(),
+                weights_digest: "random".into(),
+            },
             device: device.clone(),
             system_instruction: DEFAULT_SYSTEM_INSTRUCTION.into(),
         })
@@ -150,8 +180,10 @@ impl Qwen3Vl {
 
     /// Token ids of `text`; special tokens written in the text are recognised.
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .tokenizer
+        let Some(tokenizer) = &self.tokenizer else {
+            return Ok(synthetic_tokens(text, &self.config));
+        };
+        let enc = tokenizer
             .encode(text, false)
             .map_err(|e| ModelError::Tokenizer {
                 path: self.dir.join("tokenizer.json"),
@@ -361,6 +393,52 @@ impl Qwen3Vl {
             ))),
         }
     }
+}
+
+/// Word-like pieces for models without a tokenizer (random-weight benchmarks): special
+/// tokens, runs of letters or digits with their leading space, single punctuation marks and
+/// runs of newlines each become one id; the image markers get the config's ids.
+fn synthetic_tokens(text: &str, config: &Qwen3VlConfig) -> Vec<u32> {
+    let specials = [
+        ("<|vision_start|>", Some(config.vision_start_token_id)),
+        ("<|vision_end|>", Some(config.vision_end_token_id)),
+        ("<|image_pad|>", Some(config.image_token_id)),
+        ("<|im_start|>", None),
+        ("<|im_end|>", None),
+    ];
+    let vocab = config.text.vocab_size.max(2) as u64;
+    let id_of = |piece: &str| -> u32 {
+        let hash = piece.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        (hash % (vocab - 1)) as u32
+    };
+    let mut out = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        if let Some((s, id)) = specials.iter().find(|(s, _)| rest.starts_with(*s)) {
+            out.push(id.unwrap_or_else(|| id_of(s)));
+            rest = &rest[s.len()..];
+            continue;
+        }
+        let mut chars = rest.char_indices();
+        let (_, first) = chars.next().unwrap_or((0, ' '));
+        let word = |c: char| c.is_alphanumeric();
+        let end = if first == '\n' {
+            rest.find(|c: char| c != '\n').unwrap_or(rest.len())
+        } else if word(first) || (first == ' ' && rest[1..].starts_with(word)) {
+            let start = first.len_utf8();
+            start
+                + rest[start..]
+                    .find(|c: char| !word(c))
+                    .unwrap_or(rest.len() - start)
+        } else {
+            first.len_utf8()
+        };
+        out.push(id_of(&rest[..end]));
+        rest = &rest[end..];
+    }
+    out
 }
 
 impl Backbone for Qwen3Vl {

@@ -1,0 +1,102 @@
+//! Bad model folders and inputs give errors that name the file and the problem.
+
+use std::path::{Path, PathBuf};
+
+use agff_lens::model::loader::load_folder;
+use candle_core::{DType, Device};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/qwen3vl")
+        .join(name)
+}
+
+/// A scratch copy of a fixture model folder.
+fn copy_model(name: &str, tag: &str) -> PathBuf {
+    let dst = std::env::temp_dir().join(format!("agff-model-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dst);
+    std::fs::create_dir_all(&dst).unwrap();
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+    }
+    dst
+}
+
+fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+fn load_err(dir: &Path) -> String {
+    match load_folder(dir, DType::F32, &Device::Cpu) {
+        Ok(_) => panic!("{} loaded although it is broken", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn missing_files_are_named() {
+    let dir = copy_model("tiny-a", "missing");
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    let err = load_err(&dir);
+    assert!(err.contains("tokenizer.json"), "{err}");
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    std::fs::copy(fixture("tiny-a/tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    let err = load_err(&dir);
+    assert!(err.contains("model.safetensors"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+
+    let dir = copy_model("tiny-b", "shard");
+    std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
+    let err = load_err(&dir);
+    assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+
+    let err = load_err(Path::new("/nonexistent/agff-model"));
+    assert!(err.contains("/nonexistent/agff-model"), "{err}");
+}
+
+#[test]
+fn a_tensor_of_the_wrong_shape_is_named() {
+    let dir = copy_model("tiny-a", "shape");
+    edit_config(&dir, |v| v["text_config"]["intermediate_size"] = 100.into());
+    let err = load_err(&dir);
+    assert!(
+        err.contains("model.language_model.layers.0.mlp.gate_proj.weight"),
+        "{err}"
+    );
+    assert!(
+        err.contains("[128, 64]") && err.contains("[100, 64]"),
+        "{err}"
+    );
+    assert!(err.contains("model.safetensors"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn unknown_architectures_and_configs_without_vision_are_refused() {
+    let dir = copy_model("tiny-a", "arch");
+    edit_config(&dir, |v| {
+        v["model_type"] = "llama".into();
+        v["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+    });
+    let err = load_err(&dir);
+    assert!(
+        err.contains("unknown architecture") && err.contains("llama"),
+        "{err}"
+    );
+    edit_config(&dir, |v| {
+        v["model_type"] = "qwen3_vl".into();
+        v.as_object_mut().unwrap().remove("vision_config");
+    });
+    let err = load_err(&dir);
+    assert!(err.contains("vision"), "{err}");
+    std::fs::write(dir.join("config.json"), "{ not json").unwrap();
+    let err = load_err(&dir);
+    assert!(err.contains("config.json") && err.contains("JSON"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
