@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use agff_lens::model::image_io::{open_image, to_rgb8};
-use agff_lens::model::qwen3_vl::Qwen3Vl;
 use agff_lens::model::qwen3_vl::preprocess::{ImageProcessorConfig, preprocess};
+use agff_lens::model::qwen3_vl::{BranchStrategy, Qwen3Vl};
 use agff_lens::model::{Backbone, EmbedInput, EmbedOptions, PerspectiveSet};
 use candle_core::{DType, Device, Tensor};
 
@@ -219,60 +219,62 @@ fn branches_with_a_shared_prefix_equal_full_sequence_runs() {
         text: Some("a cat".into()),
     };
     let set = PerspectiveSet::default_real();
-    let emb = model
-        .embed(
-            &input,
-            &set,
-            &EmbedOptions {
-                attention_layers: 1,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    assert_eq!(emb.vectors.dims(), &[5, model.hidden_size()]);
+    let options = EmbedOptions {
+        attention_layers: 1,
+        ..Default::default()
+    };
     let prepared = model.prepare_image(input.image.as_ref().unwrap()).unwrap();
-    let mut distinct = 0;
-    for (b, branch) in emb.branches.iter().enumerate() {
-        let full = model
-            .forward_sequence(
-                &branch.input_ids,
-                Some(&prepared),
-                &[model.config().text.num_hidden_layers - 1],
-                false,
-            )
-            .unwrap();
-        let want = full.hidden.get(branch.input_ids.len() - 1).unwrap();
-        let err = max_abs(&emb.vectors.get(b).unwrap(), &want);
-        assert!(err <= 1e-5, "branch {}: {err}", branch.name);
-        if b > 0 && max_abs(&emb.vectors.get(b).unwrap(), &emb.vectors.get(0).unwrap()) > 1e-3 {
-            distinct += 1;
+    for strategy in [BranchStrategy::Packed, BranchStrategy::CachedPrefix] {
+        let emb = model.embed_with(&input, &set, &options, strategy).unwrap();
+        assert_eq!(emb.vectors.dims(), &[5, model.hidden_size()]);
+        let mut distinct = 0;
+        for (b, branch) in emb.branches.iter().enumerate() {
+            let last_layer = model.config().text.num_hidden_layers - 1;
+            let full = model
+                .forward_sequence(&branch.input_ids, Some(&prepared), &[last_layer], false)
+                .unwrap();
+            let want = full.hidden.get(branch.input_ids.len() - 1).unwrap();
+            let err = max_abs(&emb.vectors.get(b).unwrap(), &want);
+            assert!(err <= 1e-5, "{strategy:?} branch {}: {err}", branch.name);
+            if b > 0 && max_abs(&emb.vectors.get(b).unwrap(), &emb.vectors.get(0).unwrap()) > 1e-3 {
+                distinct += 1;
+            }
+            // Attention to the visual tokens from the branch's last token, as in the full run.
+            let (start, n) = (
+                emb.visual.as_ref().unwrap().first_position,
+                prepared.patches() / 4,
+            );
+            let (_, probs) = &full.attentions[0];
+            let row = probs
+                .narrow(1, branch.input_ids.len() - 1, 1)
+                .unwrap()
+                .squeeze(1)
+                .unwrap()
+                .mean(0)
+                .unwrap();
+            let want: Vec<f32> = row.narrow(0, start, n).unwrap().to_vec1().unwrap();
+            let got = branch.attention_to_visual.as_ref().unwrap();
+            assert_eq!(got.len(), n);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-5, "{strategy:?} attention {g} vs {w}");
+            }
         }
-        // Attention to the visual tokens from the branch's last token, as in the full run.
-        let (start, n) = (
-            emb.visual.as_ref().unwrap().first_position,
-            prepared.patches() / 4,
+        assert_eq!(
+            distinct, 4,
+            "each fine-grained perspective gives its own embedding"
         );
-        let (_, probs) = &full.attentions[0];
-        let row = probs
-            .narrow(1, branch.input_ids.len() - 1, 1)
-            .unwrap()
-            .squeeze(1)
-            .unwrap()
-            .mean(0)
+        let visual = emb.visual.unwrap();
+        assert_eq!(visual.grid, (2, 3));
+        assert_eq!(visual.hidden.dims(), &[6, model.hidden_size()]);
+        let full = model
+            .forward_sequence(&emb.branches[0].input_ids, Some(&prepared), &[], false)
             .unwrap();
-        let want: Vec<f32> = row.narrow(0, start, n).unwrap().to_vec1().unwrap();
-        let got = branch.attention_to_visual.as_ref().unwrap();
-        for (g, w) in got.iter().zip(&want) {
-            assert!((g - w).abs() < 1e-5);
-        }
+        let err = max_abs(
+            &visual.hidden,
+            &full.hidden.narrow(0, visual.first_position, 6).unwrap(),
+        );
+        assert!(err <= 1e-5, "{strategy:?} visual hidden states: {err}");
     }
-    assert_eq!(
-        distinct, 4,
-        "each fine-grained perspective gives its own embedding"
-    );
-    let visual = emb.visual.unwrap();
-    assert_eq!(visual.grid, (2, 3));
-    assert_eq!(visual.hidden.dims(), &[6, model.hidden_size()]);
 }
 
 #[test]

@@ -2,18 +2,181 @@
 //! gradient is being tracked and a composite of differentiable ops otherwise, so the same
 //! model code serves fast inference and gradient-based explanations or soft-prompt training.
 
-use candle_core::{D, DType, Result, Tensor};
+use candle_core::{D, DType, Device, Result, Tensor};
+use rayon::prelude::*;
 
 fn tracked(xs: &[&Tensor]) -> bool {
     xs.iter().any(|x| x.track_op())
 }
 
+/// Elements handed to one worker by the parallel element-wise kernels.
+const CHUNK: usize = 1 << 14;
+
+/// `exp(x)` in f32 with a relative error below 3e-7, written so that loops over it
+/// vectorise: `2^n · p(r)` with `x = n·ln2 + r`, `|r| ≤ ln2/2`, p of degree 6. Inputs are
+/// clamped to f32's finite range (`exp(−∞)` gives about 1e−38, not 0).
+#[inline(always)]
+pub fn fast_exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = x.clamp(-87.0, 88.0);
+    // floor(t) without calling libm (which would stop vectorisation on baseline x86-64).
+    let t = x * LOG2E + 0.5;
+    let ti = t as i32;
+    let ni = ti - i32::from(t < ti as f32);
+    let n = ni as f32;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    p * f32::from_bits(((ni + 127) << 23) as u32)
+}
+
+/// Reduces `xs` with `f` over 8 independent lanes, so that the loop vectorises (a single
+/// accumulator would serialise it).
+#[inline(always)]
+fn lane_reduce(xs: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut lanes = [init; 8];
+    let mut chunks = xs.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            lanes[i] = f(lanes[i], c[i]);
+        }
+    }
+    let tail = chunks.remainder().iter().fold(init, |a, &b| f(a, b));
+    lanes.iter().fold(tail, |a, &b| f(a, b))
+}
+
+/// The contiguous f32 data of a CPU tensor that no gradient flows through, if it is one.
+fn cpu_f32(x: &Tensor) -> Option<Vec<f32>> {
+    if x.track_op() || x.dtype() != DType::F32 || !x.device().is_cpu() || !x.is_contiguous() {
+        return None;
+    }
+    x.flatten_all().ok()?.to_vec1::<f32>().ok()
+}
+
+/// Applies `f` to every element in parallel (CPU, f32, no gradient), else `fallback`.
+fn map_f32(
+    x: &Tensor,
+    f: impl Fn(f32) -> f32 + Sync,
+    fallback: impl FnOnce() -> Result<Tensor>,
+) -> Result<Tensor> {
+    match cpu_f32(x) {
+        Some(mut data) => {
+            data.par_chunks_mut(CHUNK)
+                .for_each(|c| c.iter_mut().for_each(|v| *v = f(*v)));
+            Tensor::from_vec(data, x.shape(), &Device::Cpu)
+        }
+        None => fallback(),
+    }
+}
+
+/// Softmax of each `n`-long row of `data`, in place.
+fn softmax_rows(data: &mut [f32], n: usize) {
+    if n == 0 {
+        return;
+    }
+    data.par_chunks_mut(n * (CHUNK / n).max(1))
+        .for_each(|rows| {
+            for row in rows.chunks_mut(n) {
+                let max = lane_reduce(row, f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
+                row.iter_mut().for_each(|v| *v = fast_exp(*v - max));
+                let inv = 1.0 / lane_reduce(row, 0.0, |a, b| a + b);
+                row.iter_mut().for_each(|v| *v *= inv);
+            }
+        });
+}
+
 /// Softmax over the last axis.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    if let Some(mut data) = cpu_f32(x) {
+        softmax_rows(&mut data, x.dim(D::Minus1)?);
+        return Tensor::from_vec(data, x.shape(), &Device::Cpu);
+    }
     if tracked(&[x]) {
         candle_nn::ops::softmax(x, D::Minus1)
     } else {
         candle_nn::ops::softmax_last_dim(x)
+    }
+}
+
+/// In-place kernels on CPU f32 storage.
+enum Inplace {
+    SoftmaxLast,
+    Map(fn(f32) -> f32),
+}
+
+impl candle_core::InplaceOp1 for Inplace {
+    fn name(&self) -> &'static str {
+        "agff-inplace"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &mut candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<()> {
+        let candle_core::CpuStorage::F32(data) = storage else {
+            candle_core::bail!("in-place kernels take f32")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("in-place kernels take contiguous tensors")
+        };
+        let data = &mut data[start..end];
+        match self {
+            Inplace::SoftmaxLast => softmax_rows(data, layout.dims().last().copied().unwrap_or(0)),
+            Inplace::Map(f) => data
+                .par_chunks_mut(CHUNK)
+                .for_each(|c| c.iter_mut().for_each(|v| *v = f(*v))),
+        }
+        Ok(())
+    }
+}
+
+/// Whether `x` can be overwritten in place by the CPU kernels.
+fn inplace_ok(x: &Tensor) -> bool {
+    !x.track_op() && x.dtype() == DType::F32 && x.device().is_cpu() && x.is_contiguous()
+}
+
+/// Softmax over the last axis, overwriting `x` when it can. `x` must be a fresh result
+/// (e.g. the attention scores just computed) that no other tensor shares.
+pub fn softmax_last_owned(x: Tensor) -> Result<Tensor> {
+    if inplace_ok(&x) {
+        x.inplace_op1(&Inplace::SoftmaxLast)?;
+        Ok(x)
+    } else {
+        softmax_last(&x)
+    }
+}
+
+fn gelu_tanh_scalar(v: f32) -> f32 {
+    const K: f32 = 0.797_884_6; // √(2/π)
+    v / (1.0 + fast_exp(-2.0 * K * (v + 0.044_715 * v * v * v)))
+}
+
+fn silu_scalar(v: f32) -> f32 {
+    v / (1.0 + fast_exp(-v))
+}
+
+/// [`gelu_tanh`] overwriting `x` when it can (`x` fresh, as for [`softmax_last_owned`]).
+pub fn gelu_tanh_owned(x: Tensor) -> Result<Tensor> {
+    if inplace_ok(&x) {
+        x.inplace_op1(&Inplace::Map(gelu_tanh_scalar))?;
+        Ok(x)
+    } else {
+        gelu_tanh(&x)
+    }
+}
+
+/// [`silu`] overwriting `x` when it can (`x` fresh, as for [`softmax_last_owned`]).
+pub fn silu_owned(x: Tensor) -> Result<Tensor> {
+    if inplace_ok(&x) {
+        x.inplace_op1(&Inplace::Map(silu_scalar))?;
+        Ok(x)
+    } else {
+        silu(&x)
     }
 }
 
@@ -62,9 +225,10 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     }
 }
 
-/// GELU with the tanh approximation (`gelu_pytorch_tanh`).
+/// GELU with the tanh approximation (`gelu_pytorch_tanh`):
+/// `0.5·x·(1 + tanh(z)) = x·σ(2z)`, `z = √(2/π)·(x + 0.044715·x³)`.
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    x.gelu()
+    map_f32(x, gelu_tanh_scalar, || x.gelu())
 }
 
 /// Exact GELU with the error function (`nn.GELU()`).
@@ -72,9 +236,9 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     x.gelu_erf()
 }
 
-/// SiLU.
+/// SiLU, `x·σ(x)`.
 pub fn silu(x: &Tensor) -> Result<Tensor> {
-    x.silu()
+    map_f32(x, silu_scalar, || x.silu())
 }
 
 /// Applies rotary embeddings with the "rotate half" convention:
@@ -103,6 +267,45 @@ mod tests {
             .unwrap()
             .to_scalar()
             .unwrap()
+    }
+
+    #[test]
+    fn fast_exp_is_accurate() {
+        let mut worst = 0f32;
+        let mut x = -80.0f32;
+        while x < 80.0 {
+            let rel = ((fast_exp(x) - x.exp()) / x.exp()).abs();
+            worst = worst.max(rel);
+            x += 0.0137;
+        }
+        assert!(worst < 3e-7, "worst relative error {worst}");
+        assert!(fast_exp(f32::NEG_INFINITY) < 1e-37);
+    }
+
+    #[test]
+    fn fast_elementwise_kernels_match_candle() {
+        let x = Tensor::randn(0f32, 3.0, (7, 333), &Device::Cpu).unwrap();
+        assert!(max_diff(&gelu_tanh(&x).unwrap(), &x.gelu().unwrap()) < 2e-6);
+        assert!(max_diff(&silu(&x).unwrap(), &x.silu().unwrap()) < 2e-6);
+        let want = candle_nn::ops::softmax_last_dim(&x).unwrap();
+        assert!(max_diff(&softmax_last(&x).unwrap(), &want) < 1e-6);
+        assert!(max_diff(&softmax_last_owned(x.copy().unwrap()).unwrap(), &want) < 1e-6);
+        assert!(
+            max_diff(
+                &gelu_tanh_owned(x.copy().unwrap()).unwrap(),
+                &x.gelu().unwrap()
+            ) < 2e-6
+        );
+        assert!(max_diff(&silu_owned(x.copy().unwrap()).unwrap(), &x.silu().unwrap()) < 2e-6);
+        // A masked row: −∞ entries get (almost exactly) no weight.
+        let masked = Tensor::new(&[[0.5f32, f32::NEG_INFINITY, 1.5]], &Device::Cpu).unwrap();
+        let p: Vec<f32> = softmax_last(&masked)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(p[1] < 1e-30 && (p[0] + p[2] - 1.0).abs() < 1e-6);
     }
 
     #[test]

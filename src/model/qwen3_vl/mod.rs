@@ -8,4 +8,4 @@ pub mod text;
 pub mod vision;
 
 pub use config::Qwen3VlConfig;
-pub use model::Qwen3Vl;
+pub use model::{BranchStrategy, Qwen3Vl};

@@ -319,6 +319,7 @@ impl Qwen3Vl {
             &RunOptions {
                 capture_attention,
                 keep_layer_outputs,
+                mask: None,
             },
         )?;
         Ok(SequenceOutput {
@@ -441,6 +442,327 @@ fn synthetic_tokens(text: &str, config: &Qwen3VlConfig) -> Vec<u32> {
     out
 }
 
+/// How the 1+K perspective branches share the content prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BranchStrategy {
+    /// One pass over `[prefix | suffix_0 | … | suffix_K]` with a block mask: each suffix
+    /// sees the prefix and itself. The weights are read once, as for a single embedding.
+    Packed,
+    /// The prefix once, its keys and values cached, then the suffixes as one batch attending
+    /// to the cache. Reads the language model's weights twice; the cache can be kept to
+    /// embed new perspectives of the same input later.
+    CachedPrefix,
+}
+
+/// Everything about one input that all perspectives share.
+struct Prefix {
+    ids: Vec<u32>,
+    run: Option<(usize, usize)>,
+    grid: Option<(usize, usize)>,
+    vision_deepstack: Vec<Tensor>,
+    visual_inputs: Option<Tensor>,
+    embeds: Tensor,
+    positions: [Vec<i64>; 3],
+    next_position: i64,
+}
+
+impl Qwen3Vl {
+    fn prefix(
+        &self,
+        input: &EmbedInput,
+        perspectives: &PerspectiveSet,
+        track_visual: bool,
+    ) -> Result<Prefix> {
+        let prepared = input
+            .image
+            .as_ref()
+            .map(|img| self.prepare_image(img))
+            .transpose()?;
+        // All perspectives share the prefix; tokenise it once.
+        let (prefix_text, _) = self.prompt_text(input, &perspectives.perspectives[0]);
+        let ids = self.expand_image_tokens(self.tokenize(&prefix_text)?, prepared.as_ref())?;
+        let run = self.image_run(&ids)?;
+        let started = std::time::Instant::now();
+        let vision = prepared
+            .as_ref()
+            .map(|img| self.vision.forward(img))
+            .transpose()?;
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "vision tower");
+        let visual_inputs = match &vision {
+            Some(v) if track_visual => Some(Var::from_tensor(&v.merged)?.as_tensor().clone()),
+            Some(v) => Some(v.merged.clone()),
+            None => None,
+        };
+        let embeds = self.input_embeddings(&ids, run, visual_inputs.as_ref())?;
+        let grid = prepared.as_ref().map(|img| self.merged_grid(img));
+        let (positions, next_position) = position_ids(
+            ids.len(),
+            run.zip(grid).map(|((s, _), (gh, gw))| (s, gh, gw)),
+        );
+        Ok(Prefix {
+            ids,
+            run,
+            grid,
+            vision_deepstack: vision.map(|v| v.deepstack).unwrap_or_default(),
+            visual_inputs,
+            embeds,
+            positions,
+            next_position,
+        })
+    }
+
+    /// Token ids and input embeddings `[len, hidden]` of each perspective's suffix.
+    fn suffixes(
+        &self,
+        input: &EmbedInput,
+        perspectives: &PerspectiveSet,
+        options: &EmbedOptions,
+        dtype: DType,
+    ) -> Result<Vec<(Vec<u32>, Tensor)>> {
+        let mut out = Vec::with_capacity(perspectives.perspectives.len());
+        for (i, p) in perspectives.perspectives.iter().enumerate() {
+            let (_, suffix_text) = self.prompt_text(input, p);
+            let ids = self.tokenize(&suffix_text)?;
+            let mut parts = vec![self.text.embed_tokens(&ids)?];
+            if let Some(s) = self.soft_vectors(p, options.soft_prompts.get(i))? {
+                parts.push(s.to_dtype(dtype)?);
+            }
+            out.push((ids, Tensor::cat(&parts, 0)?));
+        }
+        Ok(out)
+    }
+
+    /// Embeds `input` under every perspective with the chosen branch strategy (both give
+    /// the same vectors as running each branch's full sequence).
+    pub fn embed_with(
+        &self,
+        input: &EmbedInput,
+        perspectives: &PerspectiveSet,
+        options: &EmbedOptions,
+        strategy: BranchStrategy,
+    ) -> Result<Embedding> {
+        perspectives.validate().map_err(ModelError::Input)?;
+        let prefix = self.prefix(input, perspectives, options.track_visual_inputs)?;
+        let dtype = prefix.embeds.dtype();
+        let suffixes = self.suffixes(input, perspectives, options, dtype)?;
+        let lengths: Vec<usize> = suffixes
+            .iter()
+            .map(|(_, e)| e.dim(0))
+            .collect::<candle_core::Result<_>>()?;
+        let lp = prefix.ids.len();
+        let n_layers = self.config.text.num_hidden_layers;
+        let capture: Vec<usize> =
+            (n_layers.saturating_sub(options.attention_layers)..n_layers).collect();
+        let injection = prefix.run.map(|(start, _)| Injection {
+            start,
+            features: &prefix.vision_deepstack,
+        });
+        let started = std::time::Instant::now();
+
+        // For each branch: its last hidden state, and its attention rows [layers][heads, keys]
+        // over the prefix; plus the prefix's final hidden states.
+        let (pooled, attention_rows, prefix_hidden): (Vec<Tensor>, Vec<Vec<Tensor>>, Tensor) =
+            match strategy {
+                BranchStrategy::Packed => {
+                    let mut parts = vec![prefix.embeds.clone()];
+                    let mut positions = prefix.positions.clone();
+                    let mut offsets = Vec::with_capacity(lengths.len());
+                    let mut at = lp;
+                    for ((_, e), &len) in suffixes.iter().zip(&lengths) {
+                        parts.push(e.clone());
+                        for comp in positions.iter_mut() {
+                            comp.extend((0..len as i64).map(|i| prefix.next_position + i));
+                        }
+                        offsets.push(at);
+                        at += len;
+                    }
+                    let embeds = Tensor::cat(&parts, 0)?.unsqueeze(0)?;
+                    let (cos, sin) = self.rope.cos_sin(&positions, dtype, &self.device)?;
+                    let mask = branch_mask(lp, &lengths, &self.device)?;
+                    let out = self.text.run(
+                        &embeds,
+                        &cos,
+                        &sin,
+                        None,
+                        injection.as_ref(),
+                        &RunOptions {
+                            capture_attention: &capture,
+                            keep_layer_outputs: false,
+                            mask: Some(&mask),
+                        },
+                    )?;
+                    let hidden = out.hidden.squeeze(0)?;
+                    let mut pooled = Vec::with_capacity(lengths.len());
+                    let mut rows = Vec::with_capacity(lengths.len());
+                    for (&o, &len) in offsets.iter().zip(&lengths) {
+                        let last = o + len - 1;
+                        pooled.push(hidden.get(last)?);
+                        rows.push(
+                            out.attentions
+                                .iter()
+                                .map(|(_, p)| {
+                                    Ok(p.get(0)?
+                                        .narrow(1, last, 1)?
+                                        .squeeze(1)?
+                                        .narrow(1, 0, lp)?)
+                                })
+                                .collect::<Result<Vec<_>>>()?,
+                        );
+                    }
+                    (pooled, rows, hidden.narrow(0, 0, lp)?)
+                }
+                BranchStrategy::CachedPrefix => {
+                    let (cos, sin) = self.rope.cos_sin(&prefix.positions, dtype, &self.device)?;
+                    let pre = self.text.run(
+                        &prefix.embeds.unsqueeze(0)?,
+                        &cos,
+                        &sin,
+                        None,
+                        injection.as_ref(),
+                        &RunOptions::default(),
+                    )?;
+                    let cache: KvCache = pre.cache;
+                    // The suffixes as one right-padded batch attending to the cached prefix.
+                    let h = self.config.text.hidden_size;
+                    let max_len = lengths.iter().copied().max().unwrap_or(0);
+                    let rows_in = suffixes
+                        .iter()
+                        .zip(&lengths)
+                        .map(|((_, e), &len)| {
+                            if len < max_len {
+                                Ok(Tensor::cat(
+                                    &[
+                                        e.clone(),
+                                        Tensor::zeros((max_len - len, h), dtype, &self.device)?,
+                                    ],
+                                    0,
+                                )?)
+                            } else {
+                                Ok(e.clone())
+                            }
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    let batch = Tensor::stack(&rows_in, 0)?;
+                    let text_pos: Vec<i64> = (0..max_len as i64)
+                        .map(|i| prefix.next_position + i)
+                        .collect();
+                    let (scos, ssin) = self.rope.cos_sin(
+                        &[text_pos.clone(), text_pos.clone(), text_pos],
+                        dtype,
+                        &self.device,
+                    )?;
+                    let out = self.text.run(
+                        &batch,
+                        &scos,
+                        &ssin,
+                        Some(&cache),
+                        None,
+                        &RunOptions {
+                            capture_attention: &capture,
+                            keep_layer_outputs: false,
+                            mask: None,
+                        },
+                    )?;
+                    let mut pooled = Vec::with_capacity(lengths.len());
+                    let mut rows = Vec::with_capacity(lengths.len());
+                    for (b, &len) in lengths.iter().enumerate() {
+                        pooled.push(out.hidden.get(b)?.get(len - 1)?);
+                        rows.push(
+                            out.attentions
+                                .iter()
+                                .map(|(_, p)| {
+                                    Ok(p.get(b)?
+                                        .narrow(1, len - 1, 1)?
+                                        .squeeze(1)?
+                                        .narrow(1, 0, lp)?)
+                                })
+                                .collect::<Result<Vec<_>>>()?,
+                        );
+                    }
+                    (pooled, rows, pre.hidden.squeeze(0)?)
+                }
+            };
+
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            ?strategy,
+            "language model"
+        );
+        let mut branches = Vec::with_capacity(lengths.len());
+        for ((p, (ids, _)), rows) in perspectives
+            .perspectives
+            .iter()
+            .zip(&suffixes)
+            .zip(&attention_rows)
+        {
+            let mut input_ids = prefix.ids.clone();
+            input_ids.extend(ids);
+            let soft_start = input_ids.len();
+            input_ids.extend(std::iter::repeat_n(SOFT_TOKEN_PLACEHOLDER, p.soft_tokens));
+            let attention_to_visual = match prefix.run {
+                Some((start, n)) if !rows.is_empty() => {
+                    let mut acc = vec![0f32; n];
+                    for row in rows {
+                        // [heads, prefix keys] → mean over heads, visual keys only.
+                        let vis: Vec<f32> = row
+                            .mean(0)?
+                            .narrow(0, start, n)?
+                            .to_dtype(DType::F32)?
+                            .to_vec1()?;
+                        acc.iter_mut()
+                            .zip(vis)
+                            .for_each(|(a, v)| *a += v / rows.len() as f32);
+                    }
+                    Some(acc)
+                }
+                _ => None,
+            };
+            branches.push(BranchTokens {
+                name: p.name.clone(),
+                input_ids,
+                soft_positions: (soft_start..soft_start + p.soft_tokens).collect(),
+                attention_to_visual,
+            });
+        }
+        let visual = match (prefix.run, prefix.grid, prefix.visual_inputs) {
+            (Some((start, n)), Some(grid), Some(inputs)) => Some(VisualTokens {
+                grid,
+                first_position: start,
+                inputs,
+                hidden: prefix_hidden.narrow(0, start, n)?,
+            }),
+            _ => None,
+        };
+        Ok(Embedding {
+            vectors: Tensor::stack(&pooled, 0)?,
+            branches,
+            visual,
+        })
+    }
+}
+
+/// The additive mask of a packed sequence `[prefix (lp) | suffix lengths…]`: the prefix is
+/// causal; each suffix sees the whole prefix and its own earlier tokens, never another
+/// suffix.
+fn branch_mask(lp: usize, lengths: &[usize], device: &Device) -> Result<Tensor> {
+    let total = lp + lengths.iter().sum::<usize>();
+    let mut mask = vec![f32::NEG_INFINITY; total * total];
+    for q in 0..lp {
+        mask[q * total..q * total + q + 1].fill(0.0);
+    }
+    let mut start = lp;
+    for &len in lengths {
+        for i in 0..len {
+            let q = start + i;
+            let row = &mut mask[q * total..(q + 1) * total];
+            row[..lp].fill(0.0);
+            row[start..=q].fill(0.0);
+        }
+        start += len;
+    }
+    Ok(Tensor::from_vec(mask, (total, total), device)?)
+}
+
 impl Backbone for Qwen3Vl {
     fn identity(&self) -> &ModelIdentity {
         &self.identity
@@ -476,147 +798,6 @@ impl Backbone for Qwen3Vl {
         perspectives: &PerspectiveSet,
         options: &EmbedOptions,
     ) -> Result<Embedding> {
-        perspectives.validate().map_err(ModelError::Input)?;
-        let prepared = input
-            .image
-            .as_ref()
-            .map(|img| self.prepare_image(img))
-            .transpose()?;
-        // All perspectives share the prefix; tokenise it once.
-        let (prefix_text, _) = self.prompt_text(input, &perspectives.perspectives[0]);
-        let prefix_ids =
-            self.expand_image_tokens(self.tokenize(&prefix_text)?, prepared.as_ref())?;
-        let run = self.image_run(&prefix_ids)?;
-        let vision = prepared
-            .as_ref()
-            .map(|img| self.vision.forward(img))
-            .transpose()?;
-        let visual_inputs = match &vision {
-            Some(v) if options.track_visual_inputs => {
-                Some(Var::from_tensor(&v.merged)?.as_tensor().clone())
-            }
-            Some(v) => Some(v.merged.clone()),
-            None => None,
-        };
-        let embeds = self.input_embeddings(&prefix_ids, run, visual_inputs.as_ref())?;
-        let grid = prepared.as_ref().map(|img| self.merged_grid(img));
-        let (positions, next_pos) = position_ids(
-            prefix_ids.len(),
-            run.zip(grid).map(|((s, _), (gh, gw))| (s, gh, gw)),
-        );
-        let dtype = embeds.dtype();
-        let (cos, sin) = self.rope.cos_sin(&positions, dtype, &self.device)?;
-        let injection = match (&vision, run) {
-            (Some(v), Some((start, _))) => Some(Injection {
-                start,
-                features: &v.deepstack,
-            }),
-            _ => None,
-        };
-        let prefix = self.text.run(
-            &embeds.unsqueeze(0)?,
-            &cos,
-            &sin,
-            None,
-            injection.as_ref(),
-            &RunOptions::default(),
-        )?;
-        let cache: KvCache = prefix.cache;
-
-        // The 1+K suffixes as one right-padded batch attending to the cached prefix.
-        let mut suffixes = Vec::with_capacity(perspectives.perspectives.len());
-        for (i, p) in perspectives.perspectives.iter().enumerate() {
-            let (_, suffix_text) = self.prompt_text(input, p);
-            let ids = self.tokenize(&suffix_text)?;
-            let soft = self.soft_vectors(p, options.soft_prompts.get(i))?;
-            suffixes.push((ids, soft));
-        }
-        let h = self.config.text.hidden_size;
-        let max_len = suffixes
-            .iter()
-            .map(|(ids, s)| ids.len() + s.as_ref().map_or(0, |t| t.dims()[0]))
-            .max()
-            .unwrap_or(0);
-        let mut rows = Vec::with_capacity(suffixes.len());
-        let mut lengths = Vec::with_capacity(suffixes.len());
-        for (ids, soft) in &suffixes {
-            let mut parts = vec![self.text.embed_tokens(ids)?];
-            if let Some(s) = soft {
-                parts.push(s.to_dtype(dtype)?);
-            }
-            let len = ids.len() + soft.as_ref().map_or(0, |t| t.dims()[0]);
-            if len < max_len {
-                parts.push(Tensor::zeros((max_len - len, h), dtype, &self.device)?);
-            }
-            rows.push(Tensor::cat(&parts, 0)?);
-            lengths.push(len);
-        }
-        let batch = Tensor::stack(&rows, 0)?;
-        let text_pos: Vec<i64> = (0..max_len as i64).map(|i| next_pos + i).collect();
-        let (scos, ssin) = self.rope.cos_sin(
-            &[text_pos.clone(), text_pos.clone(), text_pos],
-            dtype,
-            &self.device,
-        )?;
-        let n_layers = self.config.text.num_hidden_layers;
-        let capture: Vec<usize> =
-            (n_layers.saturating_sub(options.attention_layers)..n_layers).collect();
-        let out = self.text.run(
-            &batch,
-            &scos,
-            &ssin,
-            Some(&cache),
-            None,
-            &RunOptions {
-                capture_attention: &capture,
-                keep_layer_outputs: false,
-            },
-        )?;
-        let mut vectors = Vec::with_capacity(lengths.len());
-        let mut branches = Vec::with_capacity(lengths.len());
-        for (b, (p, (ids, _))) in perspectives.perspectives.iter().zip(&suffixes).enumerate() {
-            let last = lengths[b] - 1;
-            vectors.push(out.hidden.get(b)?.get(last)?);
-            let mut input_ids = prefix_ids.clone();
-            input_ids.extend(ids);
-            let soft_start = input_ids.len();
-            input_ids.extend(std::iter::repeat_n(SOFT_TOKEN_PLACEHOLDER, p.soft_tokens));
-            let attention_to_visual = match run {
-                Some((start, n)) if !out.attentions.is_empty() => {
-                    let mut acc = vec![0f32; n];
-                    for (_, probs) in &out.attentions {
-                        // [B, heads, S, T] → this branch's last token, mean over heads.
-                        let row = probs.get(b)?.narrow(1, last, 1)?.squeeze(1)?.mean(0)?;
-                        let vis: Vec<f32> =
-                            row.narrow(0, start, n)?.to_dtype(DType::F32)?.to_vec1()?;
-                        acc.iter_mut()
-                            .zip(vis)
-                            .for_each(|(a, v)| *a += v / out.attentions.len() as f32);
-                    }
-                    Some(acc)
-                }
-                _ => None,
-            };
-            branches.push(BranchTokens {
-                name: p.name.clone(),
-                input_ids,
-                soft_positions: (soft_start..soft_start + p.soft_tokens).collect(),
-                attention_to_visual,
-            });
-        }
-        let visual = match (run, grid, visual_inputs) {
-            (Some((start, n)), Some(grid), Some(inputs)) => Some(VisualTokens {
-                grid,
-                first_position: start,
-                inputs,
-                hidden: prefix.hidden.squeeze(0)?.narrow(0, start, n)?,
-            }),
-            _ => None,
-        };
-        Ok(Embedding {
-            vectors: Tensor::stack(&vectors, 0)?,
-            branches,
-            visual,
-        })
+        self.embed_with(input, perspectives, options, BranchStrategy::Packed)
     }
 }

@@ -6,7 +6,7 @@ use candle_core::{DType, Tensor};
 
 use super::config::TextConfig;
 use crate::model::error::Result;
-use crate::model::ops::{linear, rms_norm, silu, softmax_last};
+use crate::model::ops::{linear, rms_norm, silu_owned, softmax_last_owned};
 use crate::model::weights::Weights;
 
 struct Attention {
@@ -54,6 +54,9 @@ pub struct RunOptions<'a> {
     pub capture_attention: &'a [usize],
     /// Whether to keep every layer's output.
     pub keep_layer_outputs: bool,
+    /// An explicit additive mask `[S, past+S]` (0 = may attend, −∞ = may not) instead of
+    /// the causal one; packed perspective branches use it.
+    pub mask: Option<&'a Tensor>,
 }
 
 /// Tensors added to the hidden states after the first layers (DeepStack), at positions
@@ -177,7 +180,10 @@ impl TextModel {
     ) -> Result<TextOutput> {
         let (b, s, _) = embeds.dims3()?;
         let past_len = past.map_or(0, |p| p.len);
-        let mask = causal_mask(s, past_len, embeds.device())?;
+        let mask = match options.mask {
+            Some(m) => m.clone(),
+            None => causal_mask(s, past_len, embeds.device())?,
+        };
         let mut x = embeds.clone();
         let mut cache = Vec::with_capacity(self.layers.len());
         let mut attentions = Vec::new();
@@ -257,11 +263,13 @@ impl TextModel {
         let t = k_all.dim(2)?;
         let rep = nh / nkv;
         // Group the query heads by their key/value head instead of copying K and V.
-        let qg = q.contiguous()?.reshape((batch, nkv, rep * s, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (qg.matmul(&k_all.transpose(2, 3)?)? * scale)?.reshape((batch, nh, s, t))?;
+        let qg = (q.contiguous()?.reshape((batch, nkv, rep * s, hd))? * scale)?;
+        let scores = qg
+            .matmul(&k_all.transpose(2, 3)?)?
+            .reshape((batch, nh, s, t))?;
         let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
-        let probs = softmax_last(&scores)?;
+        let probs = softmax_last_owned(scores)?;
         let out = probs
             .to_dtype(x.dtype())?
             .reshape((batch, nkv, rep * s, t))?
@@ -272,7 +280,7 @@ impl TextModel {
         let out = linear(&out, &a.o_proj.0, a.o_proj.1.as_ref())?;
         let x = (x + out)?;
         let normed = rms_norm(&x, &layer.post_norm, eps)?;
-        let gate = silu(&linear(&normed, &layer.gate, None)?)?;
+        let gate = silu_owned(linear(&normed, &layer.gate, None)?)?;
         let up = linear(&normed, &layer.up, None)?;
         let mlp = linear(&(gate * up)?, &layer.down, None)?;
         let captured = if capture { Some(probs) } else { None };

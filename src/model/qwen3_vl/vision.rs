@@ -6,7 +6,9 @@ use candle_core::{DType, Device, Tensor};
 use super::config::VisionConfig;
 use super::preprocess::PreparedImage;
 use crate::model::error::{ModelError, Result};
-use crate::model::ops::{gelu_erf, gelu_tanh, layer_norm, linear, rotate_half_rope, softmax_last};
+use crate::model::ops::{
+    gelu_erf, gelu_tanh_owned, layer_norm, linear, rotate_half_rope, softmax_last_owned,
+};
 use crate::model::weights::Weights;
 
 const LN_EPS: f64 = 1e-6;
@@ -317,12 +319,16 @@ impl VisionModel {
             let k = rotate_half_rope(&qkv.get(1)?.to_dtype(DType::F32)?, &cos, &sin)?
                 .to_dtype(self.dtype)?;
             let v = qkv.get(2)?.contiguous()?;
-            let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?;
-            let probs = softmax_last(&scores.to_dtype(DType::F32)?)?.to_dtype(self.dtype)?;
+            // Scaling q (0.8M values) instead of the scores (9.8M at 448 px) saves a pass.
+            let scores = (q * scale)?.contiguous()?.matmul(&k.t()?)?;
+            let probs = softmax_last_owned(scores.to_dtype(DType::F32)?)?.to_dtype(self.dtype)?;
             let attn = probs.matmul(&v)?.transpose(0, 1)?.reshape((n, d))?;
             x = (x + block.proj.forward(&attn)?)?;
             let y = block.norm2.forward(&x)?;
-            x = (&x + block.fc2.forward(&gelu_tanh(&block.fc1.forward(&y)?)?)?)?;
+            x = (&x
+                + block
+                    .fc2
+                    .forward(&gelu_tanh_owned(block.fc1.forward(&y)?)?)?)?;
             if let Some(j) = c.deepstack_visual_indexes.iter().position(|&k| k == i) {
                 deepstack.push(self.deepstack[j].forward(&x)?);
             }
