@@ -6,13 +6,12 @@ use candle_core::{DType, Tensor};
 
 use super::config::TextConfig;
 use crate::model::error::Result;
-use crate::model::ops::{linear, rms_norm, silu_owned, softmax_last_owned};
+use crate::model::ops::{linear, rms_norm, softmax_last_owned, swiglu};
 use crate::model::weights::Weights;
 
 struct Attention {
-    q_proj: (Tensor, Option<Tensor>),
-    k_proj: (Tensor, Option<Tensor>),
-    v_proj: (Tensor, Option<Tensor>),
+    /// q, k and v projections stacked into one matrix (one GEMM instead of three).
+    qkv_proj: (Tensor, Option<Tensor>),
     o_proj: (Tensor, Option<Tensor>),
     q_norm: Tensor,
     k_norm: Tensor,
@@ -22,8 +21,8 @@ struct Layer {
     input_norm: Tensor,
     attn: Attention,
     post_norm: Tensor,
-    gate: Tensor,
-    up: Tensor,
+    /// Gate and up projections stacked: `[2·intermediate, hidden]`.
+    gate_up: Tensor,
     down: Tensor,
 }
 
@@ -102,27 +101,37 @@ impl TextModel {
             layers.push(Layer {
                 input_norm: weights.get(&format!("{p}.input_layernorm.weight"), &[h])?,
                 attn: Attention {
-                    q_proj: load_linear(
-                        weights,
-                        &format!("{p}.self_attn.q_proj"),
-                        c.num_attention_heads * hd,
-                        h,
-                        b,
-                    )?,
-                    k_proj: load_linear(
-                        weights,
-                        &format!("{p}.self_attn.k_proj"),
-                        c.num_key_value_heads * hd,
-                        h,
-                        b,
-                    )?,
-                    v_proj: load_linear(
-                        weights,
-                        &format!("{p}.self_attn.v_proj"),
-                        c.num_key_value_heads * hd,
-                        h,
-                        b,
-                    )?,
+                    qkv_proj: {
+                        let q = load_linear(
+                            weights,
+                            &format!("{p}.self_attn.q_proj"),
+                            c.num_attention_heads * hd,
+                            h,
+                            b,
+                        )?;
+                        let k = load_linear(
+                            weights,
+                            &format!("{p}.self_attn.k_proj"),
+                            c.num_key_value_heads * hd,
+                            h,
+                            b,
+                        )?;
+                        let v = load_linear(
+                            weights,
+                            &format!("{p}.self_attn.v_proj"),
+                            c.num_key_value_heads * hd,
+                            h,
+                            b,
+                        )?;
+                        let w = Tensor::cat(&[&q.0, &k.0, &v.0], 0)?;
+                        let bias = match (q.1, k.1, v.1) {
+                            (Some(qb), Some(kb), Some(vb)) => {
+                                Some(Tensor::cat(&[&qb, &kb, &vb], 0)?)
+                            }
+                            _ => None,
+                        };
+                        (w, bias)
+                    },
                     o_proj: load_linear(
                         weights,
                         &format!("{p}.self_attn.o_proj"),
@@ -134,13 +143,18 @@ impl TextModel {
                     k_norm: weights.get(&format!("{p}.self_attn.k_norm.weight"), &[hd])?,
                 },
                 post_norm: weights.get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                gate: weights.get(
-                    &format!("{p}.mlp.gate_proj.weight"),
-                    &[c.intermediate_size, h],
-                )?,
-                up: weights.get(
-                    &format!("{p}.mlp.up_proj.weight"),
-                    &[c.intermediate_size, h],
+                gate_up: Tensor::cat(
+                    &[
+                        &weights.get(
+                            &format!("{p}.mlp.gate_proj.weight"),
+                            &[c.intermediate_size, h],
+                        )?,
+                        &weights.get(
+                            &format!("{p}.mlp.up_proj.weight"),
+                            &[c.intermediate_size, h],
+                        )?,
+                    ],
+                    0,
                 )?,
                 down: weights.get(
                     &format!("{p}.mlp.down_proj.weight"),
@@ -236,9 +250,14 @@ impl TextModel {
         let s = x.dim(1)?;
         let a = &layer.attn;
         let normed = rms_norm(x, &layer.input_norm, eps)?;
-        let q = linear(&normed, &a.q_proj.0, a.q_proj.1.as_ref())?.reshape((batch, s, nh, hd))?;
-        let k = linear(&normed, &a.k_proj.0, a.k_proj.1.as_ref())?.reshape((batch, s, nkv, hd))?;
-        let v = linear(&normed, &a.v_proj.0, a.v_proj.1.as_ref())?.reshape((batch, s, nkv, hd))?;
+        let qkv = linear(&normed, &a.qkv_proj.0, a.qkv_proj.1.as_ref())?;
+        let q = qkv.narrow(2, 0, nh * hd)?.reshape((batch, s, nh, hd))?;
+        let k = qkv
+            .narrow(2, nh * hd, nkv * hd)?
+            .reshape((batch, s, nkv, hd))?;
+        let v = qkv
+            .narrow(2, (nh + nkv) * hd, nkv * hd)?
+            .reshape((batch, s, nkv, hd))?;
         let q = rms_norm(&q, &a.q_norm, eps)?.transpose(1, 2)?;
         let k = rms_norm(&k, &a.k_norm, eps)?.transpose(1, 2)?;
         let v = v.transpose(1, 2)?.contiguous()?;
@@ -280,9 +299,11 @@ impl TextModel {
         let out = linear(&out, &a.o_proj.0, a.o_proj.1.as_ref())?;
         let x = (x + out)?;
         let normed = rms_norm(&x, &layer.post_norm, eps)?;
-        let gate = silu_owned(linear(&normed, &layer.gate, None)?)?;
-        let up = linear(&normed, &layer.up, None)?;
-        let mlp = linear(&(gate * up)?, &layer.down, None)?;
+        let mlp = linear(
+            &swiglu(&linear(&normed, &layer.gate_up, None)?)?,
+            &layer.down,
+            None,
+        )?;
         let captured = if capture { Some(probs) } else { None };
         Ok(((x + mlp)?, (k, v), captured))
     }
