@@ -110,6 +110,7 @@ fn preprocessing_matches_the_transformers_image_processor() {
             let want = &r["pixel_values"];
             let ours = Tensor::from_slice(&got.pixel_values, want.dims(), &Device::Cpu).unwrap();
             let err = max_abs(&ours, want);
+            eprintln!("preprocess {model}/{name}: grid {:?}, max |Δ pixel| = {err:e}", got.grid_thw);
             assert!(err <= 1e-5, "{model}/{name}: pixel values differ by {err}");
         }
     }
@@ -180,6 +181,7 @@ fn hidden_states_and_embeddings_match_transformers() {
         assert!(err <= 1e-4, "{label}: last hidden state differs by {err}");
         let last = out.hidden.get(input_ids.len() - 1).unwrap();
         let cos = cosine(&last, &r["embedding"]);
+        eprintln!("{label}: max |Δ last hidden| = {err:e}, embedding cosine = {cos:.9}");
         assert!(cos >= 0.99999, "{label}: embedding cosine {cos}");
         // Attention capture: the last layer, from the last position.
         let (_, probs) = &out.attentions[0];
