@@ -110,7 +110,10 @@ fn preprocessing_matches_the_transformers_image_processor() {
             let want = &r["pixel_values"];
             let ours = Tensor::from_slice(&got.pixel_values, want.dims(), &Device::Cpu).unwrap();
             let err = max_abs(&ours, want);
-            eprintln!("preprocess {model}/{name}: grid {:?}, max |Δ pixel| = {err:e}", got.grid_thw);
+            eprintln!(
+                "preprocess {model}/{name}: grid {:?}, max |Δ pixel| = {err:e}",
+                got.grid_thw
+            );
             assert!(err <= 1e-5, "{model}/{name}: pixel values differ by {err}");
         }
     }
