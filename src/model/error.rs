@@ -47,6 +47,10 @@ pub enum ModelError {
     Tokenizer { path: PathBuf, reason: String },
     #[error("input: {0}")]
     Input(String),
+    /// Resolving a `--model` argument (a folder, the Hub, the Hugging Face cache) failed;
+    /// the message names the argument and what to do.
+    #[error("{0}")]
+    ModelArg(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -189,7 +189,7 @@ impl Drop for IndicatifProgress {
 ///   Qwen3-VL folder needs.
 ///
 /// Blocks while downloading: call it from a worker thread in a GUI. Errors are
-/// [`ModelError::Input`] sentences that name the repo and what to do.
+/// [`ModelError::ModelArg`] sentences that name the repo and what to do.
 pub fn resolve_model(
     arg: &str,
     options: &ResolveOptions,
@@ -243,7 +243,7 @@ fn resolve_with(
         return Ok(ModelSource::Demo);
     }
     if arg.is_empty() {
-        return Err(ModelError::Input(
+        return Err(ModelError::ModelArg(
             "the model argument is empty: give `demo`, a model folder, or a Hugging Face repo id \
              such as `Qwen/Qwen3-VL-2B-Instruct`"
                 .into(),
@@ -255,14 +255,14 @@ fn resolve_with(
             return canonical(&path).map(ModelSource::Local);
         }
         Ok(_) => {
-            return Err(ModelError::Input(format!(
+            return Err(ModelError::ModelArg(format!(
                 "{} is a file; --model wants the model folder (the one holding config.json)",
                 path.display()
             )));
         }
         Err(e) if looks_like_path(arg) => {
             return Err(if e.kind() == std::io::ErrorKind::NotFound {
-                ModelError::Input(format!("no such model folder: {}", path.display()))
+                ModelError::ModelArg(format!("no such model folder: {}", path.display()))
             } else {
                 ModelError::io(path, e)
             });
@@ -312,7 +312,7 @@ struct RepoId {
 impl RepoId {
     fn parse(arg: &str, option_revision: Option<&str>) -> Result<Self> {
         let invalid = |why: &str| {
-            ModelError::Input(format!(
+            ModelError::ModelArg(format!(
                 "`{arg}` is neither an existing folder nor a valid Hugging Face repo id ({why}); \
                  --model takes `demo`, a model folder, or `owner/name[@revision]` such as \
                  `Qwen/Qwen3-VL-2B-Instruct`"
@@ -339,7 +339,7 @@ impl RepoId {
         let revision = match (at_revision, option_revision) {
             (Some(""), _) => return Err(invalid("nothing follows `@`")),
             (Some(rev), Some(opt)) if rev != opt => {
-                return Err(ModelError::Input(format!(
+                return Err(ModelError::ModelArg(format!(
                     "`{arg}` asks for revision `{rev}` but the revision option says `{opt}`; \
                      give one of them"
                 )));
@@ -418,7 +418,7 @@ fn offline_from_env() -> bool {
 
 /// A Hub-related failure, as a sentence naming the repo.
 fn hub_error(repo: &str, msg: impl std::fmt::Display) -> ModelError {
-    ModelError::Input(format!("{repo}: {msg}"))
+    ModelError::ModelArg(format!("{repo}: {msg}"))
 }
 
 fn offline_error(repo: &RepoId, cache_dir: &Path, missing: Option<(&Path, &str)>) -> ModelError {
@@ -434,7 +434,7 @@ fn offline_error(repo: &RepoId, cache_dir: &Path, missing: Option<(&Path, &str)>
             snapshot.display()
         ),
     };
-    ModelError::Input(format!(
+    ModelError::ModelArg(format!(
         "{what} and HF_HUB_OFFLINE is set; download it on a machine with network or point \
          --model at a local folder"
     ))
@@ -1354,7 +1354,7 @@ mod tests {
         assert_eq!(
             err,
             format!(
-                "input: owner/other is not in the local Hugging Face cache ({}) and \
+                "owner/other is not in the local Hugging Face cache ({}) and \
                  HF_HUB_OFFLINE is set; download it on a machine with network or point --model \
                  at a local folder",
                 cache.path().display()
@@ -1854,7 +1854,7 @@ mod tests {
             &mut p,
             &hub.settings(),
         ));
-        assert_eq!(err, "input: owner/name: download cancelled");
+        assert_eq!(err, "owner/name: download cancelled");
         assert_eq!(p.events, ["start config.json Some(2)", "done config.json"]);
     }
 
@@ -1936,7 +1936,7 @@ mod tests {
         ));
         let took = t.elapsed();
         assert!(
-            err.starts_with("input: owner/name: the Hugging Face Hub (http://127.0.0.1:")
+            err.starts_with("owner/name: the Hugging Face Hub (http://127.0.0.1:")
                 && err.contains("could not be reached while fetching config.json")
                 && err.contains("not complete in the local cache")
                 && err.contains("HF_HUB_OFFLINE=1"),
