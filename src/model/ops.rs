@@ -73,20 +73,100 @@ fn map_f32(
     }
 }
 
+/// Softmax of one row, in place.
+#[inline]
+fn softmax_row(row: &mut [f32]) {
+    let max = lane_reduce(row, f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
+    row.iter_mut().for_each(|v| *v = fast_exp(*v - max));
+    let inv = 1.0 / lane_reduce(row, 0.0, |a, b| a + b);
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
 /// Softmax of each `n`-long row of `data`, in place.
 fn softmax_rows(data: &mut [f32], n: usize) {
     if n == 0 {
         return;
     }
     data.par_chunks_mut(n * (CHUNK / n).max(1))
-        .for_each(|rows| {
-            for row in rows.chunks_mut(n) {
-                let max = lane_reduce(row, f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
-                row.iter_mut().for_each(|v| *v = fast_exp(*v - max));
-                let inv = 1.0 / lane_reduce(row, 0.0, |a, b| a + b);
-                row.iter_mut().for_each(|v| *v *= inv);
+        .for_each(|rows| rows.chunks_mut(n).for_each(softmax_row));
+}
+
+/// Full (non-causal) softmax attention, `softmax(q·kᵀ·scale)·v`, for `q`, `k`, `v` of shape
+/// `[heads, n, d]` on the CPU in f32 without gradients; `None` otherwise (use the tensor
+/// ops). Heads run in parallel, each computing its scores, softmax and output on one core,
+/// so a head's `n×n` scores stay in cache instead of streaming through memory three times.
+pub fn attention_heads(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
+    let (Some(qd), Some(kd), Some(vd)) = (cpu_f32(q), cpu_f32(k), cpu_f32(v)) else {
+        return Ok(None);
+    };
+    let (heads, n, d) = q.dims3()?;
+    if k.dims3()? != (heads, n, d) || v.dims3()? != (heads, n, d) || n == 0 || d == 0 {
+        return Ok(None);
+    }
+    let mut out = vec![0f32; heads * n * d];
+    let scale = scale as f32;
+    let size = n * d;
+    out.par_chunks_mut(size).enumerate().for_each_init(
+        || vec![0f32; n * n],
+        |scores, (h, o)| {
+            let qh = &qd[h * size..(h + 1) * size];
+            let kh = &kd[h * size..(h + 1) * size];
+            let vh = &vd[h * size..(h + 1) * size];
+            // SAFETY: every pointer covers the row-major matrix its sizes and strides
+            // describe (q_h, k_h, v_h and o are [n, d], scores is [n, n]), and the
+            // destinations alias no source.
+            unsafe {
+                // scores = scale · q_h · k_hᵀ, kᵀ read through strides: (row c, col j) = k[j, c].
+                gemm::gemm(
+                    n,
+                    n,
+                    d,
+                    scores.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    qh.as_ptr(),
+                    1,
+                    d as isize,
+                    kh.as_ptr(),
+                    d as isize,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
             }
-        });
+            scores.chunks_mut(n).for_each(softmax_row);
+            unsafe {
+                // o = scores · v_h
+                gemm::gemm(
+                    n,
+                    d,
+                    n,
+                    o.as_mut_ptr(),
+                    1,
+                    d as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    n as isize,
+                    vh.as_ptr(),
+                    1,
+                    d as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        },
+    );
+    Ok(Some(Tensor::from_vec(out, (heads, n, d), &Device::Cpu)?))
 }
 
 /// Softmax over the last axis.
@@ -328,6 +408,31 @@ mod tests {
             .to_vec1()
             .unwrap();
         assert!(p[1] < 1e-30 && (p[0] + p[2] - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn per_head_attention_matches_tensor_ops() {
+        let dev = Device::Cpu;
+        let (h, n, d) = (3, 37, 16);
+        let q = Tensor::randn(0f32, 1.0, (h, n, d), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (h, n, d), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (h, n, d), &dev).unwrap();
+        let scale = 0.25;
+        let want = candle_nn::ops::softmax_last_dim(
+            &(q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap(),
+        )
+        .unwrap()
+        .matmul(&v)
+        .unwrap();
+        let got = attention_heads(&q, &k, &v, scale).unwrap().unwrap();
+        assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+        // A tracked input takes the differentiable path instead.
+        let qv = Var::from_tensor(&q).unwrap();
+        assert!(
+            attention_heads(qv.as_tensor(), &k, &v, scale)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
