@@ -143,14 +143,10 @@ pub fn pattern_similarities(
     config: &PatternConfig,
 ) -> Result<PatternScores> {
     config.aggregator.validate()?;
-    check_compatible(query, candidates)?;
-    let (nq, nc, k, d) = (query.len(), candidates.len(), query.k(), query.dim());
+    let (nq, nc, k) = (query.len(), candidates.len(), query.k());
     let p = k + 1;
-    let q_flat = query.tensor().reshape((nq * p, d))?;
-    let c_flat = candidates.tensor().reshape((nc * p, d))?;
-    // One GEMM: [Q·P, C·P], i.e. [Q, P, C, P], then put the pair axes first.
-    let sims = q_flat
-        .matmul(&c_flat.t()?)?
+    // [Q·P, C·P] is [Q, P, C, P]; put the pair axes first.
+    let sims = all_perspective_products(query, candidates)?
         .reshape((nq, p, nc, p))?
         .permute((0, 2, 1, 3))?
         .contiguous()?;
@@ -185,8 +181,21 @@ pub fn pattern_similarities(
     })
 }
 
+/// Every query perspective vector against every candidate perspective vector, in one
+/// GEMM: `[Q·(1+K), d] × [d, C·(1+K)]`. Checks that the batches are compatible.
+pub(crate) fn all_perspective_products(
+    query: &PerspectiveEmbeddings,
+    candidates: &PerspectiveEmbeddings,
+) -> Result<Tensor> {
+    check_compatible(query, candidates)?;
+    let (p, d) = (query.k() + 1, query.dim());
+    let q_flat = query.tensor().reshape((query.len() * p, d))?;
+    let c_flat = candidates.tensor().reshape((candidates.len() * p, d))?;
+    Ok(q_flat.matmul(&c_flat.t()?)?)
+}
+
 /// Query and candidate embeddings must share the width d and the number K.
-pub(crate) fn check_compatible(
+fn check_compatible(
     query: &PerspectiveEmbeddings,
     candidates: &PerspectiveEmbeddings,
 ) -> Result<()> {

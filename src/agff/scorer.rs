@@ -10,7 +10,7 @@
 use candle_core::{DType, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::patterns::check_compatible;
+use super::patterns::all_perspective_products;
 use super::{Aggregator, FfPairing, Fusion, PatternConfig, PerspectiveEmbeddings, Result};
 
 /// Pairs handed to one worker at a time.
@@ -117,12 +117,9 @@ impl FusedScorer {
         query: &PerspectiveEmbeddings,
         candidates: &PerspectiveEmbeddings,
     ) -> Result<ScoreTable> {
-        check_compatible(query, candidates)?;
-        let (nq, nc, k, d) = (query.len(), candidates.len(), query.k(), query.dim());
+        let (nq, nc, k) = (query.len(), candidates.len(), query.k());
         let p = k + 1;
-        let q_flat = query.tensor().reshape((nq * p, d))?;
-        let c_flat = candidates.tensor().reshape((nc * p, d))?;
-        let sims = q_flat.matmul(&c_flat.t()?)?.to_dtype(DType::F32)?;
+        let sims = all_perspective_products(query, candidates)?.to_dtype(DType::F32)?;
         let owned;
         let (guard, layout) = sims.storage_and_layout();
         let flat: &[f32] = match (&*guard, layout.contiguous_offsets()) {

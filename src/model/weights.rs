@@ -108,6 +108,11 @@ impl Weights {
         }
     }
 
+    /// The safetensors files, in load order (empty for random weights).
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.files.iter().map(|(path, _)| path.clone()).collect()
+    }
+
     /// The folder the weights came from.
     pub fn dir(&self) -> &Path {
         &self.dir

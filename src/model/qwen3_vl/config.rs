@@ -117,10 +117,6 @@ struct RawText {
 
 #[derive(Deserialize)]
 struct RawConfig {
-    #[serde(default)]
-    architectures: Vec<String>,
-    #[serde(default)]
-    model_type: Option<String>,
     text_config: Option<RawText>,
     vision_config: Option<RawVision>,
     image_token_id: Option<u32>,
@@ -195,7 +191,6 @@ impl Qwen3VlConfig {
             what: "a Qwen3-VL config",
             source,
         })?;
-        let _ = (&raw.architectures, &raw.model_type);
         let bad = |reason: String| ModelError::BadConfig {
             path: path.to_path_buf(),
             reason,

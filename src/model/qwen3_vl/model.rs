@@ -16,7 +16,7 @@ use crate::model::backbone::{
 };
 use crate::model::error::{ModelError, Result};
 use crate::model::perspective::{Perspective, PerspectiveSet};
-use crate::model::weights::{Weights, weight_files};
+use crate::model::weights::Weights;
 
 /// The embedding models' default system instruction (Qwen3-VL-Embedding's `Qwen3VLEmbedder`).
 pub const DEFAULT_SYSTEM_INSTRUCTION: &str = "Represent the user's input.";
@@ -121,7 +121,7 @@ impl Qwen3Vl {
             .unwrap_or_else(|| "qwen3-vl".into());
         let identity = ModelIdentity {
             name,
-            weights_digest: weights_digest(&weight_files(dir)?)?,
+            weights_digest: weights_digest(&weights.files())?,
         };
         Ok(Self {
             dir: dir.to_path_buf(),
