@@ -6,8 +6,13 @@
 //! - [`agff`]: the AGFF-Embed method on candle tensors: perspective embeddings, the four
 //!   perception-pattern similarities, adaptive fusion, InfoNCE and EGA
 //!   (`../shared/docs/method.md` §1–§5);
+//! - [`scenes`]: seeded procedural scenes with captions, and the P-MMVP pair benchmark;
+//! - [`train`]: training the demo model from scratch and fine-tuning soft prompts and
+//!   fusion with AGFF InfoNCE and EGA (§4–§6);
 //! - [`cli`]: the headless command line, the edge where errors become messages.
 
 pub mod agff;
 pub mod cli;
 pub mod model;
+pub mod scenes;
+pub mod train;

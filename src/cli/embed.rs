@@ -6,10 +6,9 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
-use super::{NotAvailable, model_arg};
+use super::load_backbone;
 use crate::agff::PerspectiveEmbeddings;
 use crate::model::image_io::{open_image, to_rgb8};
-use crate::model::loader::parse_dtype;
 use crate::model::{DeviceChoice, EmbedInput, EmbedOptions, PerspectiveSet};
 
 /// Options of `embed`.
@@ -71,17 +70,11 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
     if args.images.is_empty() && args.texts.is_empty() {
         anyhow::bail!("nothing to embed: give at least one --image or --text");
     }
+    let model = load_backbone(&args.model, &args.dtype, &args.device)?;
     let perspectives = match &args.perspectives {
         Some(path) => PerspectiveSet::from_file(path)?,
-        None => PerspectiveSet::default_real(),
+        None => model.default_perspectives(),
     };
-    let dtype = parse_dtype(&args.dtype)?;
-    let device = args.device.open()?;
-    let dir = match model_arg(&args.model)? {
-        Some(dir) => dir,
-        None => return Err(NotAvailable("embed --model demo").into()),
-    };
-    let model = crate::model::loader::load_folder(&dir, dtype, &device)?;
     let mut items: Vec<(&'static str, String, EmbedInput)> = Vec::new();
     for path in &args.images {
         let image = to_rgb8(&open_image(path)?);

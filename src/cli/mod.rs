@@ -3,6 +3,9 @@
 
 mod bench;
 mod embed;
+mod eval;
+mod scenes;
+mod train;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -28,12 +31,13 @@ pub enum Command {
     Search(Pending),
     /// Explain one result: pattern scores, fusion weights and per-perspective heatmaps.
     Explain(Pending),
-    /// Evaluate a model: the P-MMVP pair benchmark, MMVP-VLM folders, the pointing game.
-    Eval(Pending),
+    /// Evaluate a model: the P-MMVP pair benchmark, MMVP-VLM folders, scene retrieval.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
     /// Train the demo model or fine-tune a model with AGFF InfoNCE and EGA.
-    Train(Pending),
-    /// Generate procedural scenes with captions and metadata.
-    Scenes(Pending),
+    Train(train::TrainArgs),
+    /// Generate procedural scenes with captions and metadata (or export P-MMVP).
+    Scenes(scenes::ScenesArgs),
     /// Measure speed: fusion scoring, model throughput, search.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -75,6 +79,23 @@ pub(crate) fn model_arg(arg: &str) -> anyhow::Result<Option<std::path::PathBuf>>
     }
 }
 
+/// Loads the backbone a `--model` argument names: the embedded demo model, a saved demo
+/// model folder, or a Hugging Face folder / repo id.
+pub(crate) fn load_backbone(
+    arg: &str,
+    dtype: &str,
+    device: &crate::model::DeviceChoice,
+) -> anyhow::Result<Box<dyn crate::model::Backbone>> {
+    let device = device.open()?;
+    match model_arg(arg)? {
+        None => Ok(Box::new(crate::model::demo::DemoModel::embedded(&device)?)),
+        Some(dir) => {
+            let dtype = crate::model::loader::parse_dtype(dtype)?;
+            Ok(crate::model::loader::load_folder(&dir, dtype, &device)?)
+        }
+    }
+}
+
 /// Parses the process arguments and runs the command.
 pub fn main() -> ExitCode {
     init_tracing();
@@ -112,9 +133,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Embed(args) => embed::run(&args),
         Command::Search(_) => Err(NotAvailable("search").into()),
         Command::Explain(_) => Err(NotAvailable("explain").into()),
-        Command::Eval(_) => Err(NotAvailable("eval").into()),
-        Command::Train(_) => Err(NotAvailable("train").into()),
-        Command::Scenes(_) => Err(NotAvailable("scenes").into()),
+        Command::Eval(cmd) => eval::run(cmd),
+        Command::Train(args) => train::run(&args),
+        Command::Scenes(args) => scenes::run(&args),
         Command::Bench(BenchCommand::Fusion(args)) => bench::fusion(&args),
         Command::Bench(BenchCommand::Model(args)) => bench::model(&args),
         Command::Bench(BenchCommand::Search(_)) => Err(NotAvailable("bench search").into()),

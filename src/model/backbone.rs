@@ -87,9 +87,34 @@ pub struct Embedding {
     pub visual: Option<VisualTokens>,
 }
 
+/// Fusion parameters trained together with a model (θ logits and β), if it has them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainedFusion {
+    pub theta: [f64; 4],
+    pub beta: f64,
+}
+
 /// A model that embeds inputs under perspectives.
 pub trait Backbone: Send + Sync {
     fn identity(&self) -> &ModelIdentity;
+    /// The perspectives this model is meant to be used with (global first).
+    fn default_perspectives(&self) -> PerspectiveSet {
+        PerspectiveSet::default_real()
+    }
+    /// Fusion parameters that were trained with the model, if any.
+    fn trained_fusion(&self) -> Option<TrainedFusion> {
+        None
+    }
+    /// The model's own trained soft-prompt vectors `[m, hidden]` for a perspective of that
+    /// name and length, if it has them.
+    fn trained_soft_prompt(&self, _perspective: &super::Perspective) -> Option<Tensor> {
+        None
+    }
+    /// Words of `text` the model's tokenizer cannot represent (a word-level vocabulary
+    /// reads them as unknown); empty for subword tokenizers.
+    fn unknown_words(&self, _text: &str) -> Vec<String> {
+        Vec::new()
+    }
     /// Width of the embeddings.
     fn hidden_size(&self) -> usize;
     fn device(&self) -> &Device;

@@ -32,6 +32,9 @@ pub fn load_folder(dir: &Path, dtype: DType, device: &Device) -> Result<Box<dyn 
     if !config.is_file() {
         return Err(ModelError::MissingFile(dir.to_path_buf(), "config.json"));
     }
+    if super::demo::DemoModel::is_demo_folder(dir) {
+        return Ok(Box::new(super::demo::DemoModel::load(dir, device)?));
+    }
     // Qwen3-VL is the one real architecture so far; its loader rejects others by name.
     Ok(Box::new(Qwen3Vl::load(dir, dtype, device)?))
 }

@@ -2,6 +2,7 @@
 //! model implementations.
 
 pub mod backbone;
+pub mod demo;
 pub mod device;
 pub mod error;
 pub mod hub;
@@ -13,7 +14,8 @@ pub mod qwen3_vl;
 pub mod weights;
 
 pub use backbone::{
-    Backbone, BranchTokens, EmbedInput, EmbedOptions, Embedding, ModelIdentity, VisualTokens,
+    Backbone, BranchTokens, EmbedInput, EmbedOptions, Embedding, ModelIdentity, TrainedFusion,
+    VisualTokens,
 };
 pub use device::{DeviceChoice, DeviceError};
 pub use error::{ModelError, Result};

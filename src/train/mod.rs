@@ -1,0 +1,778 @@
+//! Training with the AGFF fused InfoNCE and EGA (method.md §4–§6).
+//!
+//! - [`train_demo`] trains the demo MLLM from scratch on procedural scenes (every weight,
+//!   the soft prompts and the fusion θ, ρ);
+//! - [`fine_tune`] adapts an existing backbone on captioned images: its perspectives' soft
+//!   prompts and the fusion (the backbone stays frozen; neither backbone has LoRA
+//!   adapters yet, so none are trained).
+//!
+//! Both stream [`TrainEvent`]s over a bounded channel (the app draws them live), obey a
+//! [`TrainControl`] (pause, stop), write safetensors checkpoints, resume from them, and
+//! stop with a clear error on a non-finite loss or gradient, keeping the last good
+//! checkpoint.
+
+mod data;
+mod optim;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::time::{Duration, Instant};
+
+use candle_core::{D, DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::agff::{
+    AgffError, EgaConfig, Fusion, FusionInit, PatternConfig, PerspectiveEmbeddings, ega_objective,
+    pattern_similarities,
+};
+use crate::model::demo::{DemoConfig, DemoModel};
+use crate::model::{Backbone, EmbedInput, EmbedOptions, ModelError, PerspectiveSet};
+
+pub use data::{CaptionPair, DataSource, load_caption_dataset};
+pub use optim::AdamW;
+
+/// What can go wrong while training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Data(String),
+    #[error("{0}")]
+    Checkpoint(String),
+    #[error(
+        "training diverged at step {step}: {what} is not finite; {kept}. Lower the learning rate or α and resume"
+    )]
+    Diverged {
+        step: u64,
+        what: String,
+        kept: String,
+    },
+    #[error("invalid setting: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Agff(#[from] AgffError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+impl TrainError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        TrainError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Settings shared by both trainers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSettings {
+    pub steps: u64,
+    /// (query, positive) pairs per step.
+    pub batch: usize,
+    pub lr: f64,
+    pub warmup: u64,
+    pub weight_decay: f64,
+    /// Global gradient-norm clip.
+    pub clip: f64,
+    /// EGA α (0: plain InfoNCE) and the InfoNCE temperature τ.
+    pub alpha: f64,
+    pub tau: f64,
+    /// Seed of the initial weights and of the data stream.
+    pub seed: u64,
+    /// Write a checkpoint every this many steps (and at the end).
+    pub checkpoint_every: u64,
+    /// Fine-grained perspectives of the demo recipe (0: a global-only model).
+    pub k: usize,
+    /// Train the fusion θ, ρ (else they stay at their initial values).
+    pub train_fusion: bool,
+    /// Train soft prompts (fine-tune).
+    pub train_soft: bool,
+    /// Stop after this many seconds of training (0: no limit); the budget of the ablation.
+    pub time_budget_s: u64,
+    /// Train a very small demo model (tests, quick classroom runs) instead of the default
+    /// shape.
+    #[serde(default)]
+    pub tiny: bool,
+    /// Stop (with a checkpoint) once this step is done, as an interrupted run would
+    /// (0: run to `steps`). The schedule still spans `steps`.
+    #[serde(default)]
+    pub stop_at: u64,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        Self {
+            steps: 1500,
+            batch: 32,
+            lr: 2e-3,
+            warmup: 100,
+            weight_decay: 0.05,
+            clip: 1.0,
+            alpha: 1.0,
+            tau: 0.02,
+            seed: 0,
+            checkpoint_every: 100,
+            k: 4,
+            train_fusion: true,
+            train_soft: true,
+            time_budget_s: 0,
+            tiny: false,
+            stop_at: 0,
+        }
+    }
+}
+
+impl TrainSettings {
+    fn validate(&self) -> Result<(), TrainError> {
+        if self.batch < 2 {
+            return Err(TrainError::Config(
+                "batch must be at least 2 (in-batch negatives)".into(),
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(TrainError::Config(format!(
+                "learning rate must be positive, got {}",
+                self.lr
+            )));
+        }
+        if !(self.tau.is_finite() && self.tau > 0.0) {
+            return Err(TrainError::Config(format!(
+                "τ must be positive, got {}",
+                self.tau
+            )));
+        }
+        if !(self.alpha.is_finite() && self.alpha >= 0.0) {
+            return Err(TrainError::Config(format!(
+                "α must be ≥ 0, got {}",
+                self.alpha
+            )));
+        }
+        Ok(())
+    }
+
+    /// Learning rate at `step` (1-based): linear warm-up, then cosine decay to 10%.
+    pub fn lr_at(&self, step: u64) -> f64 {
+        if step <= self.warmup {
+            return self.lr * step as f64 / self.warmup.max(1) as f64;
+        }
+        let span = self.steps.saturating_sub(self.warmup).max(1) as f64;
+        let t = ((step - self.warmup) as f64 / span).min(1.0);
+        self.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
+    }
+}
+
+/// Pause and stop switches the UI flips while a run goes on.
+#[derive(Debug, Clone, Default)]
+pub struct TrainControl {
+    pub stop: Arc<AtomicBool>,
+    pub pause: Arc<AtomicBool>,
+}
+
+impl TrainControl {
+    fn wait_if_paused(&self) {
+        while self.pause.load(Ordering::Relaxed) && !self.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// One hard negative of a query, as the app shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HardNegative {
+    /// Candidate index in the batch.
+    pub index: usize,
+    /// `P_ij`.
+    pub prob: f32,
+    /// `h_ij = σ((S_ij − S_ii)/τ)`.
+    pub hardness: f32,
+    /// `1 + α·h_ij`.
+    pub amplification: f32,
+}
+
+/// One optimisation step, for live display.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepReport {
+    pub step: u64,
+    pub total_steps: u64,
+    /// InfoNCE of the text→image direction.
+    pub loss: f64,
+    /// Fraction of queries whose positive scored highest (text→image).
+    pub accuracy: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    /// Fusion weights w = softmax(θ) and β after the step.
+    pub pattern_weights: [f32; 4],
+    pub beta: f64,
+    /// The batch's fused text→image score matrix, row-major `[B, B]`.
+    pub similarity: Vec<f32>,
+    pub batch: usize,
+    /// Per query, its three hardest negatives.
+    pub hard_negatives: Vec<Vec<HardNegative>>,
+    /// The batch's captions (queries) and, for scene data, their images' indices.
+    pub captions: Vec<String>,
+    pub seconds: f64,
+}
+
+/// What a training run reports while it goes.
+#[derive(Debug, Clone)]
+pub enum TrainEvent {
+    Started { total_steps: u64, resumed_from: u64 },
+    Step(Box<StepReport>),
+    Checkpoint { step: u64, dir: PathBuf },
+    Paused,
+    Finished(TrainSummary),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub steps_done: u64,
+    pub final_loss: f64,
+    pub final_accuracy: f64,
+    pub seconds: f64,
+    pub stopped_early: bool,
+    pub out: PathBuf,
+}
+
+/// Sends an event without ever blocking training: a full channel drops step reports,
+/// never the final ones (those wait briefly).
+fn emit(events: &Option<SyncSender<TrainEvent>>, event: TrainEvent) {
+    if let Some(tx) = events {
+        match event {
+            TrainEvent::Step(_) => {
+                let _ = tx.try_send(event);
+            }
+            other => {
+                let _ = tx.send(other);
+            }
+        }
+    }
+}
+
+/// The loss of one batch: InfoNCE/EGA on the fused score, text→image and image→text.
+struct BatchLoss {
+    objective: Tensor,
+    report: StepReport,
+}
+
+fn batch_loss(
+    text: &Tensor,
+    image: &Tensor,
+    fusion: &Fusion,
+    settings: &TrainSettings,
+) -> Result<BatchLoss, TrainError> {
+    let cfg = PatternConfig::default();
+    let ega = EgaConfig {
+        alpha: settings.alpha,
+        tau: settings.tau,
+    };
+    let q = PerspectiveEmbeddings::from_raw(text.clone())?;
+    let c = PerspectiveEmbeddings::from_raw(image.clone())?;
+    let t2i = fusion.fuse(&pattern_similarities(&q, &c, &cfg)?.patterns)?;
+    let i2t = fusion.fuse(&pattern_similarities(&c, &q, &cfg)?.patterns)?;
+    let a = ega_objective(&t2i.scores, &ega)?;
+    let b = ega_objective(&i2t.scores, &ega)?;
+    let objective = ((&a.objective + &b.objective)? * 0.5)?;
+
+    let s = t2i.scores.detach().to_dtype(DType::F32)?;
+    let n = s.dim(0)?;
+    let argmax = s.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    let accuracy = argmax
+        .iter()
+        .enumerate()
+        .filter(|(i, j)| *i as u32 == **j)
+        .count() as f64
+        / n as f64;
+    let probs = a.probs.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    let hard = a.hardness.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    let amp = a.amplification.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    let hard_negatives = (0..n)
+        .map(|i| {
+            let mut negs: Vec<HardNegative> = (0..n)
+                .filter(|&j| j != i)
+                .map(|j| HardNegative {
+                    index: j,
+                    prob: probs[i][j],
+                    hardness: hard[i][j],
+                    amplification: amp[i][j],
+                })
+                .collect();
+            negs.sort_by(|x, y| y.prob.total_cmp(&x.prob));
+            negs.truncate(3);
+            negs
+        })
+        .collect();
+    Ok(BatchLoss {
+        objective,
+        report: StepReport {
+            step: 0,
+            total_steps: settings.steps,
+            loss: a.info_nce,
+            accuracy,
+            lr: 0.0,
+            grad_norm: 0.0,
+            pattern_weights: fusion.pattern_weights()?,
+            beta: fusion.beta()?,
+            similarity: s.flatten_all()?.to_vec1::<f32>()?,
+            batch: n,
+            hard_negatives,
+            captions: Vec::new(),
+            seconds: 0.0,
+        },
+    })
+}
+
+/// What a checkpoint folder holds besides the model: where training stands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainerState {
+    step: u64,
+    settings: TrainSettings,
+    fusion_theta: [f64; 4],
+    fusion_beta: f64,
+}
+
+const STATE_FILE: &str = "trainer.json";
+const OPTIM_FILE: &str = "optimizer.safetensors";
+
+fn fusion_values(fusion: &Fusion) -> Result<([f64; 4], f64), TrainError> {
+    let theta = fusion
+        .theta()
+        .as_tensor()
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()?;
+    let mut t = [0f64; 4];
+    t.copy_from_slice(&theta[..4]);
+    Ok((t, fusion.beta()?))
+}
+
+fn write_state(dir: &Path, state: &TrainerState) -> Result<(), TrainError> {
+    let path = dir.join(STATE_FILE);
+    let text = serde_json::to_string_pretty(state)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
+    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+    std::fs::write(&tmp, text).map_err(|e| TrainError::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| TrainError::io(&path, e))
+}
+
+fn read_state(dir: &Path) -> Result<Option<TrainerState>, TrainError> {
+    let path = dir.join(STATE_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    serde_json::from_str(&text).map(Some).map_err(|e| {
+        TrainError::Checkpoint(format!("{}: not a trainer state: {e}", path.display()))
+    })
+}
+
+/// Trains the demo MLLM from scratch on procedural scenes (or resumes a run in `out`).
+pub fn train_demo(
+    settings: &TrainSettings,
+    out: &Path,
+    resume: bool,
+    control: &TrainControl,
+    events: Option<SyncSender<TrainEvent>>,
+) -> Result<TrainSummary, TrainError> {
+    settings.validate()?;
+    let device = Device::Cpu;
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    let state = if resume { read_state(out)? } else { None };
+    if resume && state.is_none() {
+        return Err(TrainError::Checkpoint(format!(
+            "{}: nothing to resume (no {STATE_FILE}); start without --resume",
+            out.display()
+        )));
+    }
+    let perspectives = DemoConfig::default_perspectives(settings.k);
+    let words = crate::scenes::vocabulary();
+    let (mut model, start_step, fusion_init) = match &state {
+        Some(s) => (
+            DemoModel::load(out, &device)?,
+            s.step,
+            FusionInit {
+                theta: s.fusion_theta,
+                beta: s.fusion_beta,
+            },
+        ),
+        None => {
+            let mut config = DemoConfig::new(&words, perspectives.clone());
+            if settings.tiny {
+                config.vision_width = 32;
+                config.vision_layers = 1;
+                config.hidden = 32;
+                config.layers = 1;
+                config.mlp = 64;
+            }
+            (
+                DemoModel::random(config, settings.seed, &device)?,
+                0,
+                FusionInit::default(),
+            )
+        }
+    };
+    let perspectives = model.config().perspectives.clone();
+    let fusion = Fusion::new(fusion_init, DType::F32, &device)?;
+    let mut vars: Vec<(String, Var, bool)> = model
+        .make_trainable()?
+        .into_iter()
+        .map(|(name, var)| {
+            let decay = var.rank() == 2 && !name.ends_with(".pos") && !name.starts_with("soft.");
+            (name, var, decay)
+        })
+        .collect();
+    if settings.train_fusion && settings.k > 0 {
+        vars.push(("fusion.theta".into(), fusion.theta().clone(), false));
+        vars.push(("fusion.rho".into(), fusion.rho().clone(), false));
+    }
+    let mut optim = AdamW::new(vars, settings.weight_decay);
+    if state.is_some() {
+        optim.load(&out.join(OPTIM_FILE))?;
+    }
+    let source = DataSource::Scenes {
+        seed: settings.seed,
+        ramp_steps: settings.steps * 3 / 10,
+    };
+    let save = |model: &mut DemoModel, optim: &AdamW, step: u64| -> Result<(), TrainError> {
+        let (theta, beta) = fusion_values(&fusion)?;
+        model.set_fusion(theta, beta);
+        model.set_provenance(format!(
+            "agff-lens train --recipe demo: {} of {} steps, batch {}, lr {}, α {}, τ {}, K {}, seed {}",
+            step,
+            settings.steps,
+            settings.batch,
+            settings.lr,
+            settings.alpha,
+            settings.tau,
+            settings.k,
+            settings.seed
+        ));
+        model.save(out)?;
+        optim.save(&out.join(OPTIM_FILE))?;
+        write_state(
+            out,
+            &TrainerState {
+                step,
+                settings: settings.clone(),
+                fusion_theta: theta,
+                fusion_beta: beta,
+            },
+        )
+    };
+
+    emit(
+        &events,
+        TrainEvent::Started {
+            total_steps: settings.steps,
+            resumed_from: start_step,
+        },
+    );
+    let started = Instant::now();
+    let mut last = (f64::NAN, 0.0);
+    let mut step = start_step;
+    let mut last_saved = start_step;
+    let mut stopped_early = false;
+    while step < settings.steps {
+        if control.pause.load(Ordering::Relaxed) {
+            emit(&events, TrainEvent::Paused);
+            control.wait_if_paused();
+        }
+        if control.stop.load(Ordering::Relaxed)
+            || (settings.stop_at > 0 && step >= settings.stop_at)
+            || (settings.time_budget_s > 0 && started.elapsed().as_secs() >= settings.time_budget_s)
+        {
+            stopped_early = true;
+            break;
+        }
+        let t0 = Instant::now();
+        let batch = source.batch(step, settings.batch)?;
+        let images: Vec<&image::RgbImage> = batch.iter().map(|p| &p.image).collect();
+        let texts: Vec<&str> = batch.iter().map(|p| p.text.as_str()).collect();
+        let image_emb = model.embed_images(&images, &perspectives, &[])?;
+        let (text_emb, _) = model.embed_texts(&texts, &perspectives, &[])?;
+        let kept = format!(
+            "the last good checkpoint (step {last_saved}) is in {}",
+            out.display()
+        );
+        let loss = match batch_loss(&text_emb, &image_emb, &fusion, settings) {
+            Ok(l) => l,
+            Err(TrainError::Agff(AgffError::NonFinite(what))) => {
+                return Err(TrainError::Diverged {
+                    step: step + 1,
+                    what,
+                    kept,
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let grads = loss.objective.backward()?;
+        let norm = optim.grad_norm(&grads)?;
+        if !norm.is_finite() {
+            return Err(TrainError::Diverged {
+                step: step + 1,
+                what: "the gradient norm".into(),
+                kept,
+            });
+        }
+        step += 1;
+        let lr = settings.lr_at(step);
+        let scale = if norm > settings.clip {
+            settings.clip / norm
+        } else {
+            1.0
+        };
+        optim.step(&grads, lr, scale)?;
+        if !optim.params_finite()? {
+            return Err(TrainError::Diverged {
+                step,
+                what: "a parameter after the update".into(),
+                kept,
+            });
+        }
+        let mut report = loss.report;
+        report.step = step;
+        report.lr = lr;
+        report.grad_norm = norm;
+        report.pattern_weights = fusion.pattern_weights()?;
+        report.beta = fusion.beta()?;
+        report.captions = batch.iter().map(|p| p.text.clone()).collect();
+        report.seconds = t0.elapsed().as_secs_f64();
+        last = (report.loss, report.accuracy);
+        emit(&events, TrainEvent::Step(Box::new(report)));
+        if step % settings.checkpoint_every.max(1) == 0 {
+            save(&mut model, &optim, step)?;
+            last_saved = step;
+            emit(
+                &events,
+                TrainEvent::Checkpoint {
+                    step,
+                    dir: out.to_path_buf(),
+                },
+            );
+        }
+    }
+    if last_saved != step || state.is_none() && step == 0 {
+        save(&mut model, &optim, step)?;
+        emit(
+            &events,
+            TrainEvent::Checkpoint {
+                step,
+                dir: out.to_path_buf(),
+            },
+        );
+    }
+    let summary = TrainSummary {
+        steps_done: step,
+        final_loss: last.0,
+        final_accuracy: last.1,
+        seconds: started.elapsed().as_secs_f64(),
+        stopped_early,
+        out: out.to_path_buf(),
+    };
+    emit(&events, TrainEvent::Finished(summary.clone()));
+    Ok(summary)
+}
+
+/// Fine-tunes the soft prompts of `perspectives` and the fusion for `backbone` on `data`.
+/// Writes `perspectives.json`, `soft_prompts.safetensors` and `fusion.json` into `out`.
+pub fn fine_tune(
+    backbone: &dyn Backbone,
+    perspectives: &PerspectiveSet,
+    data: &DataSource,
+    settings: &TrainSettings,
+    out: &Path,
+    control: &TrainControl,
+    events: Option<SyncSender<TrainEvent>>,
+) -> Result<TrainSummary, TrainError> {
+    settings.validate()?;
+    perspectives.validate().map_err(TrainError::Config)?;
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    let device = backbone.device().clone();
+    let d = backbone.hidden_size();
+    let init = backbone
+        .trained_fusion()
+        .map_or(FusionInit::default(), |f| FusionInit {
+            theta: f.theta,
+            beta: f.beta,
+        });
+    let fusion = Fusion::new(init, DType::F32, &device)?;
+
+    // Soft prompts start from the backbone's own trained ones where it has them.
+    let mut soft_vars: Vec<Option<Var>> = Vec::new();
+    for p in &perspectives.perspectives {
+        if p.soft_tokens == 0 {
+            soft_vars.push(None);
+            continue;
+        }
+        let init = match backbone.trained_soft_prompt(p) {
+            Some(t) => t.detach().to_dtype(DType::F32)?,
+            None => Tensor::randn(0f32, 0.02, (p.soft_tokens, d), &device)?,
+        };
+        soft_vars.push(Some(Var::from_tensor(&init)?));
+    }
+    let mut vars: Vec<(String, Var, bool)> = Vec::new();
+    if settings.train_soft {
+        for (p, v) in perspectives.perspectives.iter().zip(&soft_vars) {
+            if let Some(v) = v {
+                vars.push((format!("soft.{}", p.name), v.clone(), false));
+            }
+        }
+    }
+    if settings.train_fusion {
+        vars.push(("fusion.theta".into(), fusion.theta().clone(), false));
+        vars.push(("fusion.rho".into(), fusion.rho().clone(), false));
+    }
+    if vars.is_empty() {
+        return Err(TrainError::Config(
+            "nothing to train: the perspectives have no soft tokens and fusion training is off"
+                .into(),
+        ));
+    }
+    let mut optim = AdamW::new(vars, 0.0);
+    let soft: Vec<Option<Tensor>> = soft_vars
+        .iter()
+        .map(|v| v.as_ref().map(|v| v.as_tensor().clone()))
+        .collect();
+    let options = EmbedOptions {
+        soft_prompts: soft,
+        ..EmbedOptions::default()
+    };
+    let save = |step: u64| -> Result<(), TrainError> {
+        let mut map = std::collections::HashMap::new();
+        for (p, v) in perspectives.perspectives.iter().zip(&soft_vars) {
+            if let Some(v) = v {
+                map.insert(format!("soft.{}", p.name), v.as_tensor().detach());
+            }
+        }
+        let path = out.join("soft_prompts.safetensors");
+        if !map.is_empty() {
+            candle_core::safetensors::save(&map, &path)?;
+        }
+        let ppath = out.join("perspectives.json");
+        let text = serde_json::to_string_pretty(perspectives)
+            .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+        std::fs::write(&ppath, text).map_err(|e| TrainError::io(&ppath, e))?;
+        let (theta, beta) = fusion_values(&fusion)?;
+        let fpath = out.join("fusion.json");
+        let text = serde_json::json!({"theta": theta, "beta": beta, "step": step}).to_string();
+        std::fs::write(&fpath, text).map_err(|e| TrainError::io(&fpath, e))
+    };
+
+    emit(
+        &events,
+        TrainEvent::Started {
+            total_steps: settings.steps,
+            resumed_from: 0,
+        },
+    );
+    let started = Instant::now();
+    let mut last = (f64::NAN, 0.0);
+    let mut step = 0;
+    let mut last_saved = 0;
+    let mut stopped_early = false;
+    while step < settings.steps {
+        if control.pause.load(Ordering::Relaxed) {
+            emit(&events, TrainEvent::Paused);
+            control.wait_if_paused();
+        }
+        if control.stop.load(Ordering::Relaxed) {
+            stopped_early = true;
+            break;
+        }
+        let t0 = Instant::now();
+        let batch = data.batch(step, settings.batch)?;
+        let mut image_rows = Vec::with_capacity(batch.len());
+        let mut text_rows = Vec::with_capacity(batch.len());
+        for pair in &batch {
+            image_rows.push(
+                backbone
+                    .embed(
+                        &EmbedInput::image(pair.image.clone()),
+                        perspectives,
+                        &options,
+                    )?
+                    .vectors,
+            );
+            text_rows.push(
+                backbone
+                    .embed(&EmbedInput::text(pair.text.clone()), perspectives, &options)?
+                    .vectors,
+            );
+        }
+        let image_emb = Tensor::stack(&image_rows, 0)?.to_dtype(DType::F32)?;
+        let text_emb = Tensor::stack(&text_rows, 0)?.to_dtype(DType::F32)?;
+        let kept = format!(
+            "the last good checkpoint (step {last_saved}) is in {}",
+            out.display()
+        );
+        let loss = match batch_loss(&text_emb, &image_emb, &fusion, settings) {
+            Ok(l) => l,
+            Err(TrainError::Agff(AgffError::NonFinite(what))) => {
+                return Err(TrainError::Diverged {
+                    step: step + 1,
+                    what,
+                    kept,
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let grads = loss.objective.backward()?;
+        let norm = optim.grad_norm(&grads)?;
+        if !norm.is_finite() {
+            return Err(TrainError::Diverged {
+                step: step + 1,
+                what: "the gradient norm".into(),
+                kept,
+            });
+        }
+        step += 1;
+        let lr = settings.lr_at(step);
+        let scale = if norm > settings.clip {
+            settings.clip / norm
+        } else {
+            1.0
+        };
+        optim.step(&grads, lr, scale)?;
+        let mut report = loss.report;
+        report.step = step;
+        report.lr = lr;
+        report.grad_norm = norm;
+        report.pattern_weights = fusion.pattern_weights()?;
+        report.beta = fusion.beta()?;
+        report.captions = batch.iter().map(|p| p.text.clone()).collect();
+        report.seconds = t0.elapsed().as_secs_f64();
+        last = (report.loss, report.accuracy);
+        emit(&events, TrainEvent::Step(Box::new(report)));
+        if step % settings.checkpoint_every.max(1) == 0 {
+            save(step)?;
+            last_saved = step;
+            emit(
+                &events,
+                TrainEvent::Checkpoint {
+                    step,
+                    dir: out.to_path_buf(),
+                },
+            );
+        }
+    }
+    save(step)?;
+    let summary = TrainSummary {
+        steps_done: step,
+        final_loss: last.0,
+        final_accuracy: last.1,
+        seconds: started.elapsed().as_secs_f64(),
+        stopped_early,
+        out: out.to_path_buf(),
+    };
+    emit(&events, TrainEvent::Finished(summary.clone()));
+    Ok(summary)
+}

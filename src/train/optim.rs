@@ -1,0 +1,143 @@
+//! AdamW with its state kept by parameter name, so a checkpoint can save and restore it.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Tensor, Var, backprop::GradStore};
+
+use super::TrainError;
+
+/// AdamW (decoupled weight decay) over named variables.
+pub struct AdamW {
+    vars: Vec<(String, Var, bool)>,
+    m: HashMap<String, Tensor>,
+    v: HashMap<String, Tensor>,
+    pub step: u64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl AdamW {
+    /// `vars` with a flag saying whether weight decay applies (matrices yes; norms,
+    /// biases, position tables and fusion parameters no).
+    pub fn new(vars: Vec<(String, Var, bool)>, weight_decay: f64) -> Self {
+        Self {
+            vars,
+            m: HashMap::new(),
+            v: HashMap::new(),
+            step: 0,
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-8,
+            weight_decay,
+        }
+    }
+
+    /// Global L2 norm of the gradients of all variables (missing gradients count 0).
+    pub fn grad_norm(&self, grads: &GradStore) -> Result<f64, TrainError> {
+        let mut total = 0f64;
+        for (_, var, _) in &self.vars {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                total += g
+                    .sqr()?
+                    .sum_all()?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?;
+            }
+        }
+        Ok(total.sqrt())
+    }
+
+    /// Whether every variable holds only finite numbers.
+    pub fn params_finite(&self) -> Result<bool, TrainError> {
+        for (_, var, _) in &self.vars {
+            let s = var
+                .as_tensor()
+                .abs()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+            if !s.is_finite() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// One update with learning rate `lr`, the gradients scaled by `scale` (clipping).
+    pub fn step(&mut self, grads: &GradStore, lr: f64, scale: f64) -> Result<(), TrainError> {
+        self.step += 1;
+        let t = self.step as i32;
+        let bc1 = 1.0 - self.beta1.powi(t);
+        let bc2 = 1.0 - self.beta2.powi(t);
+        for (name, var, decay) in &self.vars {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let g = (g * scale)?;
+            let m = match self.m.get(name) {
+                Some(m) => ((m * self.beta1)? + (&g * (1.0 - self.beta1))?)?,
+                None => (&g * (1.0 - self.beta1))?,
+            };
+            let v = match self.v.get(name) {
+                Some(v) => ((v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?,
+                None => (g.sqr()? * (1.0 - self.beta2))?,
+            };
+            let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + self.eps)?)?;
+            let mut theta = var.as_tensor().detach();
+            if *decay && self.weight_decay > 0.0 {
+                theta = (theta * (1.0 - lr * self.weight_decay))?;
+            }
+            var.set(&(theta - (update * lr)?)?)?;
+            self.m.insert(name.clone(), m);
+            self.v.insert(name.clone(), v);
+        }
+        Ok(())
+    }
+
+    /// Saves the moments and step to a safetensors file.
+    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+        let mut map: HashMap<String, Tensor> = HashMap::new();
+        for (k, t) in &self.m {
+            map.insert(format!("m.{k}"), t.clone());
+        }
+        for (k, t) in &self.v {
+            map.insert(format!("v.{k}"), t.clone());
+        }
+        map.insert(
+            "step".into(),
+            Tensor::new(&[self.step as f64], &candle_core::Device::Cpu)?,
+        );
+        let tmp = path.with_extension("tmp");
+        candle_core::safetensors::save(&map, &tmp)?;
+        std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))?;
+        Ok(())
+    }
+
+    /// Restores what [`AdamW::save`] wrote.
+    pub fn load(&mut self, path: &Path) -> Result<(), TrainError> {
+        let device = self
+            .vars
+            .first()
+            .map(|(_, v, _)| v.device().clone())
+            .unwrap_or(candle_core::Device::Cpu);
+        let map = candle_core::safetensors::load(path, &device).map_err(|e| {
+            TrainError::Checkpoint(format!(
+                "{}: cannot read optimiser state: {e}",
+                path.display()
+            ))
+        })?;
+        for (k, t) in map {
+            if let Some(name) = k.strip_prefix("m.") {
+                self.m.insert(name.to_string(), t);
+            } else if let Some(name) = k.strip_prefix("v.") {
+                self.v.insert(name.to_string(), t);
+            } else if k == "step" {
+                self.step = t.to_vec1::<f64>()?.first().copied().unwrap_or(0.0) as u64;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,255 @@
+//! The trainer: a short run lowers the loss, runs resume exactly, divergence stops with
+//! the last good checkpoint kept, and events carry what the app draws.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+
+use agff_lens::model::demo::DemoModel;
+use agff_lens::model::{Backbone, EmbedInput, EmbedOptions};
+use agff_lens::train::{TrainControl, TrainError, TrainEvent, TrainSettings, train_demo};
+use candle_core::Device;
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("agff-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn tiny(steps: u64) -> TrainSettings {
+    TrainSettings {
+        steps,
+        batch: 8,
+        lr: 3e-3,
+        warmup: 2,
+        tau: 0.05,
+        checkpoint_every: 1000,
+        tiny: true,
+        ..TrainSettings::default()
+    }
+}
+
+fn run(
+    settings: &TrainSettings,
+    out: &Path,
+    resume: bool,
+) -> (
+    Result<agff_lens::train::TrainSummary, TrainError>,
+    Vec<TrainEvent>,
+) {
+    let (tx, rx) = sync_channel(10_000);
+    let result = train_demo(settings, out, resume, &TrainControl::default(), Some(tx));
+    (result, rx.try_iter().collect())
+}
+
+fn held_out_loss(dir: &Path) -> f64 {
+    use agff_lens::agff::{
+        Fusion, FusionInit, PatternConfig, PerspectiveEmbeddings, info_nce, pattern_similarities,
+    };
+    let model = DemoModel::load(dir, &Device::Cpu).unwrap();
+    let p = model.default_perspectives();
+    let mut rng = agff_lens::scenes::SceneRng::new(424_242);
+    let scenes: Vec<_> = (0..16)
+        .map(|_| agff_lens::scenes::Scene::random(&mut rng))
+        .collect();
+    let images: Vec<_> = scenes.iter().map(|s| s.render()).collect();
+    let refs: Vec<&image::RgbImage> = images.iter().collect();
+    let captions: Vec<String> = scenes.iter().map(|s| s.caption()).collect();
+    let texts: Vec<&str> = captions.iter().map(String::as_str).collect();
+    let c = PerspectiveEmbeddings::from_raw(model.embed_images(&refs, &p, &[]).unwrap()).unwrap();
+    let (t, _) = model.embed_texts(&texts, &p, &[]).unwrap();
+    let q = PerspectiveEmbeddings::from_raw(t).unwrap();
+    let f = model.trained_fusion().unwrap();
+    let fusion = Fusion::new(
+        FusionInit {
+            theta: f.theta,
+            beta: f.beta,
+        },
+        candle_core::DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let s = fusion
+        .fuse(
+            &pattern_similarities(&q, &c, &PatternConfig::default())
+                .unwrap()
+                .patterns,
+        )
+        .unwrap()
+        .scores;
+    info_nce(&s, 0.05).unwrap().to_scalar::<f32>().unwrap() as f64
+}
+
+fn losses(events: &[TrainEvent]) -> Vec<f64> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Step(r) => Some(r.loss),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_short_run_lowers_the_loss_and_reports_hard_negatives() {
+    let out = temp("short");
+    // The same run interrupted after its first step stands in for the untrained model.
+    let start = temp("short-start");
+    let (r, _) = run(
+        &TrainSettings {
+            stop_at: 1,
+            ..tiny(60)
+        },
+        &start,
+        false,
+    );
+    r.unwrap();
+    let (result, events) = run(&tiny(60), &out, false);
+    let summary = result.unwrap();
+    assert_eq!(summary.steps_done, 60);
+    assert_eq!(losses(&events).len(), 60);
+    // InfoNCE on a fixed held-out batch (the curriculum makes later training batches
+    // harder, so their own losses are no yardstick).
+    let before = held_out_loss(&start);
+    let after = held_out_loss(&out);
+    assert!(
+        after < before - 0.1,
+        "held-out loss did not fall: {before:.3} → {after:.3}"
+    );
+
+    let TrainEvent::Step(r) = events
+        .iter()
+        .rev()
+        .find(|e| matches!(e, TrainEvent::Step(_)))
+        .unwrap()
+    else {
+        unreachable!()
+    };
+    assert_eq!(r.similarity.len(), 64);
+    assert_eq!(r.hard_negatives.len(), 8);
+    for (i, negs) in r.hard_negatives.iter().enumerate() {
+        assert_eq!(negs.len(), 3);
+        for n in negs {
+            assert_ne!(n.index, i);
+            assert!((0.0..=1.0).contains(&n.prob) && (0.0..=1.0).contains(&n.hardness));
+            // α = 1: amplification is 1 + h.
+            assert!((n.amplification - (1.0 + n.hardness)).abs() < 1e-5);
+        }
+        assert!(negs.windows(2).all(|w| w[0].prob >= w[1].prob));
+    }
+    let w: f32 = r.pattern_weights.iter().sum();
+    assert!((w - 1.0).abs() < 1e-5);
+
+    // The checkpoint loads as a backbone and embeds a scene.
+    let model = DemoModel::load(&out, &Device::Cpu).unwrap();
+    let scene = agff_lens::scenes::Scene::random(&mut agff_lens::scenes::SceneRng::new(3));
+    let e = model
+        .embed(
+            &EmbedInput::image(scene.render()),
+            &model.default_perspectives(),
+            &EmbedOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(e.vectors.dims(), &[5, 32]);
+    let _ = (
+        std::fs::remove_dir_all(&out),
+        std::fs::remove_dir_all(&start),
+    );
+}
+
+#[test]
+fn resuming_gives_the_same_model_as_an_uninterrupted_run() {
+    let straight = temp("straight");
+    let (r, _) = run(&tiny(6), &straight, false);
+    r.unwrap();
+
+    let split = temp("split");
+    // Same schedule as the 6-step run, interrupted after step 4.
+    let (r, _) = run(
+        &TrainSettings {
+            stop_at: 4,
+            ..tiny(6)
+        },
+        &split,
+        false,
+    );
+    assert!(r.unwrap().stopped_early);
+    let (r, events) = run(&tiny(6), &split, true);
+    assert_eq!(r.unwrap().steps_done, 6);
+    assert!(events.iter().any(|e| matches!(
+        e,
+        TrainEvent::Started {
+            resumed_from: 4,
+            ..
+        }
+    )));
+    assert_eq!(losses(&events).len(), 2);
+
+    let a = DemoModel::load(&straight, &Device::Cpu).unwrap();
+    let b = DemoModel::load(&split, &Device::Cpu).unwrap();
+    let mut worst = 0f32;
+    for (name, ta) in a.params() {
+        let tb = &b.params()[name];
+        let d = (ta - tb)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
+        worst = worst.max(d.to_scalar::<f32>().unwrap());
+    }
+    // Equal only if the weights, the optimiser moments, the fusion and the data stream
+    // all survived the interruption.
+    assert!(worst < 1e-4, "resumed run differs by {worst}");
+    let _ = (
+        std::fs::remove_dir_all(&straight),
+        std::fs::remove_dir_all(&split),
+    );
+}
+
+#[test]
+fn divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
+    let out = temp("nan");
+    let settings = TrainSettings {
+        lr: 1e30,
+        warmup: 0,
+        checkpoint_every: 1,
+        ..tiny(5)
+    };
+    let (result, _) = run(&settings, &out, false);
+    let err = result.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, TrainError::Diverged { .. }), "{msg}");
+    assert!(
+        msg.contains("not finite") && msg.contains("last good checkpoint"),
+        "{msg}"
+    );
+    // Whatever was saved is loadable and finite.
+    if out.join("model.safetensors").exists() {
+        let m = DemoModel::load(&out, &Device::Cpu).unwrap();
+        for t in m.params().values() {
+            let s = t
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(s.is_finite());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn nothing_to_resume_is_an_error_naming_the_folder() {
+    let out = temp("none");
+    let (result, _) = run(&tiny(2), &out, true);
+    let msg = result.unwrap_err().to_string();
+    assert!(
+        msg.contains("nothing to resume") && msg.contains("agff-train-none"),
+        "{msg}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
