@@ -9,10 +9,13 @@
 //! - [`scenes`]: seeded procedural scenes with captions, and the P-MMVP pair benchmark;
 //! - [`train`]: training the demo model from scratch and fine-tuning soft prompts and
 //!   fusion with AGFF InfoNCE and EGA (§4–§6);
+//! - [`index`]: galleries (recursive scan, bad files skipped with reasons), the
+//!   checksummed, locked embedding cache, and search by the fused score;
 //! - [`cli`]: the headless command line, the edge where errors become messages.
 
 pub mod agff;
 pub mod cli;
+pub mod index;
 pub mod model;
 pub mod scenes;
 pub mod train;

@@ -23,7 +23,7 @@ fn help_lists_every_subcommand() {
 
 #[test]
 fn commands_not_built_yet_exit_2_and_say_so() {
-    for args in [&["bench", "search"][..], &["search", "--json"]] {
+    for args in [&["bench", "search"][..], &["explain", "--json"]] {
         let out = agff_lens().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(out.stdout.is_empty(), "no fake output for {args:?}");

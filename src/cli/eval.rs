@@ -171,10 +171,9 @@ fn print_report(model: &str, r: &PairReport) {
         "  {:<12} {:>6} {:>6} {:>6} {:>6} {:>6}",
         "pattern", "fused", "GG", "FG", "GF", "FF"
     );
-    let rows = r
-        .patterns
+    let rows = MmvpPattern::ALL
         .iter()
-        .map(|(k, v)| (k.as_str(), v))
+        .filter_map(|p| r.patterns.get(p.name()).map(|v| (p.name(), v)))
         .chain(std::iter::once(("average", &r.average)));
     for (name, s) in rows {
         println!(

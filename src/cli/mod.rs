@@ -5,6 +5,7 @@ mod bench;
 mod embed;
 mod eval;
 mod scenes;
+mod search;
 mod train;
 
 use std::ffi::OsString;
@@ -28,7 +29,7 @@ pub enum Command {
     /// Embed images and texts into global and perspective embeddings.
     Embed(embed::EmbedArgs),
     /// Rank a folder of images for a text or image query by the fused AGFF score.
-    Search(Pending),
+    Search(search::SearchArgs),
     /// Explain one result: pattern scores, fusion weights and per-perspective heatmaps.
     Explain(Pending),
     /// Evaluate a model: the P-MMVP pair benchmark, MMVP-VLM folders, scene retrieval.
@@ -52,7 +53,7 @@ pub enum BenchCommand {
     /// Items per second of a model for one perspective and for 1+K perspectives.
     Model(bench::ModelArgs),
     /// Gallery embedding throughput and search latency.
-    Search(Pending),
+    Search(search::SearchArgs),
 }
 
 /// Arguments of a command that another issue will implement; kept so that calling it
@@ -131,7 +132,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match command {
         Command::Gui(_) => Err(NotAvailable("gui").into()),
         Command::Embed(args) => embed::run(&args),
-        Command::Search(_) => Err(NotAvailable("search").into()),
+        Command::Search(args) => search::run(&args),
         Command::Explain(_) => Err(NotAvailable("explain").into()),
         Command::Eval(cmd) => eval::run(cmd),
         Command::Train(args) => train::run(&args),

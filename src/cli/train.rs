@@ -20,7 +20,8 @@ use crate::train::{
 pub enum Recipe {
     /// The demo MLLM from scratch on procedural scenes.
     Demo,
-    /// Three demo models with the same budget: global-only (K=0), AGFF (α=0), AGFF+EGA.
+    /// Three demo models with the same budget, one after the other, into OUT/agff-ega,
+    /// OUT/agff (α=0) and OUT/global (K=0, α=0).
     Ablation,
 }
 

@@ -1,0 +1,289 @@
+//! The on-disk embedding cache: one file per (model identity, perspective set), entries
+//! keyed by image content hash. Written atomically (temporary file, fsync, rename),
+//! checksummed (blake3 over everything before the checksum), and guarded by an exclusive
+//! lock on a sibling `.lock` file, so two instances never interleave their writes. A file
+//! that is cut short, altered or from another version is reported and rebuilt.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::IndexError;
+use crate::model::{ModelIdentity, PerspectiveSet};
+
+const MAGIC: &[u8; 8] = b"AGFFEMB1";
+const CHECKSUM_LEN: usize = 32;
+
+/// What the cache file says about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Header {
+    model: String,
+    weights_digest: String,
+    perspectives: String,
+    /// Vectors per item (1+K) and their width.
+    per_item: usize,
+    dim: usize,
+    keys: Vec<String>,
+}
+
+/// Cached unit perspective vectors by image content hash.
+#[derive(Debug)]
+pub struct EmbeddingCache {
+    path: PathBuf,
+    model: ModelIdentity,
+    perspectives: String,
+    per_item: usize,
+    dim: usize,
+    entries: HashMap<String, Vec<f32>>,
+    dirty: bool,
+}
+
+/// A fingerprint of a perspective set: names, instructions and soft-token counts (and
+/// the soft vectors' values when given), so editing one re-embeds.
+pub fn perspectives_fingerprint(set: &PerspectiveSet, soft: &[u8]) -> String {
+    let mut h = blake3::Hasher::new();
+    for p in &set.perspectives {
+        h.update(p.name.as_bytes());
+        h.update(&[0]);
+        h.update(p.instruction.as_bytes());
+        h.update(&[0]);
+        h.update(&(p.soft_tokens as u64).to_le_bytes());
+    }
+    h.update(soft);
+    h.finalize().to_hex()[..16].to_string()
+}
+
+/// Where caches live: `$AGFF_LENS_CACHE`, else `$XDG_CACHE_HOME/agff-lens`, else
+/// `~/.cache/agff-lens`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("AGFF_LENS_CACHE") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("agff-lens");
+    }
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache").join("agff-lens"))
+        .unwrap_or_else(|| std::env::temp_dir().join("agff-lens-cache"))
+}
+
+/// A problem found with an existing cache file (it is then rebuilt).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheProblem {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl EmbeddingCache {
+    /// The cache file for this model and perspective set inside `dir`.
+    pub fn file_for(dir: &Path, model: &ModelIdentity, perspectives: &str) -> PathBuf {
+        let mut h = blake3::Hasher::new();
+        h.update(model.name.as_bytes());
+        h.update(&[0]);
+        h.update(model.weights_digest.as_bytes());
+        h.update(&[0]);
+        h.update(perspectives.as_bytes());
+        dir.join(format!("embeddings-{}.bin", &h.finalize().to_hex()[..20]))
+    }
+
+    /// Opens (or starts) the cache in `dir`. A damaged file is not used: the problem is
+    /// returned with an empty cache that will replace the file on the next save.
+    pub fn open(
+        dir: &Path,
+        model: &ModelIdentity,
+        perspectives: &str,
+        per_item: usize,
+        dim: usize,
+    ) -> Result<(Self, Option<CacheProblem>), IndexError> {
+        std::fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))?;
+        let path = Self::file_for(dir, model, perspectives);
+        let mut cache = Self {
+            path: path.clone(),
+            model: model.clone(),
+            perspectives: perspectives.to_string(),
+            per_item,
+            dim,
+            entries: HashMap::new(),
+            dirty: false,
+        };
+        let _lock = lock(&path)?;
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((cache, None)),
+            Err(e) => return Err(IndexError::io(&path, e)),
+        };
+        match cache.parse(&bytes) {
+            Ok(entries) => {
+                cache.entries = entries;
+                Ok((cache, None))
+            }
+            Err(reason) => {
+                cache.dirty = true;
+                Ok((cache, Some(CacheProblem { path, reason })))
+            }
+        }
+    }
+
+    fn parse(&self, bytes: &[u8]) -> Result<HashMap<String, Vec<f32>>, String> {
+        let min = MAGIC.len() + 8 + CHECKSUM_LEN;
+        if bytes.len() < min {
+            return Err(format!(
+                "cut short: {} bytes, less than the smallest valid cache",
+                bytes.len()
+            ));
+        }
+        if &bytes[..MAGIC.len()] != MAGIC {
+            return Err("not an agff-lens embedding cache (bad magic bytes)".into());
+        }
+        let (body, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
+        if blake3::hash(body).as_bytes() != checksum {
+            return Err("checksum mismatch: the file was cut short or altered".into());
+        }
+        let mut len8 = [0u8; 8];
+        len8.copy_from_slice(&body[MAGIC.len()..MAGIC.len() + 8]);
+        let header_len = u64::from_le_bytes(len8) as usize;
+        let start = MAGIC.len() + 8;
+        let header_bytes = body
+            .get(start..start.saturating_add(header_len))
+            .ok_or("header length runs past the end")?;
+        let header: Header =
+            serde_json::from_slice(header_bytes).map_err(|e| format!("bad header: {e}"))?;
+        if header.model != self.model.name
+            || header.weights_digest != self.model.weights_digest
+            || header.perspectives != self.perspectives
+        {
+            return Err("written for another model or perspective set".into());
+        }
+        if header.per_item != self.per_item || header.dim != self.dim {
+            return Err(format!(
+                "vector shape {}×{} differs from the model's {}×{}",
+                header.per_item, header.dim, self.per_item, self.dim
+            ));
+        }
+        let data = &body[start + header_len..];
+        let per = self.per_item * self.dim;
+        if data.len() != header.keys.len() * per * 4 {
+            return Err(format!(
+                "{} bytes of vectors for {} entries, expected {}",
+                data.len(),
+                header.keys.len(),
+                header.keys.len() * per * 4
+            ));
+        }
+        let mut entries = HashMap::with_capacity(header.keys.len());
+        for (i, key) in header.keys.into_iter().enumerate() {
+            let chunk = &data[i * per * 4..(i + 1) * per * 4];
+            let v: Vec<f32> = chunk
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(format!("entry {key} holds a non-finite number"));
+            }
+            entries.insert(key, v);
+        }
+        Ok(entries)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&[f32]> {
+        self.entries.get(key).map(Vec::as_slice)
+    }
+
+    /// Adds one item's `(1+K)·d` unit vectors.
+    pub fn insert(&mut self, key: String, vectors: Vec<f32>) -> Result<(), IndexError> {
+        if vectors.len() != self.per_item * self.dim {
+            return Err(IndexError::Cache(format!(
+                "{} values for one item, expected {}",
+                vectors.len(),
+                self.per_item * self.dim
+            )));
+        }
+        self.entries.insert(key, vectors);
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Writes the cache if it changed: under the lock, merging entries another instance
+    /// saved meanwhile, into a temporary file that is synced and renamed over the old one.
+    pub fn save(&mut self) -> Result<(), IndexError> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let _lock = lock(&self.path)?;
+        if let Ok(bytes) = std::fs::read(&self.path)
+            && let Ok(theirs) = self.parse(&bytes)
+        {
+            for (k, v) in theirs {
+                self.entries.entry(k).or_insert(v);
+            }
+        }
+        let mut keys: Vec<String> = self.entries.keys().cloned().collect();
+        keys.sort();
+        let header = Header {
+            model: self.model.name.clone(),
+            weights_digest: self.model.weights_digest.clone(),
+            perspectives: self.perspectives.clone(),
+            per_item: self.per_item,
+            dim: self.dim,
+            keys: keys.clone(),
+        };
+        let header_bytes = serde_json::to_vec(&header)
+            .map_err(|e| IndexError::Cache(format!("cannot encode the header: {e}")))?;
+        let mut body = Vec::with_capacity(
+            MAGIC.len() + 8 + header_bytes.len() + keys.len() * self.per_item * self.dim * 4,
+        );
+        body.extend_from_slice(MAGIC);
+        body.extend_from_slice(&(header_bytes.len() as u64).to_le_bytes());
+        body.extend_from_slice(&header_bytes);
+        for k in &keys {
+            for x in &self.entries[k] {
+                body.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+        let checksum = blake3::hash(&body);
+        let tmp = self
+            .path
+            .with_extension(format!("tmp{}", std::process::id()));
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&body)?;
+            f.write_all(checksum.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)
+        };
+        if let Err(e) = write() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(IndexError::io(&self.path, e));
+        }
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+/// An exclusive lock on `<cache>.lock`, held until dropped.
+fn lock(path: &Path) -> Result<File, IndexError> {
+    let lock_path = path.with_extension("lock");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| IndexError::io(&lock_path, e))?;
+    f.lock().map_err(|e| IndexError::io(&lock_path, e))?;
+    Ok(f)
+}

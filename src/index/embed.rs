@@ -1,0 +1,130 @@
+//! Embedding a gallery with a backbone's perspectives, incrementally through the cache.
+
+use std::path::Path;
+
+use candle_core::DType;
+
+use super::IndexError;
+use super::cache::{CacheProblem, EmbeddingCache, perspectives_fingerprint};
+use super::gallery::{Gallery, GalleryItem, Skipped};
+use crate::agff::PerspectiveEmbeddings;
+use crate::model::image_io::{open_image, to_rgb8};
+use crate::model::{Backbone, EmbedInput, EmbedOptions, PerspectiveSet};
+
+/// Unit perspective vectors of every indexed image, `[n, 1+K, d]` row-major.
+#[derive(Debug, Clone, Default)]
+pub struct GalleryEmbeddings {
+    pub items: Vec<GalleryItem>,
+    pub per_item: usize,
+    pub dim: usize,
+    pub data: Vec<f32>,
+}
+
+impl GalleryEmbeddings {
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Item `i`'s `(1+K)·d` values.
+    pub fn item(&self, i: usize) -> &[f32] {
+        let per = self.per_item * self.dim;
+        &self.data[i * per..(i + 1) * per]
+    }
+}
+
+/// What an indexing run did.
+#[derive(Debug, Clone, Default)]
+pub struct EmbedReport {
+    pub embedded: usize,
+    pub from_cache: usize,
+    /// Images that passed the scan but could not be decoded or embedded.
+    pub failed: Vec<Skipped>,
+    /// A damaged cache file that was set aside and rebuilt.
+    pub cache_problem: Option<CacheProblem>,
+}
+
+/// One input's unit perspective vectors, flattened.
+pub fn embed_unit(
+    backbone: &dyn Backbone,
+    input: &EmbedInput,
+    perspectives: &PerspectiveSet,
+) -> Result<Vec<f32>, IndexError> {
+    let e = backbone.embed(input, perspectives, &EmbedOptions::default())?;
+    let unit = PerspectiveEmbeddings::from_raw(e.vectors.unsqueeze(0)?)?;
+    Ok(unit
+        .tensor()
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?)
+}
+
+/// Embeds every gallery image not yet in the cache, saving the cache as it goes (so a
+/// cancelled run loses nothing). `progress(done, total)` counts images handled.
+pub fn embed_gallery(
+    backbone: &dyn Backbone,
+    perspectives: &PerspectiveSet,
+    gallery: &Gallery,
+    cache_dir: &Path,
+    cancel: &dyn Fn() -> bool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(GalleryEmbeddings, EmbedReport), IndexError> {
+    perspectives.validate().map_err(IndexError::Input)?;
+    let per_item = perspectives.perspectives.len();
+    let dim = backbone.hidden_size();
+    let fingerprint = perspectives_fingerprint(perspectives, &[]);
+    let (mut cache, cache_problem) =
+        EmbeddingCache::open(cache_dir, backbone.identity(), &fingerprint, per_item, dim)?;
+    let mut report = EmbedReport {
+        cache_problem,
+        ..EmbedReport::default()
+    };
+    let mut out = GalleryEmbeddings {
+        per_item,
+        dim,
+        ..GalleryEmbeddings::default()
+    };
+    let total = gallery.items.len();
+    let mut unsaved = 0;
+    for (n, item) in gallery.items.iter().enumerate() {
+        if cancel() {
+            cache.save()?;
+            return Err(IndexError::Cancelled);
+        }
+        if let Some(v) = cache.get(&item.content_hash) {
+            out.data.extend_from_slice(v);
+            out.items.push(item.clone());
+            report.from_cache += 1;
+        } else {
+            let vectors = open_image(&item.path)
+                .map_err(|e| e.to_string())
+                .and_then(|img| {
+                    embed_unit(backbone, &EmbedInput::image(to_rgb8(&img)), perspectives)
+                        .map_err(|e| e.to_string())
+                });
+            match vectors {
+                Ok(v) => {
+                    out.data.extend_from_slice(&v);
+                    out.items.push(item.clone());
+                    cache.insert(item.content_hash.clone(), v)?;
+                    report.embedded += 1;
+                    unsaved += 1;
+                }
+                Err(reason) => report.failed.push(Skipped {
+                    path: item.path.clone(),
+                    reason,
+                }),
+            }
+        }
+        if unsaved >= 256 {
+            cache.save()?;
+            unsaved = 0;
+        }
+        progress(n + 1, total);
+    }
+    cache.save()?;
+    Ok((out, report))
+}

@@ -1,0 +1,175 @@
+//! Ranking a gallery for one query by the fused AGFF score, optionally after a first stage
+//! on the global embedding alone.
+
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+use super::IndexError;
+use super::embed::GalleryEmbeddings;
+use crate::agff::{FusedScorer, PerspectiveEmbeddings};
+
+/// How to search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SearchOptions {
+    pub top_k: usize,
+    /// Keep only the best N candidates by the global similarity `<g_q, g_c>` before the
+    /// full AGFF score re-ranks them (`None`: score everything).
+    pub first_stage: Option<usize>,
+}
+
+impl Default for SearchOptions {
+    fn default() -> Self {
+        Self {
+            top_k: 10,
+            first_stage: Some(1000),
+        }
+    }
+}
+
+/// One ranked result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    /// Index into the gallery.
+    pub index: usize,
+    pub score: f32,
+    /// s_GG, s_FG, s_GF, s_FF.
+    pub patterns: [f32; 4],
+    /// a_m for the same patterns.
+    pub weights: [f32; 4],
+    /// `<query perspective a, candidate perspective b>`, row-major `(1+K)×(1+K)`.
+    pub perspective_sims: Vec<f32>,
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// Indices of the `n` largest values (any order).
+fn top_n(scores: &[f32], n: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    if n < idx.len() {
+        idx.select_nth_unstable_by(n, |&a, &b| scores[b].total_cmp(&scores[a]));
+        idx.truncate(n);
+    }
+    idx
+}
+
+/// The candidates the first stage keeps for `query` (all when it is off).
+pub fn first_stage(query: &[f32], gallery: &GalleryEmbeddings, keep: Option<usize>) -> Vec<usize> {
+    let n = gallery.len();
+    match keep {
+        Some(k) if k < n => {
+            let d = gallery.dim;
+            let g = &query[..d];
+            let per = gallery.per_item * d;
+            let scores: Vec<f32> = gallery
+                .data
+                .par_chunks(per)
+                .map(|item| dot(g, &item[..d]))
+                .collect();
+            top_n(&scores, k)
+        }
+        _ => (0..n).collect(),
+    }
+}
+
+/// Ranks the gallery for one query's `(1+K)·d` unit vectors.
+pub fn search(
+    query: &[f32],
+    gallery: &GalleryEmbeddings,
+    scorer: &FusedScorer,
+    options: &SearchOptions,
+) -> Result<Vec<Hit>, IndexError> {
+    let (p, d) = (gallery.per_item, gallery.dim);
+    if query.len() != p * d {
+        return Err(IndexError::Input(format!(
+            "the query has {} values, the gallery's items {}×{}",
+            query.len(),
+            p,
+            d
+        )));
+    }
+    if gallery.is_empty() || options.top_k == 0 {
+        return Ok(Vec::new());
+    }
+    let candidates = first_stage(query, gallery, options.first_stage);
+    let mut flat = Vec::with_capacity(candidates.len() * p * d);
+    for &i in &candidates {
+        flat.extend_from_slice(gallery.item(i));
+    }
+    let q = PerspectiveEmbeddings::from_raw(Tensor::from_vec(
+        query.to_vec(),
+        (1, p, d),
+        &Device::Cpu,
+    )?)?;
+    let c = PerspectiveEmbeddings::from_raw(Tensor::from_vec(
+        flat,
+        (candidates.len(), p, d),
+        &Device::Cpu,
+    )?)?;
+    let table = scorer.score(&q, &c)?;
+    let row = table.row(0);
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    order.sort_by(|&a, &b| row[b].fused.total_cmp(&row[a].fused).then(a.cmp(&b)));
+    order.truncate(options.top_k);
+    Ok(order
+        .into_iter()
+        .map(|j| {
+            let index = candidates[j];
+            let item = gallery.item(index);
+            let mut sims = Vec::with_capacity(p * p);
+            for a in 0..p {
+                for b in 0..p {
+                    sims.push(dot(&query[a * d..(a + 1) * d], &item[b * d..(b + 1) * d]));
+                }
+            }
+            Hit {
+                index,
+                score: row[j].fused,
+                patterns: row[j].patterns,
+                weights: row[j].weights,
+                perspective_sims: sims,
+            }
+        })
+        .collect())
+}
+
+/// Fraction of the exact top-`k` (full AGFF over everything) that the first stage keeps.
+pub fn first_stage_recall(
+    query: &[f32],
+    gallery: &GalleryEmbeddings,
+    scorer: &FusedScorer,
+    keep: usize,
+    k: usize,
+) -> Result<f64, IndexError> {
+    let exact = search(
+        query,
+        gallery,
+        scorer,
+        &SearchOptions {
+            top_k: k,
+            first_stage: None,
+        },
+    )?;
+    if exact.is_empty() {
+        return Ok(1.0);
+    }
+    let kept = first_stage(query, gallery, Some(keep));
+    let kept: std::collections::HashSet<usize> = kept.into_iter().collect();
+    let n = exact.iter().filter(|h| kept.contains(&h.index)).count();
+    Ok(n as f64 / exact.len() as f64)
+}
