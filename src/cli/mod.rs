@@ -53,7 +53,7 @@ pub enum BenchCommand {
     /// Items per second of a model for one perspective and for 1+K perspectives.
     Model(bench::ModelArgs),
     /// Gallery embedding throughput and search latency.
-    Search(search::SearchArgs),
+    Search(Pending),
 }
 
 /// Arguments of a command that another issue will implement; kept so that calling it
