@@ -11,10 +11,13 @@
 //!   fusion with AGFF InfoNCE and EGA (§4–§6);
 //! - [`index`]: galleries (recursive scan, bad files skipped with reasons), the
 //!   checksummed, locked embedding cache, and search by the fused score;
+//! - [`explain`]: heatmaps per perspective and pattern (attribution, attention,
+//!   similarity), candidate comparisons and the pointing game;
 //! - [`cli`]: the headless command line, the edge where errors become messages.
 
 pub mod agff;
 pub mod cli;
+pub mod explain;
 pub mod index;
 pub mod model;
 pub mod scenes;

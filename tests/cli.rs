@@ -23,7 +23,7 @@ fn help_lists_every_subcommand() {
 
 #[test]
 fn commands_not_built_yet_exit_2_and_say_so() {
-    for args in [&["bench", "search"][..], &["explain", "--json"]] {
+    for args in [&["bench", "search"][..], &["gui"]] {
         let out = agff_lens().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(out.stdout.is_empty(), "no fake output for {args:?}");
@@ -280,5 +280,149 @@ fn fine_tune_on_a_scenes_folder_writes_soft_prompts_and_fusion() {
     let _ = (
         std::fs::remove_dir_all(&data),
         std::fs::remove_dir_all(&out),
+    );
+}
+
+#[test]
+fn explain_writes_overlays_and_a_breakdown_that_adds_up() {
+    let scenes = temp("explain-scenes");
+    let out = temp("explain-out");
+    assert!(
+        agff_lens()
+            .args([
+                "scenes",
+                "--out",
+                scenes.to_str().unwrap(),
+                "--count",
+                "2",
+                "--seed",
+                "4"
+            ])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let a = scenes.join("scene_00000.png");
+    let b = scenes.join("scene_00001.png");
+    for method in ["attribution", "attention", "similarity"] {
+        let o = agff_lens()
+            .args([
+                "explain",
+                "--model",
+                "demo",
+                "--image",
+                a.to_str().unwrap(),
+                "--query",
+                "a red circle",
+                "--method",
+                method,
+                "--versus",
+                b.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["method"], method);
+        let maps = v["perspective_maps"].as_array().unwrap();
+        assert_eq!(maps.len(), 5);
+        for m in maps.iter().chain(v["pattern_maps"].as_array().unwrap()) {
+            let (rows, cols) = (m["rows"].as_u64().unwrap(), m["cols"].as_u64().unwrap());
+            assert_eq!(m["values"].as_array().unwrap().len() as u64, rows * cols);
+            let png = image::open(m["png"].as_str().unwrap()).unwrap();
+            assert_eq!((png.width(), png.height()), (96, 96));
+        }
+        let w: f64 = ["GG", "FG", "GF", "FF"]
+            .iter()
+            .map(|k| v["scores"]["weights"][k].as_f64().unwrap())
+            .sum();
+        assert!((w - 1.0).abs() < 1e-4);
+        let vs = &v["versus"];
+        let diff = v["scores"]["fused"].as_f64().unwrap() - vs["scores"]["fused"].as_f64().unwrap();
+        assert!((diff - vs["fused_diff"].as_f64().unwrap()).abs() < 1e-5);
+        assert!(["GG", "FG", "GF", "FF"].contains(&vs["decided_by"].as_str().unwrap()));
+    }
+    let _ = (
+        std::fs::remove_dir_all(&scenes),
+        std::fs::remove_dir_all(&out),
+    );
+}
+
+#[test]
+fn pointing_reports_a_hit_rate_per_method() {
+    let o = agff_lens()
+        .args([
+            "eval", "pointing", "--model", "demo", "--scenes", "4", "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for m in ["attribution", "attention", "similarity"] {
+        let s = &v["methods"][m];
+        assert_eq!(s["trials"], 4);
+        let hits = s["hits"].as_u64().unwrap();
+        assert!((s["hit_rate"].as_f64().unwrap() - hits as f64 / 4.0).abs() < 1e-12);
+    }
+}
+
+#[test]
+fn search_json_ranks_a_scene_folder_and_lists_skipped_files() {
+    let scenes = temp("search-scenes");
+    let cache = temp("search-cache");
+    assert!(
+        agff_lens()
+            .args(["scenes", "--out", scenes.to_str().unwrap(), "--count", "6"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::write(scenes.join("broken.png"), b"not a png").unwrap();
+    let o = agff_lens()
+        .args([
+            "search",
+            "--model",
+            "demo",
+            "--gallery",
+            scenes.to_str().unwrap(),
+            "--query",
+            "a blue square",
+            "--top",
+            "3",
+            "--cache",
+            cache.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    let scores: Vec<f64> = results
+        .iter()
+        .map(|r| r["score"].as_f64().unwrap())
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]));
+    for r in results {
+        for k in ["GG", "FG", "GF", "FF"] {
+            assert!(r["patterns"][k].is_number() && r["weights"][k].is_number());
+        }
+        assert_eq!(r["perspectives"].as_object().unwrap().len(), 5);
+    }
+    assert_eq!(v["indexed"], 6);
+    assert!(
+        v["skipped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["path"].as_str().unwrap().ends_with("broken.png"))
+    );
+    let _ = (
+        std::fs::remove_dir_all(&scenes),
+        std::fs::remove_dir_all(&cache),
     );
 }

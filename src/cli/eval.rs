@@ -19,6 +19,22 @@ pub enum EvalCommand {
     Pmmvp(PmmvpArgs),
     /// Any folder in the MMVP-VLM layout (Questions.csv + images), e.g. the real benchmark.
     Mmvp(MmvpArgs),
+    /// The pointing game on generated scenes: does each heatmap method's peak fall on the
+    /// object the query names?
+    Pointing(PointingArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PointingArgs {
+    #[arg(long)]
+    pub model: String,
+    /// Scenes (queries) per method.
+    #[arg(long, default_value_t = 100)]
+    pub scenes: usize,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 #[derive(Debug, Args)]
@@ -90,6 +106,35 @@ fn bar(len: usize, json: bool) -> ProgressBar {
 pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     match cmd {
         EvalCommand::Pmmvp(args) => pmmvp(&args),
+        EvalCommand::Pointing(args) => {
+            use crate::explain::{Explainer, Method, pointing_game};
+            let backbone = load_backbone(&args.model, &args.common.dtype, &args.common.device)?;
+            let fusion = super::explain::fusion_for(backbone.as_ref())?;
+            let explainer =
+                Explainer::new(backbone.as_ref(), backbone.default_perspectives(), fusion);
+            let mut methods = serde_json::Map::new();
+            for method in Method::ALL {
+                let pb = bar(args.scenes, args.common.json);
+                let s = pointing_game(&explainer, method, args.scenes, args.seed, |d, _| {
+                    pb.set_position(d as u64)
+                })?;
+                pb.finish_and_clear();
+                if !args.common.json {
+                    println!(
+                        "{:<12} hit rate {:.3} ({} of {})",
+                        method.name(),
+                        s.hit_rate,
+                        s.hits,
+                        s.trials
+                    );
+                }
+                methods.insert(method.name().into(), serde_json::to_value(s)?);
+            }
+            if args.common.json {
+                println!("{}", serde_json::json!({ "methods": methods }));
+            }
+            Ok(())
+        }
         EvalCommand::Mmvp(args) => {
             let backbone = load_backbone(&args.model, &args.common.dtype, &args.common.device)?;
             let eval = Evaluator::new(backbone.as_ref())?;

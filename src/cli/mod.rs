@@ -4,6 +4,7 @@
 mod bench;
 mod embed;
 mod eval;
+mod explain;
 mod scenes;
 mod search;
 mod train;
@@ -31,7 +32,7 @@ pub enum Command {
     /// Rank a folder of images for a text or image query by the fused AGFF score.
     Search(search::SearchArgs),
     /// Explain one result: pattern scores, fusion weights and per-perspective heatmaps.
-    Explain(Pending),
+    Explain(explain::ExplainArgs),
     /// Evaluate a model: the P-MMVP pair benchmark, MMVP-VLM folders, scene retrieval.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
@@ -133,7 +134,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gui(_) => Err(NotAvailable("gui").into()),
         Command::Embed(args) => embed::run(&args),
         Command::Search(args) => search::run(&args),
-        Command::Explain(_) => Err(NotAvailable("explain").into()),
+        Command::Explain(args) => explain::run(&args),
         Command::Eval(cmd) => eval::run(cmd),
         Command::Train(args) => train::run(&args),
         Command::Scenes(args) => scenes::run(&args),

@@ -1,0 +1,555 @@
+//! Where in the image a perspective looked (method.md §7), and why one candidate beat
+//! another.
+//!
+//! For a (query, image) pair every map has one cell per visual token of the image:
+//! - **attribution** (default): gradient of the chosen score w.r.t. the language model's
+//!   visual-token inputs, times those inputs, summed over channels (grad × input);
+//! - **attention**: attention from the perspective's last token to the visual tokens,
+//!   mean over heads and the last layers;
+//! - **similarity**: cosine between the query's perspective embedding and each visual
+//!   token's final hidden state.
+//!
+//! Maps exist per perspective (score `<q_p, c_p>`) and per pattern (score s_m) and for the
+//! fused score. Attribution differentiates each score itself. Attention and similarity
+//! have no score to differentiate, so a pattern's map there is the mean of the maps of the
+//! image-side perspectives it reads (ours): GG and FG read the global view, GF and FF the
+//! fine ones, the fused score all of them weighted by a_m.
+
+mod colormap;
+
+use candle_core::{D, DType, IndexOp, Tensor};
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+pub use colormap::ColorMap;
+
+use crate::agff::{
+    FusedScorer, Fusion, Pattern, PatternConfig, PerspectiveEmbeddings, pattern_similarities,
+};
+use crate::model::{Backbone, EmbedInput, EmbedOptions, ModelError, PerspectiveSet};
+
+/// How a map is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Method {
+    #[default]
+    Attribution,
+    Attention,
+    Similarity,
+}
+
+impl Method {
+    pub const ALL: [Method; 3] = [Method::Attribution, Method::Attention, Method::Similarity];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Attribution => "attribution",
+            Method::Attention => "attention",
+            Method::Similarity => "similarity",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == s)
+    }
+}
+
+/// What can go wrong explaining.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error("the model gave no visual tokens for the image, so there is nothing to map")]
+    NoVisualTokens,
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Agff(#[from] crate::agff::AgffError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// One map over the visual-token grid, row-major.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Heatmap {
+    /// Perspective name, pattern name (`GG`…) or `fused`.
+    pub name: String,
+    pub rows: usize,
+    pub cols: usize,
+    pub values: Vec<f32>,
+}
+
+impl Heatmap {
+    /// Values scaled to [0, 1] (min–max; a flat map is all 0).
+    pub fn normalized(&self) -> Vec<f32> {
+        let (lo, hi) = self
+            .values
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+                (l.min(v), h.max(v))
+            });
+        let span = hi - lo;
+        self.values
+            .iter()
+            .map(|&v| if span > 0.0 { (v - lo) / span } else { 0.0 })
+            .collect()
+    }
+
+    /// The cell with the largest value `(row, col)`.
+    pub fn argmax(&self) -> (usize, usize) {
+        let i = self
+            .values
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(i, _)| i);
+        (i / self.cols.max(1), i % self.cols.max(1))
+    }
+
+    /// The centre of the largest cell in image pixels.
+    pub fn peak_in_pixels(&self, width: u32, height: u32) -> (f32, f32) {
+        let (r, c) = self.argmax();
+        (
+            (c as f32 + 0.5) * width as f32 / self.cols as f32,
+            (r as f32 + 0.5) * height as f32 / self.rows as f32,
+        )
+    }
+
+    /// The map blended over `image` with `opacity` (bilinear upsampling of the grid).
+    pub fn overlay(&self, image: &RgbImage, map: ColorMap, opacity: f32) -> RgbImage {
+        let norm = self.normalized();
+        let (w, h) = image.dimensions();
+        let mut out = image.clone();
+        let (rows, cols) = (self.rows as f32, self.cols as f32);
+        for (x, y, px) in out.enumerate_pixels_mut() {
+            // Cell centres sit at (i + 0.5) cells.
+            let gx = ((x as f32 + 0.5) / w as f32 * cols - 0.5).clamp(0.0, cols - 1.0);
+            let gy = ((y as f32 + 0.5) / h as f32 * rows - 0.5).clamp(0.0, rows - 1.0);
+            let (x0, y0) = (gx.floor() as usize, gy.floor() as usize);
+            let (x1, y1) = ((x0 + 1).min(self.cols - 1), (y0 + 1).min(self.rows - 1));
+            let (fx, fy) = (gx - x0 as f32, gy - y0 as f32);
+            let at = |r: usize, c: usize| norm[r * self.cols + c];
+            let v = at(y0, x0) * (1.0 - fx) * (1.0 - fy)
+                + at(y0, x1) * fx * (1.0 - fy)
+                + at(y1, x0) * (1.0 - fx) * fy
+                + at(y1, x1) * fx * fy;
+            let c = map.color(v);
+            for k in 0..3 {
+                px[k] = (px[k] as f32 * (1.0 - opacity) + c[k] as f32 * opacity).round() as u8;
+            }
+        }
+        out
+    }
+}
+
+/// Scores of one (query, candidate) pair.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PairBreakdown {
+    pub fused: f32,
+    /// s_m by pattern name.
+    pub patterns: [f32; 4],
+    /// a_m.
+    pub weights: [f32; 4],
+    /// Matched `<q_p, c_p>` per perspective.
+    pub perspectives: Vec<(String, f32)>,
+}
+
+/// Everything shown for one (query, image) pair.
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    pub method: Method,
+    pub scores: PairBreakdown,
+    pub perspective_maps: Vec<Heatmap>,
+    pub pattern_maps: Vec<Heatmap>,
+    pub fused_map: Heatmap,
+}
+
+/// Why candidate A beat candidate B for one query.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub a: PairBreakdown,
+    pub b: PairBreakdown,
+    /// s(A) − s(B).
+    pub fused_diff: f32,
+    /// Per pattern: s_m(A) − s_m(B).
+    pub pattern_diffs: [f32; 4],
+    /// Per pattern: mean weight ā_m·(s_m(A) − s_m(B)); these add up to about the fused
+    /// difference (exactly, to first order), so they say which pattern decided.
+    pub pattern_contributions: [f32; 4],
+    /// Per perspective: `<q_p, A_p> − <q_p, B_p>`.
+    pub perspective_diffs: Vec<(String, f32)>,
+}
+
+/// A backbone, perspectives and a fusion ready to explain pairs.
+pub struct Explainer<'a> {
+    pub backbone: &'a dyn Backbone,
+    pub perspectives: PerspectiveSet,
+    pub fusion: Fusion,
+    pub pattern_config: PatternConfig,
+    /// Last layers averaged for attention maps.
+    pub attention_layers: usize,
+}
+
+impl<'a> Explainer<'a> {
+    pub fn new(backbone: &'a dyn Backbone, perspectives: PerspectiveSet, fusion: Fusion) -> Self {
+        Self {
+            backbone,
+            perspectives,
+            fusion,
+            pattern_config: PatternConfig::default(),
+            attention_layers: 2,
+        }
+    }
+
+    /// The query's unit perspective embeddings `[1, 1+K, d]` (no gradient).
+    pub fn embed_query(&self, query: &EmbedInput) -> Result<PerspectiveEmbeddings, ExplainError> {
+        let e = self
+            .backbone
+            .embed(query, &self.perspectives, &EmbedOptions::default())?;
+        Ok(PerspectiveEmbeddings::from_raw(
+            e.vectors.detach().to_dtype(DType::F32)?.unsqueeze(0)?,
+        )?)
+    }
+
+    /// Scores of a pair from unit embeddings (no maps).
+    pub fn breakdown(
+        &self,
+        query: &PerspectiveEmbeddings,
+        candidate: &PerspectiveEmbeddings,
+    ) -> Result<PairBreakdown, ExplainError> {
+        let scorer = FusedScorer::new(self.pattern_config, &self.fusion)?;
+        let table = scorer.score(query, candidate)?;
+        let pair = table
+            .get(0, 0)
+            .ok_or_else(|| ExplainError::Input("empty score table".into()))?;
+        let q = query.tensor().i(0)?;
+        let c = candidate.tensor().i(0)?;
+        let matched = (q * c)?.sum(D::Minus1)?.to_vec1::<f32>()?;
+        Ok(PairBreakdown {
+            fused: pair.fused,
+            patterns: pair.patterns,
+            weights: pair.weights,
+            perspectives: self
+                .perspectives
+                .perspectives
+                .iter()
+                .zip(matched)
+                .map(|(p, s)| (p.name.clone(), s))
+                .collect(),
+        })
+    }
+
+    /// Maps and scores for `query` against `image`.
+    pub fn explain(
+        &self,
+        query: &EmbedInput,
+        image: &RgbImage,
+        method: Method,
+    ) -> Result<Explanation, ExplainError> {
+        let q = self.embed_query(query)?;
+        let options = EmbedOptions {
+            soft_prompts: Vec::new(),
+            attention_layers: if method == Method::Attention {
+                self.attention_layers
+            } else {
+                0
+            },
+            track_visual_inputs: method == Method::Attribution,
+        };
+        let e = self.backbone.embed(
+            &EmbedInput::image(image.clone()),
+            &self.perspectives,
+            &options,
+        )?;
+        let visual = e.visual.clone().ok_or(ExplainError::NoVisualTokens)?;
+        let (rows, cols) = visual.grid;
+        let c = PerspectiveEmbeddings::from_raw(e.vectors.to_dtype(DType::F32)?.unsqueeze(0)?)?;
+        let scores = self.breakdown(&q, &PerspectiveEmbeddings::from_raw(c.tensor().detach())?)?;
+        let names: Vec<String> = self
+            .perspectives
+            .perspectives
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
+        let p = names.len();
+        let heat = |name: &str, values: Vec<f32>| Heatmap {
+            name: name.to_string(),
+            rows,
+            cols,
+            values,
+        };
+
+        let (perspective_maps, pattern_maps, fused_map) = match method {
+            Method::Attribution => {
+                let inputs = visual.inputs.clone();
+                let qt = q.tensor().i(0)?;
+                let ct = c.tensor().i(0)?;
+                let attribute = |score: &Tensor| -> Result<Vec<f32>, ExplainError> {
+                    let grads = score.backward()?;
+                    let g = grads
+                        .get(&inputs)
+                        .ok_or(ExplainError::NoVisualTokens)?
+                        .to_dtype(DType::F32)?;
+                    Ok((g * inputs.detach().to_dtype(DType::F32)?)?
+                        .sum(D::Minus1)?
+                        .to_vec1::<f32>()?)
+                };
+                let mut per = Vec::with_capacity(p);
+                for (i, name) in names.iter().enumerate() {
+                    let s = (qt.i(i)? * ct.i(i)?)?.sum_all()?;
+                    per.push(heat(name, attribute(&s)?));
+                }
+                let pats = pattern_similarities(&q, &c, &self.pattern_config)?.patterns;
+                let mut pm = Vec::with_capacity(4);
+                for m in Pattern::ALL {
+                    let s = pats.i((0, 0, m.index()))?;
+                    pm.push(heat(m.name(), attribute(&s)?));
+                }
+                let fused = self.fusion.fuse(&pats)?.scores.i((0, 0))?;
+                let fused_map = heat("fused", attribute(&fused)?);
+                (per, pm, fused_map)
+            }
+            Method::Attention | Method::Similarity => {
+                let mut per = Vec::with_capacity(p);
+                if method == Method::Attention {
+                    for (b, name) in e.branches.iter().zip(&names) {
+                        let values = b.attention_to_visual.clone().ok_or_else(|| {
+                            ExplainError::Input(
+                                "this backbone does not report attention to visual tokens".into(),
+                            )
+                        })?;
+                        per.push(heat(name, values));
+                    }
+                } else {
+                    let hidden = visual.hidden.detach().to_dtype(DType::F32)?;
+                    let norm = hidden
+                        .sqr()?
+                        .sum_keepdim(D::Minus1)?
+                        .sqrt()?
+                        .clamp(1e-12, f64::INFINITY)?;
+                    let unit = hidden.broadcast_div(&norm)?;
+                    let qt = q.tensor().i(0)?;
+                    for (i, name) in names.iter().enumerate() {
+                        let values = unit
+                            .matmul(&qt.i(i)?.unsqueeze(1)?)?
+                            .squeeze(1)?
+                            .to_vec1::<f32>()?;
+                        per.push(heat(name, values));
+                    }
+                }
+                let n = rows * cols;
+                let mean_of = |idx: &[usize]| -> Vec<f32> {
+                    let mut v = vec![0f32; n];
+                    for &i in idx {
+                        for (a, b) in v.iter_mut().zip(&per[i].values) {
+                            *a += b / idx.len() as f32;
+                        }
+                    }
+                    v
+                };
+                let fine: Vec<usize> = (1..p).collect();
+                let global = [0usize];
+                let sides: [&[usize]; 4] = if fine.is_empty() {
+                    [&global, &global, &global, &global]
+                } else {
+                    [&global, &global, &fine, &fine]
+                };
+                let pm: Vec<Heatmap> = Pattern::ALL
+                    .iter()
+                    .zip(sides)
+                    .map(|(m, idx)| heat(m.name(), mean_of(idx)))
+                    .collect();
+                let mut fused = vec![0f32; n];
+                for (m, map) in pm.iter().enumerate() {
+                    for (a, b) in fused.iter_mut().zip(&map.values) {
+                        *a += scores.weights[m] * b;
+                    }
+                }
+                (per, pm, heat("fused", fused))
+            }
+        };
+        Ok(Explanation {
+            method,
+            scores,
+            perspective_maps,
+            pattern_maps,
+            fused_map,
+        })
+    }
+
+    /// Why `a` beat `b` (or not) for `query`.
+    pub fn compare(
+        &self,
+        query: &EmbedInput,
+        a: &RgbImage,
+        b: &RgbImage,
+    ) -> Result<Comparison, ExplainError> {
+        let q = self.embed_query(query)?;
+        let emb = |img: &RgbImage| -> Result<PerspectiveEmbeddings, ExplainError> {
+            self.embed_query(&EmbedInput::image(img.clone()))
+        };
+        let sa = self.breakdown(&q, &emb(a)?)?;
+        let sb = self.breakdown(&q, &emb(b)?)?;
+        Ok(compare_breakdowns(sa, sb))
+    }
+}
+
+/// The differences between two candidates' breakdowns for one query.
+pub fn compare_breakdowns(a: PairBreakdown, b: PairBreakdown) -> Comparison {
+    let pattern_diffs: [f32; 4] = std::array::from_fn(|m| a.patterns[m] - b.patterns[m]);
+    let pattern_contributions: [f32; 4] =
+        std::array::from_fn(|m| 0.5 * (a.weights[m] + b.weights[m]) * pattern_diffs[m]);
+    let perspective_diffs = a
+        .perspectives
+        .iter()
+        .zip(&b.perspectives)
+        .map(|((n, x), (_, y))| (n.clone(), x - y))
+        .collect();
+    Comparison {
+        fused_diff: a.fused - b.fused,
+        pattern_diffs,
+        pattern_contributions,
+        perspective_diffs,
+        a,
+        b,
+    }
+}
+
+/// Pointing-game tally of one method.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PointingScore {
+    pub trials: usize,
+    pub hits: usize,
+    pub hit_rate: f64,
+}
+
+/// The pointing game on generated scenes: for scenes with two or more objects, a text
+/// query names one object whose colour and shape are unique in the scene ("a red
+/// circle"); a hit is when the fused-score map's largest cell has its centre inside that
+/// object's box.
+pub fn pointing_game(
+    explainer: &Explainer,
+    method: Method,
+    scenes: usize,
+    seed: u64,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<PointingScore, ExplainError> {
+    use crate::scenes::{Scene, SceneRng};
+    let mut rng = SceneRng::new(seed);
+    let mut score = PointingScore::default();
+    let mut made = 0;
+    let mut tries = 0;
+    while made < scenes && tries < scenes * 50 {
+        tries += 1;
+        let scene = Scene::random(&mut rng);
+        if scene.objects.len() < 2 {
+            continue;
+        }
+        let unique: Vec<usize> = (0..scene.objects.len())
+            .filter(|&i| {
+                let o = &scene.objects[i];
+                scene
+                    .objects
+                    .iter()
+                    .filter(|p| p.colour == o.colour && p.shape == o.shape)
+                    .count()
+                    == 1
+            })
+            .collect();
+        if unique.is_empty() {
+            continue;
+        }
+        let target = &scene.objects[unique[rng.below(unique.len())]];
+        let query = format!("a {} {}", target.colour.name(), target.shape.name());
+        let image = scene.render();
+        let ex = explainer.explain(&EmbedInput::text(query), &image, method)?;
+        let (x, y) = ex.fused_map.peak_in_pixels(image.width(), image.height());
+        let [x0, y0, x1, y1] = target.bbox;
+        score.trials += 1;
+        if x >= x0 && x <= x1 && y >= y0 && y <= y1 {
+            score.hits += 1;
+        }
+        made += 1;
+        progress(made, scenes);
+    }
+    score.hit_rate = score.hits as f64 / score.trials.max(1) as f64;
+    Ok(score)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(values: Vec<f32>, rows: usize, cols: usize) -> Heatmap {
+        Heatmap {
+            name: "m".into(),
+            rows,
+            cols,
+            values,
+        }
+    }
+
+    #[test]
+    fn peak_is_the_centre_of_the_largest_cell() {
+        let m = map(vec![0.0, 1.0, 0.5, 0.2, 0.1, 3.0], 2, 3);
+        assert_eq!(m.argmax(), (1, 2));
+        assert_eq!(m.peak_in_pixels(96, 64), (80.0, 48.0));
+        let n = m.normalized();
+        assert_eq!(n[5], 1.0);
+        assert_eq!(n[0], 0.0);
+        assert!(
+            map(vec![2.0; 4], 2, 2)
+                .normalized()
+                .iter()
+                .all(|&v| v == 0.0)
+        );
+    }
+
+    #[test]
+    fn overlay_blends_the_colour_map_over_the_image() {
+        let img = RgbImage::from_pixel(8, 8, image::Rgb([0, 0, 0]));
+        let m = map(vec![0.0, 1.0, 0.0, 1.0], 2, 2);
+        let full = m.overlay(&img, ColorMap::Gray, 1.0);
+        // Left column cold (black), right column hot (white), at any zoom.
+        assert_eq!(full.get_pixel(0, 4)[0], 0);
+        assert_eq!(full.get_pixel(7, 4)[0], 255);
+        let none = m.overlay(&img, ColorMap::Gray, 0.0);
+        assert_eq!(none, img);
+    }
+
+    #[test]
+    fn colour_maps_run_from_their_first_to_last_anchor() {
+        for cm in ColorMap::ALL {
+            let t = cm.table();
+            assert_eq!(t.len(), 256);
+            assert_eq!(cm.color(0.0), [t[0][0], t[0][1], t[0][2]]);
+            assert_eq!(cm.color(f32::NAN), cm.color(0.0));
+        }
+        assert_eq!(ColorMap::Gray.color(0.5), [128, 128, 128]);
+    }
+
+    #[test]
+    fn comparison_contributions_add_up_to_the_fused_difference_to_first_order() {
+        let a = PairBreakdown {
+            fused: 0.61,
+            patterns: [0.6, 0.5, 0.62, 0.4],
+            weights: [0.3, 0.1, 0.5, 0.1],
+            perspectives: vec![("global".into(), 0.6)],
+        };
+        let b = PairBreakdown {
+            fused: 0.58,
+            patterns: [0.59, 0.5, 0.57, 0.45],
+            weights: [0.35, 0.1, 0.4, 0.15],
+            perspectives: vec![("global".into(), 0.59)],
+        };
+        let c = compare_breakdowns(a, b);
+        assert!((c.fused_diff - 0.03).abs() < 1e-6);
+        assert!((c.pattern_diffs[2] - 0.05).abs() < 1e-6);
+        // GF decided: the largest contribution.
+        let best = (0..4)
+            .max_by(|&x, &y| c.pattern_contributions[x].total_cmp(&c.pattern_contributions[y]))
+            .unwrap();
+        assert_eq!(best, 2);
+        assert!((c.pattern_contributions[2] - 0.45 * 0.05).abs() < 1e-6);
+        assert!((c.perspective_diffs[0].1 - 0.01).abs() < 1e-6);
+    }
+}
