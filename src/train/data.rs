@@ -178,7 +178,7 @@ fn seed_for(seed: u64, step: u64) -> u64 {
 
 /// A batch of scenes: a share of minimal pairs (two scenes that differ in one MMVP
 /// pattern, each with the statement true of it, so each is the other's hard negative); the
-/// rest are random scenes with their global caption or one fine caption.
+/// rest are random scenes with their global caption.
 fn scene_batch(seed: u64, step: u64, n: usize, pair_share: f64) -> Vec<Example> {
     let mut rng = SceneRng::new(seed_for(seed, step));
     let mut out = Vec::with_capacity(n);
@@ -196,21 +196,15 @@ fn scene_batch(seed: u64, step: u64, n: usize, pair_share: f64) -> Vec<Example> 
             text: sb,
         });
     }
+    // The rest: random scenes with their global caption, which names every object and
+    // so (nearly always) fits no other scene of the batch. Single-attribute captions
+    // ("one object", "a small arrow") fit many scenes and would be false negatives here;
+    // fine-grained supervision comes from the minimal pairs' statements instead.
     while out.len() < n {
         let scene = Scene::random(&mut rng);
-        let text = if rng.chance(0.6) {
-            scene.caption()
-        } else {
-            let fine = scene.fine_captions();
-            if fine.is_empty() {
-                scene.caption()
-            } else {
-                fine[rng.below(fine.len())].text.clone()
-            }
-        };
         out.push(Example {
+            text: scene.caption(),
             image: scene.render(),
-            text,
         });
     }
     out

@@ -355,6 +355,12 @@ fn fusion_values(fusion: &Fusion) -> Result<([f64; 4], f64), TrainError> {
     Ok((t, fusion.beta()?))
 }
 
+/// Whether θ and β = exp(ρ) are finite (a finite ρ can still overflow β).
+fn fusion_finite(fusion: &Fusion) -> Result<bool, TrainError> {
+    let (theta, beta) = fusion_values(fusion)?;
+    Ok(theta.iter().all(|t| t.is_finite()) && beta.is_finite() && beta > 0.0)
+}
+
 fn write_state(dir: &Path, state: &TrainerState) -> Result<(), TrainError> {
     let path = dir.join(STATE_FILE);
     let text = serde_json::to_string_pretty(state)
@@ -531,7 +537,7 @@ pub fn train_demo(
             1.0
         };
         optim.step(&grads, lr, scale)?;
-        if !optim.params_finite()? {
+        if !optim.params_finite()? || !fusion_finite(&fusion)? {
             return Err(TrainError::Diverged {
                 step,
                 what: "a parameter after the update".into(),
@@ -742,6 +748,13 @@ pub fn fine_tune(
             1.0
         };
         optim.step(&grads, lr, scale)?;
+        if !optim.params_finite()? || !fusion_finite(&fusion)? {
+            return Err(TrainError::Diverged {
+                step,
+                what: "a parameter after the update".into(),
+                kept,
+            });
+        }
         let mut report = loss.report;
         report.step = step;
         report.lr = lr;
