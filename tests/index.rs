@@ -346,3 +346,23 @@ fn search_ranks_by_the_fused_score_and_the_first_stage_keeps_the_top() {
         std::fs::remove_dir_all(&cache_dir),
     );
 }
+
+#[test]
+fn the_fused_only_explanation_gives_the_same_fused_map() {
+    use agff_lens::explain::{Explainer, Method};
+    let model = DemoModel::embedded(&Device::Cpu).unwrap();
+    let ex = Explainer::new(
+        &model,
+        model.default_perspectives(),
+        Fusion::for_backbone(&model).unwrap(),
+    );
+    let image = Scene::random(&mut SceneRng::new(8)).render();
+    let q = EmbedInput::text("a blue star");
+    for method in Method::ALL {
+        let full = ex.explain(&q, &image, method).unwrap();
+        let fused = ex.explain_fused(&q, &image, method).unwrap();
+        assert_eq!(full.fused_map, fused.fused_map, "{method:?}");
+        assert_eq!(full.scores, fused.scores);
+        assert_eq!(full.perspective_maps.len(), 5);
+    }
+}

@@ -63,6 +63,18 @@ impl Fusion {
         })
     }
 
+    /// The fusion a backbone was trained with (f32, on its device), or the defaults when
+    /// it has none.
+    pub fn for_backbone(backbone: &dyn crate::model::Backbone) -> Result<Self> {
+        let init = backbone
+            .trained_fusion()
+            .map_or(FusionInit::default(), |f| FusionInit {
+                theta: f.theta,
+                beta: f.beta,
+            });
+        Self::new(init, DType::F32, backbone.device())
+    }
+
     /// The pattern logits θ, `[4]`.
     pub fn theta(&self) -> &Var {
         &self.theta

@@ -109,7 +109,7 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
         EvalCommand::Pointing(args) => {
             use crate::explain::{Explainer, Method, pointing_game};
             let backbone = load_backbone(&args.model, &args.common.dtype, &args.common.device)?;
-            let fusion = super::explain::fusion_for(backbone.as_ref())?;
+            let fusion = crate::agff::Fusion::for_backbone(backbone.as_ref())?;
             let explainer =
                 Explainer::new(backbone.as_ref(), backbone.default_perspectives(), fusion);
             let mut methods = serde_json::Map::new();

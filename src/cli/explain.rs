@@ -8,10 +8,10 @@ use clap::Args;
 use serde::Serialize;
 
 use super::load_backbone;
-use crate::agff::{Fusion, FusionInit, Pattern};
+use crate::agff::{Fusion, Pattern};
 use crate::explain::{ColorMap, Comparison, Explainer, Heatmap, Method, PairBreakdown};
 use crate::model::image_io::{open_image, to_rgb8};
-use crate::model::{Backbone, DeviceChoice, EmbedInput, PerspectiveSet};
+use crate::model::{DeviceChoice, PerspectiveSet};
 
 /// Options of `explain`.
 #[derive(Debug, Args)]
@@ -21,16 +21,8 @@ pub struct ExplainArgs {
     /// The candidate image.
     #[arg(long)]
     pub image: PathBuf,
-    /// A text query.
-    #[arg(
-        long,
-        conflicts_with = "query_image",
-        required_unless_present = "query_image"
-    )]
-    pub query: Option<String>,
-    /// An image query.
-    #[arg(long)]
-    pub query_image: Option<PathBuf>,
+    #[command(flatten)]
+    pub query: super::QueryArgs,
     /// attribution (default), attention or similarity.
     #[arg(long, default_value = "attribution")]
     pub method: String,
@@ -111,20 +103,6 @@ fn scores_out(b: &PairBreakdown) -> ScoresOut {
     }
 }
 
-pub(crate) fn fusion_for(backbone: &dyn Backbone) -> anyhow::Result<Fusion> {
-    let init = backbone
-        .trained_fusion()
-        .map_or(FusionInit::default(), |f| FusionInit {
-            theta: f.theta,
-            beta: f.beta,
-        });
-    Ok(Fusion::new(
-        init,
-        candle_core::DType::F32,
-        backbone.device(),
-    )?)
-}
-
 pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
     let method = Method::parse(&args.method).ok_or_else(|| {
         anyhow::anyhow!(
@@ -142,15 +120,11 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
         None => backbone.default_perspectives(),
     };
     let image = to_rgb8(&open_image(&args.image)?);
-    let query = match (&args.query, &args.query_image) {
-        (Some(t), _) => EmbedInput::text(t.clone()),
-        (None, Some(p)) => EmbedInput::image(to_rgb8(&open_image(p)?)),
-        (None, None) => anyhow::bail!("give --query TEXT or --query-image PATH"),
-    };
+    let query = args.query.input(backbone.as_ref())?;
     let explainer = Explainer::new(
         backbone.as_ref(),
         perspectives,
-        fusion_for(backbone.as_ref())?,
+        Fusion::for_backbone(backbone.as_ref())?,
     );
     let ex = explainer.explain(&query, &image, method)?;
     std::fs::create_dir_all(&args.out)

@@ -98,6 +98,45 @@ pub(crate) fn load_backbone(
     }
 }
 
+/// A text or an image query (`search`, `explain`).
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// A text query.
+    #[arg(
+        long,
+        conflicts_with = "query_image",
+        required_unless_present = "query_image"
+    )]
+    pub query: Option<String>,
+    /// An image query.
+    #[arg(long)]
+    pub query_image: Option<std::path::PathBuf>,
+}
+
+impl QueryArgs {
+    /// The query as model input; warns about words a word-level model does not know.
+    pub(crate) fn input(
+        &self,
+        backbone: &dyn crate::model::Backbone,
+    ) -> anyhow::Result<crate::model::EmbedInput> {
+        use crate::model::image_io::{open_image, to_rgb8};
+        match (&self.query, &self.query_image) {
+            (Some(text), _) => {
+                let unknown = backbone.unknown_words(text);
+                if !unknown.is_empty() {
+                    eprintln!(
+                        "warning: the model does not know these words: {}",
+                        unknown.join(", ")
+                    );
+                }
+                Ok(crate::model::EmbedInput::text(text.clone()))
+            }
+            (None, Some(path)) => Ok(crate::model::EmbedInput::image(to_rgb8(&open_image(path)?))),
+            (None, None) => anyhow::bail!("give --query TEXT or --query-image PATH"),
+        }
+    }
+}
+
 /// Parses the process arguments and runs the command.
 pub fn main() -> ExitCode {
     init_tracing();

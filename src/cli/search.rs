@@ -8,12 +8,11 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 
 use super::load_backbone;
-use crate::agff::{FusedScorer, Fusion, FusionInit, Pattern, PatternConfig};
+use crate::agff::{FusedScorer, Fusion, Pattern, PatternConfig};
 use crate::index::{
     SearchOptions, default_cache_dir, embed_gallery, embed_unit, scan_gallery, search,
 };
-use crate::model::image_io::{open_image, to_rgb8};
-use crate::model::{DeviceChoice, EmbedInput, PerspectiveSet};
+use crate::model::{DeviceChoice, PerspectiveSet};
 
 /// Options of `search`.
 #[derive(Debug, Args)]
@@ -24,16 +23,8 @@ pub struct SearchArgs {
     /// The folder of images (searched recursively).
     #[arg(long)]
     pub gallery: PathBuf,
-    /// A text query.
-    #[arg(
-        long,
-        conflicts_with = "query_image",
-        required_unless_present = "query_image"
-    )]
-    pub query: Option<String>,
-    /// An image query.
-    #[arg(long)]
-    pub query_image: Option<PathBuf>,
+    #[command(flatten)]
+    pub query: super::QueryArgs,
     /// How many results.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
@@ -115,28 +106,9 @@ pub fn run(args: &SearchArgs) -> anyhow::Result<()> {
             problem.reason
         );
     }
-    let input = match (&args.query, &args.query_image) {
-        (Some(t), _) => {
-            let unknown = backbone.unknown_words(t);
-            if !unknown.is_empty() {
-                eprintln!(
-                    "warning: the model does not know these words: {}",
-                    unknown.join(", ")
-                );
-            }
-            EmbedInput::text(t.clone())
-        }
-        (None, Some(p)) => EmbedInput::image(to_rgb8(&open_image(p)?)),
-        (None, None) => anyhow::bail!("give --query TEXT or --query-image PATH"),
-    };
+    let input = args.query.input(backbone.as_ref())?;
     let query = embed_unit(backbone.as_ref(), &input, &perspectives)?;
-    let init = backbone
-        .trained_fusion()
-        .map_or(FusionInit::default(), |f| FusionInit {
-            theta: f.theta,
-            beta: f.beta,
-        });
-    let fusion = Fusion::new(init, candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    let fusion = Fusion::for_backbone(backbone.as_ref())?;
     let scorer = FusedScorer::new(PatternConfig::default(), &fusion)?;
     let options = SearchOptions {
         top_k: args.top,

@@ -245,6 +245,28 @@ impl<'a> Explainer<'a> {
         image: &RgbImage,
         method: Method,
     ) -> Result<Explanation, ExplainError> {
+        self.explain_maps(query, image, method, false)
+    }
+
+    /// Only the fused-score map (and the scores): attribution then runs one backward pass
+    /// instead of one per perspective and pattern. The per-perspective and per-pattern
+    /// lists of the result are empty for attribution.
+    pub fn explain_fused(
+        &self,
+        query: &EmbedInput,
+        image: &RgbImage,
+        method: Method,
+    ) -> Result<Explanation, ExplainError> {
+        self.explain_maps(query, image, method, true)
+    }
+
+    fn explain_maps(
+        &self,
+        query: &EmbedInput,
+        image: &RgbImage,
+        method: Method,
+        fused_only: bool,
+    ) -> Result<Explanation, ExplainError> {
         let q = self.embed_query(query)?;
         let options = EmbedOptions {
             soft_prompts: Vec::new(),
@@ -294,13 +316,13 @@ impl<'a> Explainer<'a> {
                         .to_vec1::<f32>()?)
                 };
                 let mut per = Vec::with_capacity(p);
-                for (i, name) in names.iter().enumerate() {
+                let pats = pattern_similarities(&q, &c, &self.pattern_config)?.patterns;
+                let mut pm = Vec::with_capacity(4);
+                for (i, name) in names.iter().enumerate().filter(|_| !fused_only) {
                     let s = (qt.i(i)? * ct.i(i)?)?.sum_all()?;
                     per.push(heat(name, attribute(&s)?));
                 }
-                let pats = pattern_similarities(&q, &c, &self.pattern_config)?.patterns;
-                let mut pm = Vec::with_capacity(4);
-                for m in Pattern::ALL {
+                for m in Pattern::ALL.into_iter().filter(|_| !fused_only) {
                     let s = pats.i((0, 0, m.index()))?;
                     pm.push(heat(m.name(), attribute(&s)?));
                 }
@@ -461,7 +483,7 @@ pub fn pointing_game(
         let target = &scene.objects[unique[rng.below(unique.len())]];
         let query = format!("a {} {}", target.colour.name(), target.shape.name());
         let image = scene.render();
-        let ex = explainer.explain(&EmbedInput::text(query), &image, method)?;
+        let ex = explainer.explain_fused(&EmbedInput::text(query), &image, method)?;
         let (x, y) = ex.fused_map.peak_in_pixels(image.width(), image.height());
         let [x0, y0, x1, y1] = target.bbox;
         score.trials += 1;

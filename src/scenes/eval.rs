@@ -8,9 +8,7 @@ use candle_core::{DType, Tensor};
 use serde::Serialize;
 
 use super::{MmvpPattern, MmvpTally, Scene, SceneRng, ScenesError, mmvp_pair_correct, pmmvp_pairs};
-use crate::agff::{
-    FusedScorer, Fusion, FusionInit, Pattern, PatternConfig, PerspectiveEmbeddings, ScoreTable,
-};
+use crate::agff::{FusedScorer, Fusion, Pattern, PatternConfig, PerspectiveEmbeddings, ScoreTable};
 use crate::model::{Backbone, EmbedInput, EmbedOptions, PerspectiveSet};
 
 /// Default seed of the P-MMVP pairs (the training stream uses other seeds).
@@ -59,13 +57,7 @@ impl<'a> Evaluator<'a> {
         backbone: &'a dyn Backbone,
         perspectives: PerspectiveSet,
     ) -> Result<Self, ScenesError> {
-        let init = backbone
-            .trained_fusion()
-            .map_or(FusionInit::default(), |f| FusionInit {
-                theta: f.theta,
-                beta: f.beta,
-            });
-        let fusion = Fusion::new(init, DType::F32, backbone.device()).map_err(eval_err)?;
+        let fusion = Fusion::for_backbone(backbone).map_err(eval_err)?;
         let scorer = FusedScorer::new(PatternConfig::default(), &fusion).map_err(eval_err)?;
         Ok(Self {
             backbone,

@@ -332,6 +332,53 @@ fn batch_loss(
     })
 }
 
+/// One optimisation step on a batch's raw embeddings: the loss, its gradient, divergence
+/// checks, clipping and the AdamW update. `step` is the number of steps done before this
+/// one; `kept` names the last good checkpoint for the divergence message. Returns the
+/// step's report (captions and timing are the caller's).
+fn optimise(
+    step: u64,
+    text_emb: &Tensor,
+    image_emb: &Tensor,
+    fusion: &Fusion,
+    optim: &mut AdamW,
+    settings: &TrainSettings,
+    kept: String,
+) -> Result<StepReport, TrainError> {
+    let diverged =
+        |step: u64, what: String, kept: String| TrainError::Diverged { step, what, kept };
+    let loss = match batch_loss(text_emb, image_emb, fusion, settings) {
+        Ok(l) => l,
+        Err(TrainError::Agff(AgffError::NonFinite(what))) => {
+            return Err(diverged(step + 1, what, kept));
+        }
+        Err(e) => return Err(e),
+    };
+    let grads = loss.objective.backward()?;
+    let norm = optim.grad_norm(&grads)?;
+    if !norm.is_finite() {
+        return Err(diverged(step + 1, "the gradient norm".into(), kept));
+    }
+    let step = step + 1;
+    let lr = settings.lr_at(step);
+    let scale = if norm > settings.clip {
+        settings.clip / norm
+    } else {
+        1.0
+    };
+    optim.step(&grads, lr, scale)?;
+    if !optim.params_finite()? || !fusion_finite(fusion)? {
+        return Err(diverged(step, "a parameter after the update".into(), kept));
+    }
+    let mut report = loss.report;
+    report.step = step;
+    report.lr = lr;
+    report.grad_norm = norm;
+    report.pattern_weights = fusion.pattern_weights()?;
+    report.beta = fusion.beta()?;
+    Ok(report)
+}
+
 /// What a checkpoint folder holds besides the model: where training stands.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct TrainerState {
@@ -359,6 +406,16 @@ fn fusion_values(fusion: &Fusion) -> Result<([f64; 4], f64), TrainError> {
 fn fusion_finite(fusion: &Fusion) -> Result<bool, TrainError> {
     let (theta, beta) = fusion_values(fusion)?;
     Ok(theta.iter().all(|t| t.is_finite()) && beta.is_finite() && beta > 0.0)
+}
+
+fn emit_checkpoint(events: &Option<SyncSender<TrainEvent>>, step: u64, out: &Path) {
+    emit(
+        events,
+        TrainEvent::Checkpoint {
+            step,
+            dir: out.to_path_buf(),
+        },
+    );
 }
 
 fn write_state(dir: &Path, state: &TrainerState) -> Result<(), TrainError> {
@@ -509,47 +566,10 @@ pub fn train_demo(
             "the last good checkpoint (step {last_saved}) is in {}",
             out.display()
         );
-        let loss = match batch_loss(&text_emb, &image_emb, &fusion, settings) {
-            Ok(l) => l,
-            Err(TrainError::Agff(AgffError::NonFinite(what))) => {
-                return Err(TrainError::Diverged {
-                    step: step + 1,
-                    what,
-                    kept,
-                });
-            }
-            Err(e) => return Err(e),
-        };
-        let grads = loss.objective.backward()?;
-        let norm = optim.grad_norm(&grads)?;
-        if !norm.is_finite() {
-            return Err(TrainError::Diverged {
-                step: step + 1,
-                what: "the gradient norm".into(),
-                kept,
-            });
-        }
-        step += 1;
-        let lr = settings.lr_at(step);
-        let scale = if norm > settings.clip {
-            settings.clip / norm
-        } else {
-            1.0
-        };
-        optim.step(&grads, lr, scale)?;
-        if !optim.params_finite()? || !fusion_finite(&fusion)? {
-            return Err(TrainError::Diverged {
-                step,
-                what: "a parameter after the update".into(),
-                kept,
-            });
-        }
-        let mut report = loss.report;
-        report.step = step;
-        report.lr = lr;
-        report.grad_norm = norm;
-        report.pattern_weights = fusion.pattern_weights()?;
-        report.beta = fusion.beta()?;
+        let mut report = optimise(
+            step, &text_emb, &image_emb, &fusion, &mut optim, settings, kept,
+        )?;
+        step = report.step;
         report.captions = batch.iter().map(|p| p.text.clone()).collect();
         report.seconds = t0.elapsed().as_secs_f64();
         last = (report.loss, report.accuracy);
@@ -557,24 +577,12 @@ pub fn train_demo(
         if step % settings.checkpoint_every.max(1) == 0 {
             save(&mut model, &optim, step)?;
             last_saved = step;
-            emit(
-                &events,
-                TrainEvent::Checkpoint {
-                    step,
-                    dir: out.to_path_buf(),
-                },
-            );
+            emit_checkpoint(&events, step, out);
         }
     }
     if last_saved != step || state.is_none() && step == 0 {
         save(&mut model, &optim, step)?;
-        emit(
-            &events,
-            TrainEvent::Checkpoint {
-                step,
-                dir: out.to_path_buf(),
-            },
-        );
+        emit_checkpoint(&events, step, out);
     }
     let summary = TrainSummary {
         steps_done: step,
@@ -604,13 +612,7 @@ pub fn fine_tune(
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
     let device = backbone.device().clone();
     let d = backbone.hidden_size();
-    let init = backbone
-        .trained_fusion()
-        .map_or(FusionInit::default(), |f| FusionInit {
-            theta: f.theta,
-            beta: f.beta,
-        });
-    let fusion = Fusion::new(init, DType::F32, &device)?;
+    let fusion = Fusion::for_backbone(backbone)?;
 
     // Soft prompts start from the backbone's own trained ones where it has them.
     let mut soft_vars: Vec<Option<Var>> = Vec::new();
@@ -720,47 +722,10 @@ pub fn fine_tune(
             "the last good checkpoint (step {last_saved}) is in {}",
             out.display()
         );
-        let loss = match batch_loss(&text_emb, &image_emb, &fusion, settings) {
-            Ok(l) => l,
-            Err(TrainError::Agff(AgffError::NonFinite(what))) => {
-                return Err(TrainError::Diverged {
-                    step: step + 1,
-                    what,
-                    kept,
-                });
-            }
-            Err(e) => return Err(e),
-        };
-        let grads = loss.objective.backward()?;
-        let norm = optim.grad_norm(&grads)?;
-        if !norm.is_finite() {
-            return Err(TrainError::Diverged {
-                step: step + 1,
-                what: "the gradient norm".into(),
-                kept,
-            });
-        }
-        step += 1;
-        let lr = settings.lr_at(step);
-        let scale = if norm > settings.clip {
-            settings.clip / norm
-        } else {
-            1.0
-        };
-        optim.step(&grads, lr, scale)?;
-        if !optim.params_finite()? || !fusion_finite(&fusion)? {
-            return Err(TrainError::Diverged {
-                step,
-                what: "a parameter after the update".into(),
-                kept,
-            });
-        }
-        let mut report = loss.report;
-        report.step = step;
-        report.lr = lr;
-        report.grad_norm = norm;
-        report.pattern_weights = fusion.pattern_weights()?;
-        report.beta = fusion.beta()?;
+        let mut report = optimise(
+            step, &text_emb, &image_emb, &fusion, &mut optim, settings, kept,
+        )?;
+        step = report.step;
         report.captions = batch.iter().map(|p| p.text.clone()).collect();
         report.seconds = t0.elapsed().as_secs_f64();
         last = (report.loss, report.accuracy);
@@ -768,13 +733,7 @@ pub fn fine_tune(
         if step % settings.checkpoint_every.max(1) == 0 {
             save(step)?;
             last_saved = step;
-            emit(
-                &events,
-                TrainEvent::Checkpoint {
-                    step,
-                    dir: out.to_path_buf(),
-                },
-            );
+            emit_checkpoint(&events, step, out);
         }
     }
     save(step)?;
