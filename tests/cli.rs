@@ -426,3 +426,23 @@ fn search_json_ranks_a_scene_folder_and_lists_skipped_files() {
         std::fs::remove_dir_all(&cache),
     );
 }
+
+#[test]
+fn an_error_names_its_cause_once() {
+    let o = agff_lens()
+        .args([
+            "search",
+            "--model",
+            "demo",
+            "--gallery",
+            "/no/such/gallery",
+            "--query",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("/no/such/gallery"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}

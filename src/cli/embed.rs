@@ -85,6 +85,13 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         ));
     }
     for text in &args.texts {
+        let unknown = model.unknown_words(text);
+        if !unknown.is_empty() {
+            eprintln!(
+                "warning: the model does not know these words in {text:?}: {}",
+                unknown.join(", ")
+            );
+        }
         items.push(("text", text.clone(), EmbedInput::text(text.clone())));
     }
     let mut report = EmbedReport {

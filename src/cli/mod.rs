@@ -148,10 +148,24 @@ pub fn main() -> ExitCode {
                 eprintln!("error: {err}");
                 return ExitCode::from(2);
             }
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_message(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each cause once: library errors often name their cause in
+/// their own message too (`{path}: {source}`), and printing the chain blindly repeats it.
+fn error_message(err: &anyhow::Error) -> String {
+    let mut message = err.to_string();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+    }
+    message
 }
 
 fn init_tracing() {

@@ -944,7 +944,8 @@ impl Backbone for DemoModel {
             None => (Vec::new(), Vec::new()),
         };
         if !unknown.is_empty() {
-            tracing::warn!(
+            // Callers show `unknown_words` to the user; this is for logs only.
+            tracing::debug!(
                 "the demo model does not know these words (read as <unk>): {}",
                 unknown.join(", ")
             );
