@@ -27,6 +27,13 @@ impl PerspectiveEmbeddings {
         })
     }
 
+    /// Wraps vectors known to be unit length without checking their norms (one pass less
+    /// over a large gallery whose vectors were normalised when they were embedded).
+    pub fn assume_unit(vectors: Tensor) -> Result<Self> {
+        check_shape(&vectors)?;
+        Ok(Self { vectors })
+    }
+
     /// Wraps vectors that are already unit length (e.g. read from a cache), checking it.
     pub fn from_unit(vectors: Tensor) -> Result<Self> {
         check_shape(&vectors)?;

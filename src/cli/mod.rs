@@ -2,6 +2,7 @@
 //! codes (0 success, 1 failure, 2 usage errors and commands that are not available yet).
 
 mod bench;
+mod bench_search;
 mod embed;
 mod eval;
 mod explain;
@@ -54,7 +55,7 @@ pub enum BenchCommand {
     /// Items per second of a model for one perspective and for 1+K perspectives.
     Model(bench::ModelArgs),
     /// Gallery embedding throughput and search latency.
-    Search(Pending),
+    Search(bench_search::SearchBenchArgs),
 }
 
 /// Arguments of a command that another issue will implement; kept so that calling it
@@ -193,6 +194,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scenes(args) => scenes::run(&args),
         Command::Bench(BenchCommand::Fusion(args)) => bench::fusion(&args),
         Command::Bench(BenchCommand::Model(args)) => bench::model(&args),
-        Command::Bench(BenchCommand::Search(_)) => Err(NotAvailable("bench search").into()),
+        Command::Bench(BenchCommand::Search(args)) => bench_search::run(&args),
     }
 }

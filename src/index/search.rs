@@ -116,7 +116,8 @@ pub fn search(
         (1, p, d),
         &Device::Cpu,
     )?)?;
-    let c = PerspectiveEmbeddings::from_raw(Tensor::from_vec(
+    // Gallery vectors were normalised when embedded: skip a pass over them.
+    let c = PerspectiveEmbeddings::assume_unit(Tensor::from_vec(
         flat,
         (candidates.len(), p, d),
         &Device::Cpu,
