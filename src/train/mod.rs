@@ -220,6 +220,9 @@ pub struct StepReport {
     pub hard_negatives: Vec<Vec<HardNegative>>,
     /// The batch's captions (queries) and, for scene data, their images' indices.
     pub captions: Vec<String>,
+    /// Small pictures of the batch's images (same order), for showing hard negatives.
+    #[serde(skip)]
+    pub thumbnails: Vec<image::RgbImage>,
     pub seconds: f64,
 }
 
@@ -327,6 +330,7 @@ fn batch_loss(
             batch: n,
             hard_negatives,
             captions: Vec::new(),
+            thumbnails: Vec::new(),
             seconds: 0.0,
         },
     })
@@ -571,6 +575,7 @@ pub fn train_demo(
         )?;
         step = report.step;
         report.captions = batch.iter().map(|p| p.text.clone()).collect();
+        report.thumbnails = batch_thumbnails(&batch);
         report.seconds = t0.elapsed().as_secs_f64();
         last = (report.loss, report.accuracy);
         emit(&events, TrainEvent::Step(Box::new(report)));
@@ -594,6 +599,45 @@ pub fn train_demo(
     };
     emit(&events, TrainEvent::Finished(summary.clone()));
     Ok(summary)
+}
+
+/// Side of the batch thumbnails in step reports.
+const REPORT_THUMB: u32 = 40;
+
+fn batch_thumbnails(batch: &[data::Example]) -> Vec<image::RgbImage> {
+    batch
+        .iter()
+        .map(|e| {
+            let (w, h) = e.image.dimensions();
+            let scale = REPORT_THUMB as f64 / w.max(h).max(1) as f64;
+            let tw = ((w as f64 * scale).round() as u32).max(1);
+            let th = ((h as f64 * scale).round() as u32).max(1);
+            image::imageops::thumbnail(&e.image, tw, th)
+        })
+        .collect()
+}
+
+/// The fusion a fine-tune saved (`fusion.json` in its output folder).
+pub fn read_fusion(path: &Path) -> Result<crate::agff::FusionInit, TrainError> {
+    #[derive(Deserialize)]
+    struct Saved {
+        theta: [f64; 4],
+        beta: f64,
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    let saved: Saved = serde_json::from_str(&text).map_err(|e| {
+        TrainError::Checkpoint(format!("{}: not a fusion file: {e}", path.display()))
+    })?;
+    if !(saved.beta.is_finite() && saved.beta > 0.0) || saved.theta.iter().any(|t| !t.is_finite()) {
+        return Err(TrainError::Checkpoint(format!(
+            "{}: θ must be finite and β positive",
+            path.display()
+        )));
+    }
+    Ok(crate::agff::FusionInit {
+        theta: saved.theta,
+        beta: saved.beta,
+    })
 }
 
 /// Fine-tunes the soft prompts of `perspectives` and the fusion for `backbone` on `data`.
@@ -727,6 +771,7 @@ pub fn fine_tune(
         )?;
         step = report.step;
         report.captions = batch.iter().map(|p| p.text.clone()).collect();
+        report.thumbnails = batch_thumbnails(&batch);
         report.seconds = t0.elapsed().as_secs_f64();
         last = (report.loss, report.accuracy);
         emit(&events, TrainEvent::Step(Box::new(report)));
