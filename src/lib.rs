@@ -13,9 +13,11 @@
 //!   checksummed, locked embedding cache, and search by the fused score;
 //! - [`explain`]: heatmaps per perspective and pattern (attribution, attention,
 //!   similarity), candidate comparisons and the pointing game;
+//! - [`app`]: the desktop app (eframe on wgpu); all model work runs on its worker thread;
 //! - [`cli`]: the headless command line, the edge where errors become messages.
 
 pub mod agff;
+pub mod app;
 pub mod cli;
 pub mod explain;
 pub mod index;

@@ -10,7 +10,6 @@ mod scenes;
 mod search;
 mod train;
 
-use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -27,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Open the desktop app (the default).
-    Gui(Pending),
+    Gui(GuiArgs),
     /// Embed images and texts into global and perspective embeddings.
     Embed(embed::EmbedArgs),
     /// Rank a folder of images for a text or image query by the fused AGFF score.
@@ -58,12 +57,13 @@ pub enum BenchCommand {
     Search(bench_search::SearchBenchArgs),
 }
 
-/// Arguments of a command that another issue will implement; kept so that calling it
-/// gives the "not available yet" message rather than a usage error.
-#[derive(Debug, Args)]
-pub struct Pending {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    pub args: Vec<OsString>,
+/// Options of `gui`.
+#[derive(Debug, Args, Default)]
+pub struct GuiArgs {
+    /// Folder of the embedding cache and the demo scenes (default: the user cache folder,
+    /// or AGFF_LENS_CACHE).
+    #[arg(long)]
+    pub cache: Option<std::path::PathBuf>,
 }
 
 /// A command that exists in the interface but is not implemented in this build.
@@ -181,11 +181,10 @@ fn init_tracing() {
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let command = cli
-        .command
-        .unwrap_or(Command::Gui(Pending { args: Vec::new() }));
+    let command = cli.command.unwrap_or(Command::Gui(GuiArgs::default()));
     match command {
-        Command::Gui(_) => Err(NotAvailable("gui").into()),
+        Command::Gui(args) => crate::app::run(args.cache)
+            .map_err(|e| anyhow::anyhow!("cannot open the app window: {e}")),
         Command::Embed(args) => embed::run(&args),
         Command::Search(args) => search::run(&args),
         Command::Explain(args) => explain::run(&args),

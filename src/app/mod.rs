@@ -1,0 +1,743 @@
+//! The desktop app (eframe on wgpu). It holds no model math: every job goes to the model
+//! thread in [`worker`], and this module only draws what comes back.
+//!
+//! Panels: the top bar (model, gallery, job progress), the query row, the results grid,
+//! the inspector (heatmap overlay per perspective/pattern, scores, fusion weights, the
+//! runner-up comparison), the fine-tune view and the perspective editor, and a log.
+
+mod heatmap;
+pub mod train_view;
+pub mod views;
+pub mod worker;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::explain::{ColorMap, Method};
+use crate::model::PerspectiveSet;
+use crate::train::TrainSettings;
+use worker::{
+    Event, ExplainResult, GalleryInfo, Job, ModelChoice, Query, SearchResults, WorkerHandle,
+};
+
+pub use heatmap::{OverlayCallback, OverlayData, OverlayRenderer};
+
+/// Scenes in the demo gallery that opens at start-up.
+pub const DEMO_GALLERY_SCENES: usize = 300;
+/// Seed of the demo gallery (different from the training and P-MMVP seeds).
+pub const DEMO_GALLERY_SEED: u64 = 20_261_126;
+
+/// File dialogs, behind a trait so tests can hand the app paths.
+pub trait Picker {
+    fn pick_folder(&mut self) -> Option<PathBuf>;
+    fn pick_image(&mut self) -> Option<PathBuf>;
+}
+
+/// The system's dialogs (rfd).
+pub struct SystemPicker;
+
+impl Picker for SystemPicker {
+    fn pick_folder(&mut self) -> Option<PathBuf> {
+        rfd::FileDialog::new().pick_folder()
+    }
+    fn pick_image(&mut self) -> Option<PathBuf> {
+        rfd::FileDialog::new()
+            .add_filter(
+                "images",
+                &["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"],
+            )
+            .pick_file()
+    }
+}
+
+/// How the app starts.
+pub struct AppOptions {
+    pub picker: Box<dyn Picker>,
+    /// Embedding cache and demo scenes (default: the user cache folder).
+    pub cache_dir: Option<PathBuf>,
+    /// Load the demo model and index the demo gallery at once.
+    pub autostart: bool,
+    pub demo_scenes: usize,
+    /// Read and write settings through eframe's storage.
+    pub persist: bool,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            picker: Box::new(SystemPicker),
+            cache_dir: None,
+            autostart: true,
+            demo_scenes: DEMO_GALLERY_SCENES,
+            persist: true,
+        }
+    }
+}
+
+/// What persists between runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Empty: the demo model.
+    pub model: String,
+    pub last_folder: Option<PathBuf>,
+    pub top_k: usize,
+    pub first_stage: usize,
+    pub colormap: ColorMap,
+    pub opacity: f32,
+    pub method: String,
+    pub alpha: f64,
+    pub tau: f64,
+    pub lr: f64,
+    pub steps: u64,
+    pub batch: usize,
+    pub train_soft: bool,
+    pub train_fusion: bool,
+    pub train_folder: String,
+    pub heldout: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            model: String::new(),
+            last_folder: None,
+            top_k: 40,
+            first_stage: 1000,
+            colormap: ColorMap::Inferno,
+            opacity: 0.55,
+            method: Method::Attribution.name().into(),
+            alpha: 1.0,
+            tau: 0.05,
+            lr: 3e-3,
+            steps: 60,
+            batch: 16,
+            train_soft: true,
+            train_fusion: true,
+            train_folder: String::new(),
+            heldout: "a red circle".into(),
+        }
+    }
+}
+
+impl Settings {
+    pub fn method(&self) -> Method {
+        Method::parse(&self.method).unwrap_or(Method::Attribution)
+    }
+}
+
+/// Which main view is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tab {
+    Search,
+    FineTune,
+    Perspectives,
+}
+
+/// One line of the log panel.
+#[derive(Debug, Clone)]
+pub struct LogLine {
+    pub error: bool,
+    pub text: String,
+}
+
+/// The job the top bar shows.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub job: &'static str,
+    pub done: usize,
+    pub total: usize,
+    pub what: String,
+}
+
+/// The app's state. Everything here is plain data from the worker, plus GPU handles.
+pub struct LensApp {
+    pub settings: Settings,
+    pub tab: Tab,
+    pub query_text: String,
+    pub query_image: Option<PathBuf>,
+    pub model_name: Option<String>,
+    pub model_field: String,
+    pub perspectives: PerspectiveSet,
+    pub edited_perspectives: PerspectiveSet,
+    pub gallery: Option<GalleryInfo>,
+    pub results: Option<views::ResultsView>,
+    pub selected: Option<usize>,
+    pub inspector: Option<views::InspectorView>,
+    /// Which map the inspector shows: "fused", a perspective name or a pattern name.
+    pub map_choice: String,
+    pub show_map: bool,
+    pub training: train_view::TrainView,
+    pub log: Vec<LogLine>,
+    /// The latest error, shown in the status line until the next job starts.
+    pub status_error: Option<String>,
+    pub progress: Option<Progress>,
+    /// Jobs sent and not finished yet.
+    pub in_flight: usize,
+    /// An explanation wanted while another was running (only the newest is kept).
+    pending_explain: Option<Job>,
+    picker: Box<dyn Picker>,
+    worker: WorkerHandle,
+    gpu_overlay: bool,
+    persist: bool,
+    overlay_version: u64,
+}
+
+impl LensApp {
+    /// Builds the app; starts the model thread and, with `autostart`, the demo.
+    pub fn new(cc: &eframe::CreationContext<'_>, options: AppOptions) -> Self {
+        let settings = if options.persist {
+            cc.storage
+                .and_then(|s| eframe::get_value::<Settings>(s, eframe::APP_KEY))
+                .unwrap_or_default()
+        } else {
+            Settings::default()
+        };
+        let gpu_overlay = match cc.wgpu_render_state.as_ref() {
+            Some(rs) => {
+                OverlayRenderer::install(rs);
+                true
+            }
+            None => false,
+        };
+        let ctx = cc.egui_ctx.clone();
+        let worker = WorkerHandle::spawn(
+            options.cache_dir.clone(),
+            Arc::new(move || ctx.request_repaint()),
+        );
+        let mut app = Self {
+            model_field: settings.model.clone(),
+            training: train_view::TrainView::default(),
+            settings,
+            tab: Tab::Search,
+            query_text: String::new(),
+            query_image: None,
+            model_name: None,
+            perspectives: PerspectiveSet {
+                perspectives: Vec::new(),
+            },
+            edited_perspectives: PerspectiveSet {
+                perspectives: Vec::new(),
+            },
+            gallery: None,
+            results: None,
+            selected: None,
+            inspector: None,
+            map_choice: "fused".into(),
+            show_map: true,
+            log: Vec::new(),
+            status_error: None,
+            progress: None,
+            in_flight: 0,
+            pending_explain: None,
+            picker: options.picker,
+            worker,
+            gpu_overlay,
+            persist: options.persist,
+            overlay_version: 0,
+        };
+        if options.autostart {
+            app.submit(Job::LoadModel(ModelChoice::Demo));
+            app.submit(Job::IndexDemo {
+                count: options.demo_scenes,
+                seed: DEMO_GALLERY_SEED,
+            });
+        }
+        app
+    }
+
+    /// Sends a job to the model thread; a refusal is reported, never waited on.
+    pub fn submit(&mut self, job: Job) {
+        let name = job.name();
+        match self.worker.submit(job) {
+            Ok(()) => self.in_flight += 1,
+            Err(e) => self.error(format!("{name}: {e}")),
+        }
+    }
+
+    pub fn info(&mut self, text: impl Into<String>) {
+        self.log.push(LogLine {
+            error: false,
+            text: text.into(),
+        });
+    }
+
+    pub fn error(&mut self, text: impl Into<String>) {
+        let text = text.into();
+        self.status_error = Some(text.clone());
+        self.log.push(LogLine { error: true, text });
+    }
+
+    /// True while any job runs or waits.
+    pub fn busy(&self) -> bool {
+        self.in_flight > 0
+    }
+
+    fn next_overlay_version(&mut self) -> u64 {
+        self.overlay_version += 1;
+        self.overlay_version
+    }
+
+    /// Runs the current query.
+    pub fn search(&mut self) {
+        let query = match &self.query_image {
+            Some(p) => Query::Image(p.clone()),
+            None => {
+                if self.query_text.trim().is_empty() {
+                    self.error("type a query first");
+                    return;
+                }
+                Query::Text(self.query_text.trim().to_owned())
+            }
+        };
+        self.submit(Job::Search {
+            query,
+            top_k: self.settings.top_k.max(1),
+            first_stage: Some(self.settings.first_stage.max(10)),
+        });
+    }
+
+    /// Asks for the inspector's data for result `rank` (coalesced while one runs).
+    pub fn select(&mut self, rank: usize) {
+        let Some(results) = &self.results else {
+            return;
+        };
+        let Some(item) = results.results.items.get(rank) else {
+            return;
+        };
+        self.selected = Some(rank);
+        let job = Job::Explain {
+            query: results.results.query.clone(),
+            target: item.hit.index,
+            runner_up: results
+                .results
+                .items
+                .get(if rank == 0 { 1 } else { 0 })
+                .map(|r| r.hit.index),
+            method: self.settings.method(),
+        };
+        if self
+            .inspector
+            .as_ref()
+            .is_some_and(|i| i.loading_for == Some(rank))
+        {
+            return;
+        }
+        if self.in_flight > 0 {
+            self.pending_explain = Some(job);
+        } else {
+            self.submit(job);
+        }
+        if let Some(ins) = &mut self.inspector {
+            ins.loading_for = Some(rank);
+        }
+    }
+
+    /// Drains the worker's events (called every frame, never blocks).
+    pub fn handle_events(&mut self, ctx: &egui::Context) {
+        while let Some(event) = self.worker.poll() {
+            self.handle(ctx, event);
+        }
+        if self.in_flight == 0
+            && let Some(job) = self.pending_explain.take()
+        {
+            self.submit(job);
+        }
+        if self.training.running {
+            // Step reports arrive without a wake-up when the channel is busy.
+            ctx.request_repaint_after(std::time::Duration::from_millis(200));
+        }
+    }
+
+    fn finish_job(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if self.in_flight == 0 {
+            self.progress = None;
+        }
+    }
+
+    fn handle(&mut self, ctx: &egui::Context, event: Event) {
+        match event {
+            Event::Started(job) => {
+                self.status_error = None;
+                self.progress = Some(Progress {
+                    job,
+                    ..Progress::default()
+                });
+            }
+            Event::Progress {
+                job,
+                done,
+                total,
+                what,
+            } => {
+                self.progress = Some(Progress {
+                    job,
+                    done,
+                    total,
+                    what,
+                })
+            }
+            Event::ModelLoaded {
+                name,
+                perspectives,
+                dim,
+            } => {
+                self.info(format!(
+                    "model {name}: d = {dim}, {} perspectives",
+                    perspectives.perspectives.len()
+                ));
+                self.model_name = Some(name);
+                self.edited_perspectives = perspectives.clone();
+                self.perspectives = perspectives;
+                self.gallery = None;
+                self.results = None;
+                self.inspector = None;
+                self.selected = None;
+            }
+            Event::Indexed(info) => {
+                for (path, reason) in &info.skipped {
+                    self.log.push(LogLine {
+                        error: true,
+                        text: format!("skipped {}: {reason}", path.display()),
+                    });
+                }
+                if let Some(note) = &info.cache_note {
+                    self.error(format!("cache: {note}"));
+                }
+                self.gallery = Some(*info);
+                // Re-run the query on the new gallery or perspectives.
+                if self.results.is_some() {
+                    self.search();
+                }
+            }
+            Event::Results(results) => self.show_results(ctx, *results),
+            Event::Explained(result) => self.show_explanation(ctx, *result),
+            Event::PerspectivesSet(set) => {
+                self.edited_perspectives = set.clone();
+                self.perspectives = set;
+            }
+            Event::Ranking(r) => self.training.set_ranking(*r),
+            Event::Train(e) => self.training.handle(ctx, *e),
+            Event::Done { job, message } => {
+                if job == "fine-tune" {
+                    self.training.running = false;
+                }
+                if let Some(m) = message {
+                    self.info(m);
+                }
+                self.finish_job();
+            }
+            Event::Failed { job, message } => {
+                if job == "fine-tune" {
+                    self.training.running = false;
+                }
+                if job == "explain"
+                    && let Some(ins) = &mut self.inspector
+                {
+                    ins.loading_for = None;
+                }
+                self.error(format!("{job} failed: {message}"));
+                self.finish_job();
+            }
+            Event::Cancelled(job) => {
+                if job == "fine-tune" {
+                    self.training.running = false;
+                }
+                self.info(format!("{job}: cancelled"));
+                self.finish_job();
+            }
+        }
+    }
+
+    fn show_results(&mut self, ctx: &egui::Context, results: SearchResults) {
+        self.info(format!(
+            "{}: {} results in {:.0} ms",
+            results.query.label(),
+            results.items.len(),
+            results.seconds * 1e3
+        ));
+        self.results = Some(views::ResultsView::new(ctx, results));
+        self.selected = None;
+        self.inspector = None;
+        if self
+            .results
+            .as_ref()
+            .is_some_and(|r| !r.results.items.is_empty())
+        {
+            self.select(0);
+        }
+    }
+
+    fn show_explanation(&mut self, ctx: &egui::Context, result: ExplainResult) {
+        let version = self.next_overlay_version();
+        let keep_choice = self.map_choice.clone();
+        let view = views::InspectorView::new(ctx, result, version);
+        if !view.map_names().contains(&keep_choice) {
+            self.map_choice = "fused".into();
+        }
+        // A newer selection may be pending: show this one only if it still matches.
+        let current = self
+            .selected
+            .and_then(|r| self.results.as_ref()?.results.items.get(r))
+            .map(|i| i.hit.index);
+        if current == Some(view.result.target) || current.is_none() {
+            self.inspector = Some(view);
+        }
+    }
+
+    /// Opens a folder picked in the dialog (or given) and indexes it.
+    pub fn open_folder(&mut self, dir: Option<PathBuf>) {
+        let dir = dir.or_else(|| self.picker.pick_folder());
+        if let Some(dir) = dir {
+            self.settings.last_folder = Some(dir.clone());
+            self.submit(Job::IndexFolder(dir));
+        }
+    }
+
+    /// Picks an image as the query.
+    pub fn pick_query_image(&mut self) {
+        if let Some(p) = self.picker.pick_image() {
+            self.query_image = Some(p);
+            self.search();
+        }
+    }
+
+    fn load_model(&mut self) {
+        let arg = self.model_field.trim().to_owned();
+        self.settings.model = arg.clone();
+        let choice = if arg.is_empty() || arg == "demo" {
+            ModelChoice::Demo
+        } else {
+            ModelChoice::Named(arg)
+        };
+        self.submit(Job::LoadModel(choice));
+    }
+
+    fn keyboard(&mut self, ctx: &egui::Context) {
+        let typing = ctx.memory(|m| m.focused().is_some());
+        let (esc, left, right, up, down) = ctx.input(|i| {
+            (
+                i.key_pressed(egui::Key::Escape),
+                i.key_pressed(egui::Key::ArrowLeft),
+                i.key_pressed(egui::Key::ArrowRight),
+                i.key_pressed(egui::Key::ArrowUp),
+                i.key_pressed(egui::Key::ArrowDown),
+            )
+        });
+        if esc && self.busy() {
+            self.worker.cancel();
+            self.pending_explain = None;
+        }
+        if typing || self.tab != Tab::Search {
+            return;
+        }
+        let Some(n) = self.results.as_ref().map(|r| r.results.items.len()) else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        let cols = self.results.as_ref().map_or(1, |r| r.columns.max(1));
+        let cur = self.selected.unwrap_or(0) as isize;
+        let step = match (left, right, up, down) {
+            (true, ..) => -1,
+            (_, true, ..) => 1,
+            (_, _, true, _) => -(cols as isize),
+            (.., true) => cols as isize,
+            _ => 0,
+        };
+        if step != 0 {
+            let next = (cur + step).clamp(0, n as isize - 1) as usize;
+            if Some(next) != self.selected {
+                self.select(next);
+            }
+        }
+    }
+
+    /// Draws the whole window (eframe's `ui` and the tests call this).
+    pub fn show(&mut self, ui: &mut egui::Ui) {
+        let ctx = ui.ctx().clone();
+        self.handle_events(&ctx);
+        self.keyboard(&ctx);
+        egui::Panel::top("agff-top").show(ui, |ui| self.top_bar(ui));
+        egui::Panel::bottom("agff-log")
+            .resizable(true)
+            .default_size(90.0)
+            .show(ui, |ui| self.log_panel(ui));
+        match self.tab {
+            Tab::Search => {
+                egui::Panel::right("agff-inspector")
+                    .resizable(true)
+                    .default_size(520.0)
+                    .show(ui, |ui| views::inspector(self, ui));
+                egui::CentralPanel::default_margins().show(ui, |ui| views::search_view(self, ui));
+            }
+            Tab::FineTune => {
+                egui::CentralPanel::default_margins().show(ui, |ui| train_view::show(self, ui));
+            }
+            Tab::Perspectives => {
+                egui::CentralPanel::default_margins()
+                    .show(ui, |ui| views::perspectives_view(self, ui));
+            }
+        }
+    }
+
+    fn top_bar(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            ui.heading("agff-lens");
+            ui.separator();
+            ui.selectable_value(&mut self.tab, Tab::Search, "Search");
+            ui.selectable_value(&mut self.tab, Tab::FineTune, "Fine-tune");
+            ui.selectable_value(&mut self.tab, Tab::Perspectives, "Perspectives");
+            ui.separator();
+            ui.label("Model:");
+            let field = ui.add(
+                egui::TextEdit::singleline(&mut self.model_field)
+                    .hint_text("demo, a folder or owner/name")
+                    .desired_width(220.0),
+            );
+            let enter = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+            if ui.button("Load").clicked() || enter {
+                self.load_model();
+            }
+            ui.separator();
+            if ui.button("Open folder…").clicked() {
+                self.open_folder(None);
+            }
+            if ui.button("Demo scenes").clicked() {
+                self.submit(Job::IndexDemo {
+                    count: DEMO_GALLERY_SCENES,
+                    seed: DEMO_GALLERY_SEED,
+                });
+            }
+        });
+        ui.horizontal(|ui| {
+            let model = self.model_name.as_deref().unwrap_or("no model");
+            let gallery = match &self.gallery {
+                Some(g) => format!(
+                    "{} images in {} ({} skipped)",
+                    g.images,
+                    g.root.file_name().map_or_else(
+                        || g.root.display().to_string(),
+                        |f| f.to_string_lossy().into()
+                    ),
+                    g.skipped.len()
+                ),
+                None => "no gallery".into(),
+            };
+            ui.label(format!("{model} · {gallery}"));
+            if let Some(p) = &self.progress {
+                ui.separator();
+                let fraction = if p.total > 0 {
+                    p.done as f32 / p.total as f32
+                } else {
+                    0.0
+                };
+                let text = if p.total > 0 {
+                    format!("{}: {} {}/{}", p.job, p.what, p.done, p.total)
+                } else if p.done > 0 {
+                    format!("{}: {} {}", p.job, p.what, p.done)
+                } else {
+                    format!("{}…", p.job)
+                };
+                ui.add(
+                    egui::ProgressBar::new(fraction)
+                        .desired_width(260.0)
+                        .text(text)
+                        .animate(p.total == 0),
+                );
+                if ui.button("Cancel (Esc)").clicked() {
+                    self.worker.cancel();
+                    self.pending_explain = None;
+                }
+            }
+            if let Some(e) = &self.status_error {
+                ui.separator();
+                ui.colored_label(ui.visuals().error_fg_color, e);
+            }
+        });
+    }
+
+    fn log_panel(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            ui.strong("Log");
+            if ui.small_button("clear").clicked() {
+                self.log.clear();
+                self.status_error = None;
+            }
+        });
+        egui::ScrollArea::vertical()
+            .stick_to_bottom(true)
+            .auto_shrink([false, false])
+            .show(ui, |ui| {
+                for line in &self.log {
+                    if line.error {
+                        ui.colored_label(ui.visuals().warn_fg_color, &line.text);
+                    } else {
+                        ui.label(&line.text);
+                    }
+                }
+            });
+    }
+
+    pub(crate) fn train_settings(&self) -> TrainSettings {
+        TrainSettings {
+            steps: self.settings.steps.max(1),
+            batch: self.settings.batch.max(2),
+            lr: self.settings.lr,
+            warmup: (self.settings.steps / 10).max(1),
+            alpha: self.settings.alpha,
+            tau: self.settings.tau,
+            train_soft: self.settings.train_soft,
+            train_fusion: self.settings.train_fusion,
+            checkpoint_every: self.settings.steps.max(1),
+            ..TrainSettings::default()
+        }
+    }
+
+    pub(crate) fn worker(&self) -> &WorkerHandle {
+        &self.worker
+    }
+
+    pub(crate) fn gpu_overlay(&self) -> bool {
+        self.gpu_overlay
+    }
+}
+
+impl eframe::App for LensApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.show(ui);
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        if self.persist {
+            eframe::set_value(storage, eframe::APP_KEY, &self.settings);
+        }
+    }
+}
+
+/// Opens the app window (the `gui` command).
+pub fn run(cache_dir: Option<PathBuf>) -> Result<(), eframe::Error> {
+    let options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("agff-lens")
+            .with_inner_size([1400.0, 900.0]),
+        ..Default::default()
+    };
+    eframe::run_native(
+        "agff-lens",
+        options,
+        Box::new(move |cc| {
+            Ok(Box::new(LensApp::new(
+                cc,
+                AppOptions {
+                    cache_dir,
+                    ..AppOptions::default()
+                },
+            )))
+        }),
+    )
+}

@@ -1,0 +1,334 @@
+//! The fine-tune view: settings, start/pause/stop, the loss and accuracy curves, the batch
+//! similarity matrix, a chosen query's hard negatives with P_ij, h_ij and 1+α·h_ij, and a
+//! held-out query's ranking before and after.
+
+use egui::{Color32, RichText, Sense, Vec2};
+use egui_plot::{Legend, Line, Plot, PlotPoints};
+
+use super::LensApp;
+use super::worker::{Job, Ranking, TrainData};
+use crate::train::{StepReport, TrainEvent};
+
+/// What the fine-tune view shows.
+#[derive(Default)]
+pub struct TrainView {
+    pub running: bool,
+    pub total_steps: u64,
+    pub losses: Vec<[f64; 2]>,
+    pub accuracies: Vec<[f64; 2]>,
+    pub last: Option<Box<StepReport>>,
+    matrix: Option<egui::TextureHandle>,
+    thumbs: Vec<egui::TextureHandle>,
+    /// Which query of the batch the hard-negative panel shows.
+    pub query: usize,
+    pub before: Option<Ranking>,
+    pub after: Option<Ranking>,
+    pub use_folder: bool,
+    pub status: String,
+}
+
+impl TrainView {
+    pub fn set_ranking(&mut self, r: Ranking) {
+        if r.after {
+            self.after = Some(r);
+        } else {
+            self.before = Some(r);
+            self.after = None;
+        }
+    }
+
+    pub fn handle(&mut self, ctx: &egui::Context, event: TrainEvent) {
+        match event {
+            TrainEvent::Started { total_steps, .. } => {
+                self.total_steps = total_steps;
+                self.status = format!("running: 0 / {total_steps}");
+            }
+            TrainEvent::Step(report) => {
+                let step = report.step as f64;
+                self.losses.push([step, report.loss]);
+                self.accuracies.push([step, report.accuracy]);
+                self.status = format!(
+                    "step {} / {}: loss {:.4}, accuracy {:.2}",
+                    report.step, report.total_steps, report.loss, report.accuracy
+                );
+                self.matrix = Some(matrix_texture(ctx, &report));
+                self.thumbs = report
+                    .thumbnails
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        ctx.load_texture(
+                            format!("batch-{i}"),
+                            egui::ColorImage::from_rgb(
+                                [t.width() as usize, t.height() as usize],
+                                t.as_raw(),
+                            ),
+                            egui::TextureOptions::LINEAR,
+                        )
+                    })
+                    .collect();
+                if self.query >= report.batch {
+                    self.query = 0;
+                }
+                self.last = Some(report);
+            }
+            TrainEvent::Checkpoint { step, dir } => {
+                self.status = format!("saved step {step} in {}", dir.display());
+            }
+            TrainEvent::Paused => self.status = "paused".into(),
+            TrainEvent::Finished(summary) => {
+                self.running = false;
+                self.status = format!(
+                    "finished: {} steps, loss {:.4}, accuracy {:.2}{}",
+                    summary.steps_done,
+                    summary.final_loss,
+                    summary.final_accuracy,
+                    if summary.stopped_early {
+                        " (stopped early)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+    }
+}
+
+/// The batch similarity matrix as a picture (rows: text queries, columns: images),
+/// min–max scaled, with the shared colour map.
+fn matrix_texture(ctx: &egui::Context, report: &StepReport) -> egui::TextureHandle {
+    let b = report.batch.max(1);
+    let sim = &report.similarity;
+    let (lo, hi) = sim
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+            (l.min(v), h.max(v))
+        });
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    let mut rgb = Vec::with_capacity(b * b * 3);
+    for i in 0..b * b {
+        let v = sim.get(i).map_or(0.0, |v| (v - lo) / span);
+        rgb.extend_from_slice(&crate::explain::ColorMap::Viridis.color(v));
+    }
+    ctx.load_texture(
+        "batch-matrix",
+        egui::ColorImage::from_rgb([b, b], &rgb),
+        egui::TextureOptions::NEAREST,
+    )
+}
+
+pub fn show(app: &mut LensApp, ui: &mut egui::Ui) {
+    ui.heading("Fine-tune (InfoNCE with Explicit Gradient Amplification)");
+    let running = app.training.running;
+    ui.add_enabled_ui(!running, |ui| {
+        egui::Grid::new("train-settings")
+            .num_columns(4)
+            .show(ui, |ui| {
+                let s = &mut app.settings;
+                ui.label("data");
+                ui.horizontal(|ui| {
+                    ui.radio_value(&mut app.training.use_folder, false, "demo scenes");
+                    ui.radio_value(&mut app.training.use_folder, true, "folder / JSONL:");
+                    ui.add_enabled(
+                        app.training.use_folder,
+                        egui::TextEdit::singleline(&mut s.train_folder).desired_width(200.0),
+                    );
+                });
+                ui.label("held-out query");
+                ui.add(egui::TextEdit::singleline(&mut s.heldout).desired_width(180.0));
+                ui.end_row();
+                ui.label("EGA α");
+                ui.add(
+                    egui::DragValue::new(&mut s.alpha)
+                        .range(0.0..=10.0)
+                        .speed(0.05),
+                );
+                ui.label("τ");
+                ui.add(
+                    egui::DragValue::new(&mut s.tau)
+                        .range(0.005..=1.0)
+                        .speed(0.005),
+                );
+                ui.end_row();
+                ui.label("learning rate");
+                ui.add(
+                    egui::DragValue::new(&mut s.lr)
+                        .range(1e-5..=1e-1)
+                        .speed(1e-4),
+                );
+                ui.label("steps");
+                ui.add(egui::DragValue::new(&mut s.steps).range(1..=100_000));
+                ui.end_row();
+                ui.label("batch");
+                ui.add(egui::DragValue::new(&mut s.batch).range(2..=128));
+                ui.label("train");
+                ui.horizontal(|ui| {
+                    ui.checkbox(&mut s.train_soft, "soft prompts");
+                    ui.checkbox(&mut s.train_fusion, "fusion");
+                    ui.add_enabled(false, egui::Checkbox::new(&mut false, "LoRA"))
+                        .on_disabled_hover_text("no backbone here has LoRA adapters yet");
+                });
+                ui.end_row();
+            });
+    });
+    ui.horizontal(|ui| {
+        if ui
+            .add_enabled(!running, egui::Button::new("Start"))
+            .clicked()
+        {
+            start(app);
+        }
+        let paused = app.worker().is_paused();
+        if ui
+            .add_enabled(
+                running,
+                egui::Button::new(if paused { "Resume" } else { "Pause" }),
+            )
+            .clicked()
+        {
+            app.worker().set_paused(!paused);
+        }
+        if ui
+            .add_enabled(running, egui::Button::new("Stop and save"))
+            .clicked()
+        {
+            app.worker().cancel();
+        }
+        ui.label(&app.training.status);
+    });
+    ui.separator();
+    let t = &mut app.training;
+    ui.columns(2, |cols| {
+        let ui = &mut cols[0];
+        ui.label("InfoNCE loss and in-batch accuracy");
+        Plot::new("train-curves")
+            .height(220.0)
+            .legend(Legend::default())
+            .allow_scroll(false)
+            .show(ui, |plot| {
+                plot.line(Line::new("loss", PlotPoints::from(t.losses.clone())));
+                plot.line(Line::new(
+                    "accuracy",
+                    PlotPoints::from(t.accuracies.clone()),
+                ));
+            });
+        if let (Some(before), after) = (&t.before, &t.after) {
+            ui.label(format!("held-out query “{}”", before.query));
+            egui::Grid::new("heldout").num_columns(2).show(ui, |ui| {
+                ui.strong("before");
+                ui.strong("after (trained fusion)");
+                ui.end_row();
+                for i in 0..before.top.len() {
+                    let name = |r: &Ranking| {
+                        r.top.get(i).map_or(String::new(), |(p, s)| {
+                            format!(
+                                "{} {:.4}",
+                                p.file_name()
+                                    .map_or_else(String::new, |f| f.to_string_lossy().into()),
+                                s
+                            )
+                        })
+                    };
+                    ui.monospace(name(before));
+                    ui.monospace(after.as_ref().map_or("…".into(), name));
+                    ui.end_row();
+                }
+            });
+        }
+        let ui = &mut cols[1];
+        let Some(report) = &t.last else {
+            ui.label("Start a run to see the batch similarity matrix and its hard negatives.");
+            return;
+        };
+        ui.label(format!(
+            "batch similarity (text × image, step {}); diagonal = positives",
+            report.step
+        ));
+        if let Some(m) = &t.matrix {
+            let side = 200.0;
+            let (rect, resp) = ui.allocate_exact_size(Vec2::splat(side), Sense::click());
+            ui.painter().image(
+                m.id(),
+                rect,
+                egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0)),
+                Color32::WHITE,
+            );
+            // Click a row to choose the query.
+            if resp.clicked()
+                && let Some(pos) = resp.interact_pointer_pos()
+            {
+                let row = ((pos.y - rect.min.y) / side * report.batch as f32) as usize;
+                t.query = row.min(report.batch.saturating_sub(1));
+            }
+            let row_h = side / report.batch.max(1) as f32;
+            let y = rect.min.y + row_h * t.query as f32;
+            ui.painter().rect_stroke(
+                egui::Rect::from_min_size(egui::pos2(rect.min.x, y), Vec2::new(side, row_h)),
+                0.0,
+                egui::Stroke::new(1.5, Color32::WHITE),
+                egui::StrokeKind::Outside,
+            );
+        }
+        ui.add(egui::Slider::new(&mut t.query, 0..=report.batch.saturating_sub(1)).text("query"));
+        let caption = report.captions.get(t.query).cloned().unwrap_or_default();
+        ui.label(RichText::new(format!("query: “{caption}”")).strong());
+        if let Some(negs) = report.hard_negatives.get(t.query) {
+            egui::Grid::new("hard-negatives")
+                .num_columns(5)
+                .striped(true)
+                .show(ui, |ui| {
+                    ui.strong("");
+                    ui.strong("negative");
+                    ui.strong("P_ij");
+                    ui.strong("h_ij");
+                    ui.strong("1+α·h_ij");
+                    ui.end_row();
+                    for n in negs {
+                        match t.thumbs.get(n.index) {
+                            Some(tex) => {
+                                ui.add(egui::Image::from_texture(egui::load::SizedTexture::new(
+                                    tex.id(),
+                                    Vec2::splat(40.0),
+                                )));
+                            }
+                            None => {
+                                ui.label("");
+                            }
+                        }
+                        ui.label(report.captions.get(n.index).cloned().unwrap_or_default());
+                        ui.monospace(format!("{:.3}", n.prob));
+                        ui.monospace(format!("{:.3}", n.hardness));
+                        ui.monospace(format!("{:.3}", n.amplification));
+                        ui.end_row();
+                    }
+                });
+        }
+    });
+}
+
+fn start(app: &mut LensApp) {
+    let data = if app.training.use_folder {
+        let dir = app.settings.train_folder.trim();
+        if dir.is_empty() {
+            app.error("fine-tune: give a folder of captioned images or a JSONL file");
+            return;
+        }
+        TrainData::Folder(dir.into())
+    } else {
+        TrainData::Scenes { seed: 7 }
+    };
+    let settings = app.train_settings();
+    let heldout = Some(app.settings.heldout.clone()).filter(|h| !h.trim().is_empty());
+    app.training.losses.clear();
+    app.training.accuracies.clear();
+    app.training.last = None;
+    app.training.before = None;
+    app.training.after = None;
+    app.training.running = true;
+    app.training.status = "starting…".into();
+    app.submit(Job::Train {
+        data,
+        settings,
+        heldout,
+    });
+}

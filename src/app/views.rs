@@ -1,0 +1,544 @@
+//! The search view (query row and results grid), the inspector and the perspective editor.
+
+use std::sync::Arc;
+
+use egui::{Color32, RichText, Sense, Vec2};
+
+use super::worker::{ExplainResult, Job, Picture, SearchResults};
+use super::{LensApp, OverlayCallback, OverlayData};
+use crate::explain::{ColorMap, Heatmap, Method};
+use crate::model::Perspective;
+
+pub const PATTERNS: [&str; 4] = ["GG", "FG", "GF", "FF"];
+
+fn texture(ctx: &egui::Context, name: &str, p: &Picture) -> egui::TextureHandle {
+    let image = egui::ColorImage::from_rgb([p.width as usize, p.height as usize], &p.rgb);
+    ctx.load_texture(name, image, egui::TextureOptions::LINEAR)
+}
+
+/// Results with their thumbnails uploaded.
+pub struct ResultsView {
+    pub results: SearchResults,
+    pub thumbs: Vec<Option<egui::TextureHandle>>,
+    /// Columns of the grid at the last frame (for arrow-key moves).
+    pub columns: usize,
+}
+
+impl ResultsView {
+    pub fn new(ctx: &egui::Context, results: SearchResults) -> Self {
+        let thumbs = results
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                item.thumb
+                    .as_ref()
+                    .map(|p| texture(ctx, &format!("thumb-{i}"), p))
+            })
+            .collect();
+        Self {
+            results,
+            thumbs,
+            columns: 1,
+        }
+    }
+}
+
+/// The inspector's data: the explanation and its pictures.
+pub struct InspectorView {
+    pub result: ExplainResult,
+    pub image: egui::TextureHandle,
+    pub runner_up_image: Option<egui::TextureHandle>,
+    /// Overlay data per map name (GPU path), sharing one image upload per map.
+    overlays: Vec<(String, Arc<OverlayData>)>,
+    /// CPU-blended pictures per (map, colour map, opacity), made on demand when there is no
+    /// wgpu renderer.
+    cpu_cache: Option<(String, ColorMap, u8, egui::TextureHandle)>,
+    /// The rank whose explanation is being computed, if any.
+    pub loading_for: Option<usize>,
+}
+
+impl InspectorView {
+    pub fn new(ctx: &egui::Context, result: ExplainResult, version: u64) -> Self {
+        let image = texture(ctx, "inspector-image", &result.image);
+        let runner_up_image = result
+            .runner_up
+            .as_ref()
+            .map(|(_, _, p, _)| texture(ctx, "inspector-runner-up", p));
+        let rgba: Vec<u8> = result
+            .image
+            .rgb
+            .chunks_exact(3)
+            .flat_map(|c| [c[0], c[1], c[2], 255])
+            .collect();
+        let overlays = all_maps(&result)
+            .into_iter()
+            .enumerate()
+            .map(|(n, map)| {
+                (
+                    map.name.clone(),
+                    Arc::new(OverlayData {
+                        version: version * 64 + n as u64,
+                        width: result.image.width,
+                        height: result.image.height,
+                        rgba: rgba.clone(),
+                        rows: map.rows as u32,
+                        cols: map.cols as u32,
+                        grid: map.values.clone(),
+                    }),
+                )
+            })
+            .collect();
+        Self {
+            result,
+            image,
+            runner_up_image,
+            overlays,
+            cpu_cache: None,
+            loading_for: None,
+        }
+    }
+
+    /// Names of the maps, in display order: fused, perspectives, patterns.
+    pub fn map_names(&self) -> Vec<String> {
+        self.overlays.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    fn map(&self, name: &str) -> Option<&Heatmap> {
+        all_maps(&self.result).into_iter().find(|m| m.name == name)
+    }
+}
+
+fn all_maps(result: &ExplainResult) -> Vec<&Heatmap> {
+    let e = &result.explanation;
+    std::iter::once(&e.fused_map)
+        .chain(e.perspective_maps.iter())
+        .chain(e.pattern_maps.iter())
+        .collect()
+}
+
+/// A horizontal bar for a value in [lo, hi], with its number.
+fn bar(ui: &mut egui::Ui, label: &str, value: f32, lo: f32, hi: f32, color: Color32) {
+    ui.horizontal(|ui| {
+        ui.add_sized([86.0, 16.0], egui::Label::new(label));
+        let (rect, _) = ui.allocate_exact_size(Vec2::new(150.0, 12.0), Sense::hover());
+        let painter = ui.painter_at(rect);
+        painter.rect_filled(rect, 2.0, ui.visuals().extreme_bg_color);
+        let t = if hi > lo {
+            ((value - lo) / (hi - lo)).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let mut filled = rect;
+        filled.set_width(rect.width() * t);
+        painter.rect_filled(filled, 2.0, color);
+        ui.monospace(format!("{value:+.4}"));
+    });
+}
+
+/// The query row and the results grid.
+pub fn search_view(app: &mut LensApp, ui: &mut egui::Ui) {
+    ui.horizontal(|ui| {
+        let label = ui.label("Query:");
+        let edit = ui
+            .add(
+                egui::TextEdit::singleline(&mut app.query_text)
+                    .hint_text("e.g. a small red circle left of a blue square")
+                    .desired_width(360.0)
+                    .id_salt("query"),
+            )
+            .labelled_by(label.id);
+        if edit.changed() {
+            app.query_image = None;
+        }
+        let enter = edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+        if ui.button("Search").clicked() || enter {
+            app.query_image = None;
+            app.search();
+        }
+        if ui.button("Image query…").clicked() {
+            app.pick_query_image();
+        }
+        ui.add(
+            egui::DragValue::new(&mut app.settings.top_k)
+                .range(1..=1000)
+                .prefix("top "),
+        );
+    });
+    if let Some(p) = &app.query_image {
+        ui.label(format!("query image: {}", p.display()));
+    }
+    let Some(view) = &mut app.results else {
+        ui.add_space(20.0);
+        ui.label(if app.gallery.is_some() {
+            "Type a query and press Enter."
+        } else {
+            "Indexing the gallery… (or open a folder of images)"
+        });
+        return;
+    };
+    ui.label(format!(
+        "{} — {} results in {:.0} ms (fused score on each)",
+        view.results.query.label(),
+        view.results.items.len(),
+        view.results.seconds * 1e3
+    ));
+    let cell = Vec2::new(128.0, 150.0);
+    let columns = ((ui.available_width() / (cell.x + 8.0)).floor() as usize).max(1);
+    view.columns = columns;
+    let rows = view.results.items.len().div_ceil(columns);
+    let mut clicked = None;
+    let selected = app.selected;
+    egui::ScrollArea::vertical()
+        .auto_shrink([false, false])
+        .show_rows(ui, cell.y + 6.0, rows, |ui, range| {
+            for row in range {
+                ui.horizontal(|ui| {
+                    for col in 0..columns {
+                        let rank = row * columns + col;
+                        let Some(item) = view.results.items.get(rank) else {
+                            break;
+                        };
+                        let (rect, resp) = ui.allocate_exact_size(cell, Sense::click());
+                        let painter = ui.painter_at(rect);
+                        let fill = if selected == Some(rank) {
+                            ui.visuals().selection.bg_fill
+                        } else if resp.hovered() {
+                            ui.visuals().widgets.hovered.bg_fill
+                        } else {
+                            ui.visuals().faint_bg_color
+                        };
+                        painter.rect_filled(rect, 4.0, fill);
+                        let img_rect = egui::Rect::from_min_size(
+                            rect.min + Vec2::new(8.0, 4.0),
+                            Vec2::splat(112.0),
+                        );
+                        if let Some(Some(tex)) = view.thumbs.get(rank) {
+                            let size = tex.size_vec2();
+                            let scale = (112.0 / size.x.max(size.y)).min(4.0);
+                            let draw =
+                                egui::Rect::from_center_size(img_rect.center(), size * scale);
+                            painter.image(
+                                tex.id(),
+                                draw,
+                                egui::Rect::from_min_max(
+                                    egui::pos2(0.0, 0.0),
+                                    egui::pos2(1.0, 1.0),
+                                ),
+                                Color32::WHITE,
+                            );
+                        }
+                        painter.text(
+                            egui::pos2(rect.center().x, rect.max.y - 14.0),
+                            egui::Align2::CENTER_CENTER,
+                            format!("#{} {:.4}", rank + 1, item.hit.score),
+                            egui::FontId::monospace(12.0),
+                            ui.visuals().text_color(),
+                        );
+                        resp.widget_info(|| {
+                            egui::WidgetInfo::labeled(
+                                egui::Role::Button,
+                                true,
+                                format!("result {}", rank + 1),
+                            )
+                        });
+                        let resp = resp.on_hover_text(item.path.display().to_string());
+                        if resp.clicked() {
+                            clicked = Some(rank);
+                        }
+                    }
+                });
+            }
+        });
+    if let Some(rank) = clicked {
+        app.select(rank);
+    }
+}
+
+/// The inspector of the selected result.
+pub fn inspector(app: &mut LensApp, ui: &mut egui::Ui) {
+    let gpu = app.gpu_overlay();
+    let mut method = app.settings.method();
+    ui.horizontal(|ui| {
+        ui.strong("Inspector");
+        egui::ComboBox::from_label("method")
+            .selected_text(method.name())
+            .show_ui(ui, |ui| {
+                for m in [Method::Attribution, Method::Attention, Method::Similarity] {
+                    ui.selectable_value(&mut method, m, m.name());
+                }
+            });
+        egui::ComboBox::from_label("colours")
+            .selected_text(app.settings.colormap.name())
+            .show_ui(ui, |ui| {
+                for c in ColorMap::ALL {
+                    ui.selectable_value(&mut app.settings.colormap, c, c.name());
+                }
+            });
+        ui.add(egui::Slider::new(&mut app.settings.opacity, 0.0..=1.0).text("opacity"));
+        ui.checkbox(&mut app.show_map, "map");
+    });
+    if method != app.settings.method() {
+        app.settings.method = method.name().into();
+        if let Some(rank) = app.selected {
+            if let Some(ins) = &mut app.inspector {
+                ins.loading_for = None;
+            }
+            app.select(rank);
+        }
+    }
+    let colormap = app.settings.colormap;
+    let opacity = app.settings.opacity;
+    let show_map = app.show_map;
+    let Some(view) = &mut app.inspector else {
+        ui.label(if app.results.is_some() {
+            "Computing the explanation…"
+        } else {
+            "Select a result to see why it ranked where it did."
+        });
+        return;
+    };
+    // Map tabs: fused, each perspective, each pattern.
+    ui.horizontal_wrapped(|ui| {
+        ui.label("map:");
+        for name in view.map_names() {
+            ui.selectable_value(&mut app.map_choice, name.clone(), name);
+        }
+    });
+    let choice = app.map_choice.clone();
+    let r = &view.result;
+    ui.label(format!(
+        "{} · {}",
+        r.path.file_name().map_or_else(
+            || r.path.display().to_string(),
+            |f| f.to_string_lossy().into()
+        ),
+        r.explanation.method.name()
+    ));
+    // The picture with its overlay.
+    let avail = ui.available_width().min(400.0);
+    let (w, h) = (r.image.width as f32, r.image.height as f32);
+    let size = Vec2::new(avail, avail * h / w.max(1.0));
+    let (rect, _) = ui.allocate_exact_size(size, Sense::hover());
+    let overlay = view
+        .overlays
+        .iter()
+        .find(|(n, _)| *n == choice)
+        .map(|(_, d)| d.clone());
+    match (gpu, overlay) {
+        (true, Some(data)) => {
+            ui.painter().add(egui_wgpu::Callback::new_paint_callback(
+                rect,
+                OverlayCallback {
+                    slot: 1,
+                    data,
+                    colormap,
+                    opacity,
+                    show_map,
+                },
+            ));
+        }
+        _ => {
+            let key_opacity = (opacity * 100.0).round() as u8;
+            let stale = view
+                .cpu_cache
+                .as_ref()
+                .is_none_or(|(n, c, o, _)| *n != choice || *c != colormap || *o != key_opacity);
+            if show_map
+                && stale
+                && let Some(map) = view.map(&choice)
+            {
+                let img = image::RgbImage::from_raw(
+                    view.result.image.width,
+                    view.result.image.height,
+                    view.result.image.rgb.clone(),
+                );
+                if let Some(img) = img {
+                    let blended = map.overlay(&img, colormap, opacity);
+                    let tex = ui.ctx().load_texture(
+                        "inspector-cpu-overlay",
+                        egui::ColorImage::from_rgb(
+                            [blended.width() as usize, blended.height() as usize],
+                            blended.as_raw(),
+                        ),
+                        egui::TextureOptions::LINEAR,
+                    );
+                    view.cpu_cache = Some((choice.clone(), colormap, key_opacity, tex));
+                }
+            }
+            let id = match (&view.cpu_cache, show_map) {
+                (Some((.., t)), true) => t.id(),
+                _ => view.image.id(),
+            };
+            ui.painter().image(
+                id,
+                rect,
+                egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0)),
+                Color32::WHITE,
+            );
+        }
+    }
+    if view.loading_for.is_some() {
+        ui.label(RichText::new("updating…").weak());
+    }
+    let r = &view.result;
+    let s = &r.explanation.scores;
+    egui::ScrollArea::vertical().show(ui, |ui| {
+        ui.label(RichText::new(format!("fused score {:.4}", s.fused)).strong());
+        ui.label("pattern scores s_m");
+        for (m, name) in PATTERNS.iter().enumerate() {
+            bar(
+                ui,
+                name,
+                s.patterns[m],
+                -1.0,
+                1.0,
+                Color32::from_rgb(90, 150, 230),
+            );
+        }
+        ui.label("fusion weights a_m (which pattern decided)");
+        for (m, name) in PATTERNS.iter().enumerate() {
+            bar(
+                ui,
+                name,
+                s.weights[m],
+                0.0,
+                1.0,
+                Color32::from_rgb(240, 150, 60),
+            );
+        }
+        ui.label("per-perspective similarity <q_p, c_p>");
+        for (name, v) in &s.perspectives {
+            bar(ui, name, *v, -1.0, 1.0, Color32::from_rgb(120, 200, 120));
+        }
+        if let Some((_, path, _, cmp)) = &r.runner_up {
+            ui.separator();
+            ui.strong("Why not the runner-up?");
+            ui.horizontal(|ui| {
+                if let Some(t) = &view.runner_up_image {
+                    ui.add(
+                        egui::Image::from_texture(egui::load::SizedTexture::new(
+                            t.id(),
+                            Vec2::splat(72.0),
+                        ))
+                        .fit_to_exact_size(Vec2::splat(72.0)),
+                    );
+                }
+                ui.label(format!(
+                    "{}\nfused: this {:.4} vs {:.4} (Δ {:+.4})",
+                    path.file_name().map_or_else(
+                        || path.display().to_string(),
+                        |f| f.to_string_lossy().into()
+                    ),
+                    cmp.a.fused,
+                    cmp.b.fused,
+                    cmp.fused_diff
+                ));
+            });
+            egui::Grid::new("why-not")
+                .striped(true)
+                .num_columns(5)
+                .show(ui, |ui| {
+                    ui.strong("");
+                    ui.strong("this");
+                    ui.strong("other");
+                    ui.strong("Δ");
+                    ui.strong("ā·Δ");
+                    ui.end_row();
+                    for (m, name) in PATTERNS.iter().enumerate() {
+                        ui.label(*name);
+                        ui.monospace(format!("{:.4}", cmp.a.patterns[m]));
+                        ui.monospace(format!("{:.4}", cmp.b.patterns[m]));
+                        ui.monospace(format!("{:+.4}", cmp.pattern_diffs[m]));
+                        ui.monospace(format!("{:+.4}", cmp.pattern_contributions[m]));
+                        ui.end_row();
+                    }
+                    for (n, (name, d)) in cmp.perspective_diffs.iter().enumerate() {
+                        let a = cmp.a.perspectives.get(n).map_or(f32::NAN, |p| p.1);
+                        let b = cmp.b.perspectives.get(n).map_or(f32::NAN, |p| p.1);
+                        ui.label(name);
+                        ui.monospace(format!("{a:.4}"));
+                        ui.monospace(format!("{b:.4}"));
+                        ui.monospace(format!("{d:+.4}"));
+                        ui.label("");
+                        ui.end_row();
+                    }
+                });
+            let decisive = (0..4)
+                .max_by(|&a, &b| {
+                    cmp.pattern_contributions[a]
+                        .abs()
+                        .total_cmp(&cmp.pattern_contributions[b].abs())
+                })
+                .unwrap_or(0);
+            ui.label(format!(
+                "Largest contribution: {} ({:+.4} of the {:+.4} difference).",
+                PATTERNS[decisive], cmp.pattern_contributions[decisive], cmp.fused_diff
+            ));
+        }
+    });
+}
+
+/// The perspective editor: names and instruction texts; add or remove; apply.
+pub fn perspectives_view(app: &mut LensApp, ui: &mut egui::Ui) {
+    ui.heading("Perspectives");
+    ui.label(
+        "The first perspective is the global view; the others are fine-grained. Applying \
+         re-embeds the gallery; sets embedded before come from the cache.",
+    );
+    let mut remove = None;
+    egui::Grid::new("perspectives")
+        .num_columns(4)
+        .striped(true)
+        .show(ui, |ui| {
+            ui.strong("name");
+            ui.strong("instruction");
+            ui.strong("soft tokens");
+            ui.strong("");
+            ui.end_row();
+            for (i, p) in app.edited_perspectives.perspectives.iter_mut().enumerate() {
+                ui.add(egui::TextEdit::singleline(&mut p.name).desired_width(120.0));
+                ui.add(egui::TextEdit::singleline(&mut p.instruction).desired_width(380.0));
+                ui.label(p.soft_tokens.to_string());
+                if i > 0 && ui.button("remove").clicked() {
+                    remove = Some(i);
+                }
+                ui.end_row();
+            }
+        });
+    if let Some(i) = remove {
+        app.edited_perspectives.perspectives.remove(i);
+    }
+    ui.horizontal(|ui| {
+        if ui.button("Add perspective").clicked() {
+            let n = app.edited_perspectives.perspectives.len();
+            let soft = app
+                .edited_perspectives
+                .perspectives
+                .last()
+                .map_or(0, |p| p.soft_tokens);
+            let mut p = Perspective::new(&format!("perspective{n}"), "");
+            p.soft_tokens = soft;
+            app.edited_perspectives.perspectives.push(p);
+        }
+        let changed = app.edited_perspectives != app.perspectives;
+        if ui
+            .add_enabled(changed, egui::Button::new("Apply and re-embed"))
+            .clicked()
+        {
+            match app.edited_perspectives.validate() {
+                Ok(()) => {
+                    let set = app.edited_perspectives.clone();
+                    app.submit(Job::SetPerspectives(set));
+                }
+                Err(e) => app.error(format!("perspectives: {e}")),
+            }
+        }
+        if ui
+            .add_enabled(changed, egui::Button::new("Revert"))
+            .clicked()
+        {
+            app.edited_perspectives = app.perspectives.clone();
+        }
+    });
+}

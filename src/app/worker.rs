@@ -1,0 +1,813 @@
+//! The model thread: every job that touches the backbone runs here, one at a time. The UI
+//! sends [`Job`]s over a bounded channel and drains [`Event`]s every frame; the worker
+//! wakes the UI with the repaint hook after each event. Nothing here blocks the UI: the
+//! UI only ever uses `try_send`/`try_recv`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+
+use candle_core::Device;
+use image::RgbImage;
+
+use crate::agff::{FusedScorer, Fusion, PatternConfig};
+use crate::explain::{Comparison, Explainer, Explanation, Method};
+use crate::index::{
+    GalleryEmbeddings, Hit, SearchOptions, default_cache_dir, embed_gallery, embed_unit,
+    scan_gallery, search, thumbnail,
+};
+use crate::model::demo::DemoModel;
+use crate::model::hub::{DownloadProgress, ModelSource, ResolveOptions, resolve_model};
+use crate::model::image_io::{open_image, to_rgb8};
+use crate::model::{Backbone, EmbedInput, PerspectiveSet};
+use crate::train::{DataSource, TrainControl, TrainEvent, TrainSettings, fine_tune};
+
+/// Side of the thumbnails in the results grid.
+pub const THUMB_SIDE: u32 = 112;
+/// Longest side of the inspector's image.
+pub const VIEW_SIDE: u32 = 384;
+
+/// Which model to load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelChoice {
+    /// The demo model embedded in the binary.
+    Demo,
+    /// A local Hugging Face folder or a Hub repo id.
+    Named(String),
+}
+
+/// A text or an image query.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Query {
+    Text(String),
+    Image(PathBuf),
+}
+
+impl Query {
+    pub fn label(&self) -> String {
+        match self {
+            Query::Text(t) => format!("“{t}”"),
+            Query::Image(p) => format!("image {}", p.display()),
+        }
+    }
+}
+
+/// Where fine-tuning pairs come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainData {
+    /// Procedural scenes with their captions.
+    Scenes { seed: u64 },
+    /// Images with sidecar `.txt` captions, or a JSONL of image,text.
+    Folder(PathBuf),
+}
+
+/// Work for the model thread.
+#[derive(Debug, Clone)]
+pub enum Job {
+    LoadModel(ModelChoice),
+    /// Render `count` demo scenes (once, into the cache folder) and index them.
+    IndexDemo {
+        count: usize,
+        seed: u64,
+    },
+    IndexFolder(PathBuf),
+    Search {
+        query: Query,
+        top_k: usize,
+        first_stage: Option<usize>,
+    },
+    /// Maps and scores for gallery item `target`, compared with `runner_up`.
+    Explain {
+        query: Query,
+        target: usize,
+        runner_up: Option<usize>,
+        method: Method,
+    },
+    /// Use these perspectives from now on and re-embed the gallery (through the cache).
+    SetPerspectives(PerspectiveSet),
+    Train {
+        data: TrainData,
+        settings: TrainSettings,
+        /// A query whose ranking is shown before and after the run.
+        heldout: Option<String>,
+    },
+}
+
+impl Job {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Job::LoadModel(_) => "load model",
+            Job::IndexDemo { .. } | Job::IndexFolder(_) => "index",
+            Job::Search { .. } => "search",
+            Job::Explain { .. } => "explain",
+            Job::SetPerspectives(_) => "perspectives",
+            Job::Train { .. } => "fine-tune",
+        }
+    }
+}
+
+/// A small RGB picture for the UI.
+#[derive(Debug, Clone)]
+pub struct Picture {
+    pub width: u32,
+    pub height: u32,
+    pub rgb: Vec<u8>,
+}
+
+impl Picture {
+    pub fn from_image(image: &RgbImage) -> Self {
+        Self {
+            width: image.width(),
+            height: image.height(),
+            rgb: image.as_raw().clone(),
+        }
+    }
+}
+
+/// The gallery the worker holds now.
+#[derive(Debug, Clone)]
+pub struct GalleryInfo {
+    pub root: PathBuf,
+    pub images: usize,
+    pub embedded: usize,
+    pub from_cache: usize,
+    /// Files not indexed, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+    pub cache_note: Option<String>,
+}
+
+/// One ranked result.
+#[derive(Debug, Clone)]
+pub struct ResultItem {
+    pub hit: Hit,
+    pub path: PathBuf,
+    pub thumb: Option<Picture>,
+}
+
+/// The ranking of one query.
+#[derive(Debug, Clone)]
+pub struct SearchResults {
+    pub query: Query,
+    pub items: Vec<ResultItem>,
+    pub perspective_names: Vec<String>,
+    pub seconds: f64,
+}
+
+/// What the inspector shows for one result.
+#[derive(Debug, Clone)]
+pub struct ExplainResult {
+    pub query: Query,
+    pub target: usize,
+    pub path: PathBuf,
+    pub image: Picture,
+    pub explanation: Explanation,
+    pub runner_up: Option<(usize, PathBuf, Picture, Comparison)>,
+}
+
+/// A held-out query's top results, before or after fine-tuning.
+#[derive(Debug, Clone)]
+pub struct Ranking {
+    pub after: bool,
+    pub query: String,
+    pub top: Vec<(PathBuf, f32)>,
+}
+
+/// What the worker reports.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Started(&'static str),
+    Progress {
+        job: &'static str,
+        done: usize,
+        total: usize,
+        what: String,
+    },
+    ModelLoaded {
+        name: String,
+        perspectives: PerspectiveSet,
+        dim: usize,
+    },
+    Indexed(Box<GalleryInfo>),
+    Results(Box<SearchResults>),
+    Explained(Box<ExplainResult>),
+    PerspectivesSet(PerspectiveSet),
+    Ranking(Box<Ranking>),
+    Train(Box<TrainEvent>),
+    /// The job ended; the message, if any, goes to the log.
+    Done {
+        job: &'static str,
+        message: Option<String>,
+    },
+    Failed {
+        job: &'static str,
+        message: String,
+    },
+    Cancelled(&'static str),
+}
+
+/// The UI's side of the worker.
+pub struct WorkerHandle {
+    jobs: SyncSender<Job>,
+    events: Receiver<Event>,
+    cancel: Arc<AtomicBool>,
+    pause: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Why a job was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the model thread is busy with queued work; try again in a moment")]
+    Full,
+    #[error("the model thread has stopped")]
+    Stopped,
+}
+
+impl WorkerHandle {
+    /// Starts the model thread. `repaint` wakes the UI after each event.
+    pub fn spawn(cache_dir: Option<PathBuf>, repaint: Arc<dyn Fn() + Send + Sync>) -> Self {
+        let (jobs, job_rx) = sync_channel::<Job>(8);
+        let (event_tx, events) = sync_channel::<Event>(256);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let pause = Arc::new(AtomicBool::new(false));
+        let mut worker = Worker {
+            out: Outbox {
+                tx: event_tx,
+                repaint,
+            },
+            cancel: cancel.clone(),
+            pause: pause.clone(),
+            cache_dir: cache_dir.unwrap_or_else(default_cache_dir),
+            model: None,
+            gallery: None,
+            gallery_root: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("agff-model".into())
+            .spawn(move || {
+                while let Ok(job) = job_rx.recv() {
+                    worker.cancel.store(false, Ordering::Relaxed);
+                    worker.pause.store(false, Ordering::Relaxed);
+                    if !worker.run(job) {
+                        break;
+                    }
+                }
+            })
+            .ok();
+        Self {
+            jobs,
+            events,
+            cancel,
+            pause,
+            thread,
+        }
+    }
+
+    /// Queues a job without waiting.
+    pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
+        match self.jobs.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(SubmitError::Full),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Stopped),
+        }
+    }
+
+    /// The next event, if one is waiting.
+    pub fn poll(&self) -> Option<Event> {
+        self.events.try_recv().ok()
+    }
+
+    /// Asks the running job to stop (Esc).
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    /// Pauses or resumes a fine-tune.
+    pub fn set_paused(&self, paused: bool) {
+        self.pause.store(paused, Ordering::Relaxed);
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.pause.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        // The thread ends when the job channel closes; do not wait for a long job.
+        drop(self.thread.take());
+    }
+}
+
+struct Outbox {
+    tx: SyncSender<Event>,
+    repaint: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Outbox {
+    /// Sends an event; false when the UI is gone.
+    fn send(&self, event: Event) -> bool {
+        let ok = self.tx.send(event).is_ok();
+        (self.repaint)();
+        ok
+    }
+
+    /// Progress may be dropped when the UI lags behind.
+    fn progress(&self, job: &'static str, done: usize, total: usize, what: &str) {
+        let _ = self.tx.try_send(Event::Progress {
+            job,
+            done,
+            total,
+            what: what.to_owned(),
+        });
+        (self.repaint)();
+    }
+}
+
+struct Loaded {
+    backbone: Box<dyn Backbone>,
+    perspectives: PerspectiveSet,
+    fusion: Fusion,
+}
+
+struct Worker {
+    out: Outbox,
+    cancel: Arc<AtomicBool>,
+    pause: Arc<AtomicBool>,
+    cache_dir: PathBuf,
+    model: Option<Loaded>,
+    gallery: Option<GalleryEmbeddings>,
+    gallery_root: Option<PathBuf>,
+}
+
+/// Why a job ended without its result.
+#[derive(Debug, thiserror::Error)]
+enum JobError {
+    #[error("cancelled")]
+    Cancelled,
+    #[error("{0}")]
+    Message(String),
+}
+
+fn msg(e: impl std::fmt::Display) -> JobError {
+    JobError::Message(e.to_string())
+}
+
+fn cancelled_or(e: crate::index::IndexError) -> JobError {
+    match e {
+        crate::index::IndexError::Cancelled => JobError::Cancelled,
+        other => msg(other),
+    }
+}
+
+struct HubProgress<'a> {
+    out: &'a Outbox,
+    cancel: &'a AtomicBool,
+    name: String,
+    total: u64,
+    done: u64,
+}
+
+impl DownloadProgress for HubProgress<'_> {
+    fn file_started(&mut self, name: &str, bytes: Option<u64>) {
+        self.name = name.to_owned();
+        self.total = bytes.unwrap_or(0);
+        self.done = 0;
+        self.out
+            .progress("load model", 0, self.total as usize, name);
+    }
+    fn advanced(&mut self, bytes: u64) {
+        self.done += bytes;
+        self.out.progress(
+            "load model",
+            self.done as usize,
+            self.total as usize,
+            &format!("downloading {}", self.name),
+        );
+    }
+    fn file_done(&mut self, _name: &str) {}
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+}
+
+fn query_input(query: &Query) -> Result<EmbedInput, JobError> {
+    match query {
+        Query::Text(t) if t.trim().is_empty() => Err(msg("type a query first")),
+        Query::Text(t) => Ok(EmbedInput::text(t.clone())),
+        Query::Image(p) => Ok(EmbedInput::image(to_rgb8(&open_image(p).map_err(msg)?))),
+    }
+}
+
+fn load_rgb(path: &Path) -> Result<RgbImage, JobError> {
+    Ok(to_rgb8(&open_image(path).map_err(msg)?))
+}
+
+fn fit(image: &RgbImage, side: u32) -> RgbImage {
+    if image.width().max(image.height()) <= side {
+        image.clone()
+    } else {
+        thumbnail(image, side)
+    }
+}
+
+impl Worker {
+    /// Runs one job; false when the UI has gone away.
+    fn run(&mut self, job: Job) -> bool {
+        let name = job.name();
+        if !self.out.send(Event::Started(name)) {
+            return false;
+        }
+        let result = match job {
+            Job::LoadModel(choice) => self.load_model(&choice),
+            Job::IndexDemo { count, seed } => self.index_demo(count, seed),
+            Job::IndexFolder(dir) => self.index_folder(&dir),
+            Job::Search {
+                query,
+                top_k,
+                first_stage,
+            } => self.search(query, top_k, first_stage),
+            Job::Explain {
+                query,
+                target,
+                runner_up,
+                method,
+            } => self.explain(query, target, runner_up, method),
+            Job::SetPerspectives(set) => self.set_perspectives(set),
+            Job::Train {
+                data,
+                settings,
+                heldout,
+            } => self.train(data, settings, heldout),
+        };
+        match result {
+            Ok(message) => self.out.send(Event::Done { job: name, message }),
+            Err(JobError::Cancelled) => self.out.send(Event::Cancelled(name)),
+            Err(JobError::Message(message)) => self.out.send(Event::Failed { job: name, message }),
+        }
+    }
+
+    fn loaded(&self) -> Result<&Loaded, JobError> {
+        self.model
+            .as_ref()
+            .ok_or_else(|| msg("no model is loaded yet"))
+    }
+
+    fn gallery(&self) -> Result<&GalleryEmbeddings, JobError> {
+        self.gallery
+            .as_ref()
+            .ok_or_else(|| msg("open a folder of images first"))
+    }
+
+    fn load_model(&mut self, choice: &ModelChoice) -> Result<Option<String>, JobError> {
+        let backbone: Box<dyn Backbone> = match choice {
+            ModelChoice::Demo => Box::new(DemoModel::embedded(&Device::Cpu).map_err(msg)?),
+            ModelChoice::Named(arg) => {
+                let mut progress = HubProgress {
+                    out: &self.out,
+                    cancel: &self.cancel,
+                    name: String::new(),
+                    total: 0,
+                    done: 0,
+                };
+                let source = resolve_model(arg.trim(), &ResolveOptions::default(), &mut progress)
+                    .map_err(|e| {
+                    if self.cancel.load(Ordering::Relaxed) {
+                        JobError::Cancelled
+                    } else {
+                        msg(e)
+                    }
+                })?;
+                match source {
+                    ModelSource::Demo => Box::new(DemoModel::embedded(&Device::Cpu).map_err(msg)?),
+                    ModelSource::Local(dir) => crate::model::loader::load_folder(
+                        &dir,
+                        candle_core::DType::F32,
+                        &Device::Cpu,
+                    )
+                    .map_err(msg)?,
+                }
+            }
+        };
+        let perspectives = backbone.default_perspectives();
+        let fusion = Fusion::for_backbone(&*backbone).map_err(msg)?;
+        let name = backbone.identity().name.clone();
+        let dim = backbone.hidden_size();
+        self.model = Some(Loaded {
+            backbone,
+            perspectives: perspectives.clone(),
+            fusion,
+        });
+        // Embeddings of another model mean nothing to this one.
+        self.gallery = None;
+        self.gallery_root = None;
+        self.out.send(Event::ModelLoaded {
+            name: name.clone(),
+            perspectives,
+            dim,
+        });
+        Ok(Some(format!("loaded {name}")))
+    }
+
+    fn index_demo(&mut self, count: usize, seed: u64) -> Result<Option<String>, JobError> {
+        let dir = self.cache_dir.join(format!("demo-scenes-{seed}-{count}"));
+        if !dir.join("scenes.jsonl").is_file() {
+            self.out
+                .progress("index", 0, count, "rendering demo scenes");
+            let tmp = dir.with_extension("tmp");
+            let _ = std::fs::remove_dir_all(&tmp);
+            crate::scenes::write_scenes(&tmp, count, seed).map_err(msg)?;
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::rename(&tmp, &dir).map_err(|e| msg(format!("{}: {e}", dir.display())))?;
+        }
+        self.index_folder(&dir)
+    }
+
+    fn index_folder(&mut self, dir: &Path) -> Result<Option<String>, JobError> {
+        let loaded = self.loaded()?;
+        let cancel = || self.cancel.load(Ordering::Relaxed);
+        let out = &self.out;
+        let gallery = scan_gallery(dir, &cancel, &mut |n| {
+            out.progress("index", n, 0, "looking for images")
+        })
+        .map_err(cancelled_or)?;
+        let (embeddings, report) = embed_gallery(
+            &*loaded.backbone,
+            &loaded.perspectives,
+            &gallery,
+            &self.cache_dir,
+            &cancel,
+            &mut |done, total| out.progress("index", done, total, "embedding"),
+        )
+        .map_err(cancelled_or)?;
+        let mut skipped: Vec<(PathBuf, String)> = gallery
+            .skipped
+            .iter()
+            .map(|s| (s.path.clone(), s.reason.clone()))
+            .collect();
+        skipped.extend(
+            report
+                .failed
+                .iter()
+                .map(|s| (s.path.clone(), s.reason.clone())),
+        );
+        let info = GalleryInfo {
+            root: dir.to_path_buf(),
+            images: embeddings.len(),
+            embedded: report.embedded,
+            from_cache: report.from_cache,
+            skipped,
+            cache_note: report
+                .cache_problem
+                .map(|p| format!("{}: {} (rebuilt)", p.path.display(), p.reason)),
+        };
+        let message = format!(
+            "indexed {} images ({} embedded, {} from the cache, {} skipped)",
+            info.images,
+            info.embedded,
+            info.from_cache,
+            info.skipped.len()
+        );
+        self.gallery = Some(embeddings);
+        self.gallery_root = Some(dir.to_path_buf());
+        self.out.send(Event::Indexed(Box::new(info)));
+        Ok(Some(message))
+    }
+
+    fn search(
+        &mut self,
+        query: Query,
+        top_k: usize,
+        first_stage: Option<usize>,
+    ) -> Result<Option<String>, JobError> {
+        let start = std::time::Instant::now();
+        let loaded = self.loaded()?;
+        let gallery = self.gallery()?;
+        let input = query_input(&query)?;
+        let q = embed_unit(&*loaded.backbone, &input, &loaded.perspectives).map_err(msg)?;
+        let scorer = FusedScorer::new(PatternConfig::default(), &loaded.fusion).map_err(msg)?;
+        let hits =
+            search(&q, gallery, &scorer, &SearchOptions { top_k, first_stage }).map_err(msg)?;
+        let mut items = Vec::with_capacity(hits.len());
+        for (n, hit) in hits.into_iter().enumerate() {
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(JobError::Cancelled);
+            }
+            let path = gallery.items[hit.index].path.clone();
+            // A file that vanished since indexing still ranks; it just has no picture.
+            let thumb = load_rgb(&path)
+                .ok()
+                .map(|img| Picture::from_image(&fit(&img, THUMB_SIDE)));
+            items.push(ResultItem { hit, path, thumb });
+            if n % 16 == 15 {
+                self.out.progress("search", n + 1, top_k, "thumbnails");
+            }
+        }
+        let results = SearchResults {
+            query,
+            items,
+            perspective_names: loaded
+                .perspectives
+                .perspectives
+                .iter()
+                .map(|p| p.name.clone())
+                .collect(),
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        self.out.send(Event::Results(Box::new(results)));
+        Ok(None)
+    }
+
+    fn explain(
+        &mut self,
+        query: Query,
+        target: usize,
+        runner_up: Option<usize>,
+        method: Method,
+    ) -> Result<Option<String>, JobError> {
+        let loaded = self.loaded()?;
+        let gallery = self.gallery()?;
+        let path_of = |i: usize| {
+            gallery
+                .items
+                .get(i)
+                .map(|it| it.path.clone())
+                .ok_or_else(|| msg(format!("result {i} is not in the gallery any more")))
+        };
+        let input = query_input(&query)?;
+        let path = path_of(target)?;
+        let image = load_rgb(&path)?;
+        let explainer = Explainer::new(
+            &*loaded.backbone,
+            loaded.perspectives.clone(),
+            loaded.fusion.clone(),
+        );
+        let explanation = explainer
+            .explain(&input, &image, method)
+            .map_err(|e| msg(format!("{}: {e}", path.display())))?;
+        let runner_up = match runner_up {
+            Some(j) => {
+                let rpath = path_of(j)?;
+                let rimage = load_rgb(&rpath)?;
+                let cmp = explainer
+                    .compare(&input, &image, &rimage)
+                    .map_err(|e| msg(format!("{}: {e}", rpath.display())))?;
+                Some((j, rpath, Picture::from_image(&fit(&rimage, VIEW_SIDE)), cmp))
+            }
+            None => None,
+        };
+        self.out.send(Event::Explained(Box::new(ExplainResult {
+            query,
+            target,
+            path,
+            image: Picture::from_image(&fit(&image, VIEW_SIDE)),
+            explanation,
+            runner_up,
+        })));
+        Ok(None)
+    }
+
+    fn set_perspectives(&mut self, set: PerspectiveSet) -> Result<Option<String>, JobError> {
+        set.validate().map_err(msg)?;
+        let model = self
+            .model
+            .as_mut()
+            .ok_or_else(|| msg("no model is loaded yet"))?;
+        if set.k() != model.perspectives.k() {
+            // θ has one logit a pattern whatever K is; the fusion stays valid.
+            tracing::info!("K changes from {} to {}", model.perspectives.k(), set.k());
+        }
+        model.perspectives = set.clone();
+        self.out.send(Event::PerspectivesSet(set));
+        // Re-embed the open gallery: the cache holds every set it has seen, so only
+        // perspectives not embedded before cost model time.
+        match self.gallery_root.clone() {
+            Some(root) => self.index_folder(&root),
+            None => Ok(Some("perspectives updated".into())),
+        }
+    }
+
+    fn ranking(&self, query: &str, after: bool) -> Result<Option<Ranking>, JobError> {
+        let (Some(loaded), Some(gallery)) = (self.model.as_ref(), self.gallery.as_ref()) else {
+            return Ok(None);
+        };
+        if query.trim().is_empty() {
+            return Ok(None);
+        }
+        let q = embed_unit(
+            &*loaded.backbone,
+            &EmbedInput::text(query),
+            &loaded.perspectives,
+        )
+        .map_err(msg)?;
+        let scorer = FusedScorer::new(PatternConfig::default(), &loaded.fusion).map_err(msg)?;
+        let hits = search(
+            &q,
+            gallery,
+            &scorer,
+            &SearchOptions {
+                top_k: 5,
+                first_stage: Some(1000),
+            },
+        )
+        .map_err(msg)?;
+        Ok(Some(Ranking {
+            after,
+            query: query.to_owned(),
+            top: hits
+                .iter()
+                .map(|h| (gallery.items[h.index].path.clone(), h.score))
+                .collect(),
+        }))
+    }
+
+    fn train(
+        &mut self,
+        data: TrainData,
+        settings: TrainSettings,
+        heldout: Option<String>,
+    ) -> Result<Option<String>, JobError> {
+        let heldout = heldout.unwrap_or_default();
+        if let Some(r) = self.ranking(&heldout, false)? {
+            self.out.send(Event::Ranking(Box::new(r)));
+        }
+        let source = match &data {
+            TrainData::Scenes { seed } => DataSource::Scenes {
+                seed: *seed,
+                ramp_steps: 0,
+            },
+            TrainData::Folder(dir) => {
+                DataSource::Pairs(crate::train::load_caption_dataset(dir).map_err(msg)?)
+            }
+        };
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let out_dir = self
+            .cache_dir
+            .join("runs")
+            .join(format!("fine-tune-{stamp}"));
+        let control = TrainControl {
+            stop: self.cancel.clone(),
+            pause: self.pause.clone(),
+        };
+        let (tx, rx) = sync_channel::<TrainEvent>(64);
+        let loaded = self.loaded()?;
+        let out = &self.out;
+        let summary = std::thread::scope(|scope| {
+            // Forward the trainer's events to the UI as they come.
+            scope.spawn(move || {
+                while let Ok(e) = rx.recv() {
+                    if !out.send(Event::Train(Box::new(e))) {
+                        break;
+                    }
+                }
+            });
+            fine_tune(
+                &*loaded.backbone,
+                &loaded.perspectives,
+                &source,
+                &settings,
+                &out_dir,
+                &control,
+                Some(tx),
+            )
+        })
+        .map_err(msg)?;
+        let message = format!(
+            "fine-tune: {} steps, final loss {:.4}; saved in {}",
+            summary.steps_done,
+            summary.final_loss,
+            out_dir.display()
+        );
+        // The trained fusion and soft prompts take effect for the "after" ranking.
+        if let Err(e) = self.apply_fine_tune(&out_dir) {
+            return Err(msg(format!(
+                "{message}, but applying it failed: {}",
+                match e {
+                    JobError::Message(m) => m,
+                    JobError::Cancelled => "cancelled".into(),
+                }
+            )));
+        }
+        if let Some(r) = self.ranking(&heldout, true)? {
+            self.out.send(Event::Ranking(Box::new(r)));
+        }
+        Ok(Some(message))
+    }
+
+    /// Uses the fusion a fine-tune saved from now on.
+    fn apply_fine_tune(&mut self, dir: &Path) -> Result<(), JobError> {
+        let init = crate::train::read_fusion(&dir.join("fusion.json")).map_err(msg)?;
+        let model = self
+            .model
+            .as_mut()
+            .ok_or_else(|| msg("no model is loaded yet"))?;
+        model.fusion =
+            Fusion::new(init, candle_core::DType::F32, model.backbone.device()).map_err(msg)?;
+        Ok(())
+    }
+}

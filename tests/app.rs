@@ -1,0 +1,244 @@
+//! The desktop app driven like a person would, headless: wgpu on lavapipe (Mesa's software
+//! Vulkan), no window. Snapshots of the main views live in tests/snapshots/
+//! (`UPDATE_SNAPSHOTS=1 cargo test --test app` rewrites them after a deliberate change).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use agff_lens::app::{AppOptions, LensApp, Picker, Tab};
+use egui::accesskit::Role;
+use egui_kittest::kittest::Queryable;
+use egui_kittest::{Harness, SnapshotOptions};
+
+/// Hands the app fixed paths instead of opening dialogs.
+struct FixedPicker {
+    folder: Option<PathBuf>,
+    image: Option<PathBuf>,
+}
+
+impl Picker for FixedPicker {
+    fn pick_folder(&mut self) -> Option<PathBuf> {
+        self.folder.clone()
+    }
+    fn pick_image(&mut self) -> Option<PathBuf> {
+        self.image.clone()
+    }
+}
+
+fn cache_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("app-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn harness(name: &str, picker: FixedPicker) -> Harness<'static, LensApp> {
+    let cache = cache_dir(name);
+    Harness::builder()
+        .with_size(egui::vec2(1280.0, 820.0))
+        .wgpu()
+        .build_eframe(move |cc| {
+            LensApp::new(
+                cc,
+                AppOptions {
+                    picker: Box::new(picker),
+                    cache_dir: Some(cache),
+                    autostart: true,
+                    demo_scenes: 48,
+                    persist: false,
+                },
+            )
+        })
+}
+
+/// Steps the UI until `done` holds (the worker runs on its own thread meanwhile).
+fn step_until(h: &mut Harness<'_, LensApp>, what: &str, done: impl Fn(&LensApp) -> bool) {
+    let start = Instant::now();
+    while !done(h.state()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "timed out waiting for {what}; log: {:?}",
+            h.state().log.iter().map(|l| &l.text).collect::<Vec<_>>()
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Let layout settle after the last event.
+    for _ in 0..3 {
+        h.step();
+    }
+}
+
+fn snapshot_options() -> SnapshotOptions {
+    // Timings ("… in 12 ms") differ between runs; everything else should match.
+    SnapshotOptions::new().max_failed_pixels(2500)
+}
+
+/// Snapshot with the log panel masked (it holds timings and the run folder's path).
+fn snapshot(h: &mut Harness<'_, LensApp>, name: &str) {
+    for _ in 0..3 {
+        h.step();
+    }
+    let screen = h.ctx.content_rect();
+    h.mask(egui::Rect::from_min_max(
+        egui::pos2(screen.min.x, screen.max.y - 100.0),
+        screen.max,
+    ));
+    h.snapshot_options(name, &snapshot_options());
+}
+
+#[test]
+fn search_select_and_switch_perspective() {
+    let mut h = harness(
+        "search",
+        FixedPicker {
+            folder: None,
+            image: None,
+        },
+    );
+    step_until(&mut h, "the demo gallery", |a| {
+        a.gallery.is_some() && !a.busy()
+    });
+    let gallery = h.state().gallery.clone().expect("gallery");
+    assert_eq!(gallery.images, 48);
+    assert!(gallery.skipped.is_empty());
+
+    // Type a query and press Enter.
+    let field = h.get_by_role_and_label(Role::TextInput, "Query:");
+    field.click();
+    field.type_text("a red circle");
+    h.step();
+    h.key_press(egui::Key::Enter);
+    step_until(&mut h, "results and the inspector", |a| {
+        a.results.is_some() && a.inspector.is_some() && !a.busy()
+    });
+    let app = h.state();
+    let results = &app.results.as_ref().unwrap().results;
+    assert_eq!(results.items.len(), 40, "top 40 by default");
+    for pair in results.items.windows(2) {
+        assert!(pair[0].hit.score >= pair[1].hit.score, "best first");
+    }
+    let ins = app.inspector.as_ref().unwrap();
+    assert_eq!(ins.result.target, results.items[0].hit.index);
+    // The inspector offers the fused map, one per perspective and one per pattern.
+    let names = ins.map_names();
+    assert_eq!(names[0], "fused");
+    for p in &app.perspectives.perspectives {
+        assert!(names.contains(&p.name), "{} in {names:?}", p.name);
+    }
+    for m in ["GG", "FG", "GF", "FF"] {
+        assert!(names.contains(&m.to_string()));
+    }
+    // Each perspective's map is its own (not a copy of the fused one).
+    let e = &ins.result.explanation;
+    let spatial = e
+        .perspective_maps
+        .iter()
+        .find(|m| m.name == "spatial")
+        .expect("a spatial map");
+    assert_eq!(spatial.values.len(), e.fused_map.values.len());
+    assert_ne!(spatial.values, e.fused_map.values);
+    // The runner-up comparison compares with result 2.
+    let (j, ..) = ins.result.runner_up.as_ref().expect("runner-up");
+    assert_eq!(*j, results.items[1].hit.index);
+    snapshot(&mut h, "app_search");
+
+    // Select the third result by clicking it.
+    h.get_by_label("result 3").click();
+    step_until(&mut h, "the third result's explanation", |a| {
+        a.selected == Some(2)
+            && a.inspector.as_ref().is_some_and(|i| {
+                i.loading_for.is_none()
+                    && i.result.target == a.results.as_ref().unwrap().results.items[2].hit.index
+            })
+            && !a.busy()
+    });
+    // Its runner-up is the top result.
+    let app = h.state();
+    let top = app.results.as_ref().unwrap().results.items[0].hit.index;
+    assert_eq!(
+        app.inspector
+            .as_ref()
+            .unwrap()
+            .result
+            .runner_up
+            .as_ref()
+            .unwrap()
+            .0,
+        top
+    );
+
+    // Arrow keys move through the results (the query field must not have focus).
+    h.get_by_label("result 3").click();
+    h.step();
+    h.key_press(egui::Key::ArrowRight);
+    step_until(&mut h, "the fourth result", |a| {
+        a.selected == Some(3) && !a.busy()
+    });
+
+    // Switch the map to the spatial perspective.
+    // The map tabs come first; the perspective bars below repeat the names.
+    h.get_all_by_label("spatial")
+        .next()
+        .expect("a spatial map tab")
+        .click();
+    h.step();
+    assert_eq!(h.state().map_choice, "spatial");
+    snapshot(&mut h, "app_inspector_spatial");
+}
+
+#[test]
+fn fine_tune_runs_a_few_steps() {
+    let mut h = harness(
+        "train",
+        FixedPicker {
+            folder: None,
+            image: None,
+        },
+    );
+    step_until(&mut h, "the demo gallery", |a| {
+        a.gallery.is_some() && !a.busy()
+    });
+    h.get_by_label("Fine-tune").click();
+    h.step();
+    assert_eq!(h.state().tab, Tab::FineTune);
+    {
+        let s = &mut h.state_mut().settings;
+        s.steps = 4;
+        s.batch = 8;
+    }
+    h.get_by_label("Start").click();
+    h.step();
+    assert!(h.state().training.running, "Start starts a run");
+    step_until(&mut h, "the fine-tune", |a| {
+        !a.training.running && !a.busy()
+    });
+    let t = &h.state().training;
+    assert_eq!(
+        t.losses.len(),
+        4,
+        "one loss point a step: {}; log: {:?}",
+        t.status,
+        h.state().log.iter().map(|l| &l.text).collect::<Vec<_>>()
+    );
+    assert!(t.losses.iter().all(|p| p[1].is_finite()));
+    let last = t.last.as_ref().expect("a step report");
+    assert_eq!(last.batch, 8);
+    assert_eq!(last.similarity.len(), 64);
+    assert_eq!(last.thumbnails.len(), 8);
+    // Each query shows its hard negatives with P, h and 1 + α·h.
+    let alpha = h.state().settings.alpha as f32;
+    for negs in &last.hard_negatives {
+        assert!(!negs.is_empty());
+        for n in negs {
+            assert!((0.0..=1.0).contains(&n.prob));
+            assert!((n.amplification - (1.0 + alpha * n.hardness)).abs() < 1e-4);
+        }
+    }
+    // The held-out query was ranked before and after.
+    let before = t.before.as_ref().expect("ranking before");
+    let after = t.after.as_ref().expect("ranking after");
+    assert_eq!(before.top.len(), 5);
+    assert_eq!(after.top.len(), 5);
+    assert!(t.status.starts_with("finished"), "{}", t.status);
+    snapshot(&mut h, "app_fine_tune");
+}
