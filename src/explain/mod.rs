@@ -187,6 +187,8 @@ pub struct Explainer<'a> {
     pub pattern_config: PatternConfig,
     /// Last layers averaged for attention maps.
     pub attention_layers: usize,
+    /// Soft-prompt vectors to embed with (e.g. a fine-tune's; empty: the backbone's own).
+    pub soft_prompts: Vec<Option<Tensor>>,
 }
 
 impl<'a> Explainer<'a> {
@@ -197,14 +199,17 @@ impl<'a> Explainer<'a> {
             fusion,
             pattern_config: PatternConfig::default(),
             attention_layers: 2,
+            soft_prompts: Vec::new(),
         }
     }
 
     /// The query's unit perspective embeddings `[1, 1+K, d]` (no gradient).
     pub fn embed_query(&self, query: &EmbedInput) -> Result<PerspectiveEmbeddings, ExplainError> {
-        let e = self
-            .backbone
-            .embed(query, &self.perspectives, &EmbedOptions::default())?;
+        let options = EmbedOptions {
+            soft_prompts: self.soft_prompts.clone(),
+            ..EmbedOptions::default()
+        };
+        let e = self.backbone.embed(query, &self.perspectives, &options)?;
         Ok(PerspectiveEmbeddings::from_raw(
             e.vectors.detach().to_dtype(DType::F32)?.unsqueeze(0)?,
         )?)
@@ -269,7 +274,7 @@ impl<'a> Explainer<'a> {
     ) -> Result<Explanation, ExplainError> {
         let q = self.embed_query(query)?;
         let options = EmbedOptions {
-            soft_prompts: Vec::new(),
+            soft_prompts: self.soft_prompts.clone(),
             attention_layers: if method == Method::Attention {
                 self.attention_layers
             } else {

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use candle_core::DType;
+use candle_core::{DType, Tensor};
 
 use super::IndexError;
 use super::cache::{CacheProblem, EmbeddingCache, perspectives_fingerprint};
@@ -53,7 +53,22 @@ pub fn embed_unit(
     input: &EmbedInput,
     perspectives: &PerspectiveSet,
 ) -> Result<Vec<f32>, IndexError> {
-    let e = backbone.embed(input, perspectives, &EmbedOptions::default())?;
+    embed_unit_soft(backbone, input, perspectives, &[])
+}
+
+/// [`embed_unit`] with soft-prompt vectors (one per perspective that has soft tokens, e.g.
+/// from a fine-tune; empty: the backbone's own).
+pub fn embed_unit_soft(
+    backbone: &dyn Backbone,
+    input: &EmbedInput,
+    perspectives: &PerspectiveSet,
+    soft: &[Option<Tensor>],
+) -> Result<Vec<f32>, IndexError> {
+    let options = EmbedOptions {
+        soft_prompts: soft.to_vec(),
+        ..EmbedOptions::default()
+    };
+    let e = backbone.embed(input, perspectives, &options)?;
     let unit = PerspectiveEmbeddings::from_raw(e.vectors.unsqueeze(0)?)?;
     Ok(unit
         .tensor()
@@ -72,10 +87,45 @@ pub fn embed_gallery(
     cancel: &dyn Fn() -> bool,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(GalleryEmbeddings, EmbedReport), IndexError> {
+    embed_gallery_soft(
+        backbone,
+        perspectives,
+        &[],
+        gallery,
+        cache_dir,
+        cancel,
+        progress,
+    )
+}
+
+/// The bytes of soft-prompt vectors, for the cache's perspective fingerprint.
+fn soft_bytes(soft: &[Option<Tensor>]) -> Result<Vec<u8>, IndexError> {
+    let mut bytes = Vec::new();
+    for (i, t) in soft.iter().enumerate() {
+        bytes.extend_from_slice(&(i as u64).to_le_bytes());
+        if let Some(t) = t {
+            for v in t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()? {
+                bytes.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
+    Ok(bytes)
+}
+
+/// [`embed_gallery`] with soft-prompt vectors; they are part of the cache key.
+pub fn embed_gallery_soft(
+    backbone: &dyn Backbone,
+    perspectives: &PerspectiveSet,
+    soft: &[Option<Tensor>],
+    gallery: &Gallery,
+    cache_dir: &Path,
+    cancel: &dyn Fn() -> bool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(GalleryEmbeddings, EmbedReport), IndexError> {
     perspectives.validate().map_err(IndexError::Input)?;
     let per_item = perspectives.perspectives.len();
     let dim = backbone.hidden_size();
-    let fingerprint = perspectives_fingerprint(perspectives, &[]);
+    let fingerprint = perspectives_fingerprint(perspectives, &soft_bytes(soft)?);
     let (mut cache, cache_problem) =
         EmbeddingCache::open(cache_dir, backbone.identity(), &fingerprint, per_item, dim)?;
     let mut report = EmbedReport {
@@ -102,8 +152,13 @@ pub fn embed_gallery(
             let vectors = open_image(&item.path)
                 .map_err(|e| e.to_string())
                 .and_then(|img| {
-                    embed_unit(backbone, &EmbedInput::image(to_rgb8(&img)), perspectives)
-                        .map_err(|e| e.to_string())
+                    embed_unit_soft(
+                        backbone,
+                        &EmbedInput::image(to_rgb8(&img)),
+                        perspectives,
+                        soft,
+                    )
+                    .map_err(|e| e.to_string())
                 });
             match vectors {
                 Ok(v) => {

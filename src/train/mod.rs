@@ -640,6 +640,44 @@ pub fn read_fusion(path: &Path) -> Result<crate::agff::FusionInit, TrainError> {
     })
 }
 
+/// The soft prompts a fine-tune saved (`soft_prompts.safetensors`), one entry per
+/// perspective of `perspectives` (`None` where it has no soft tokens). A missing file
+/// means the run trained none: all `None`. Shapes are checked against the set and `d`.
+pub fn read_soft_prompts(
+    path: &Path,
+    perspectives: &PerspectiveSet,
+    d: usize,
+    device: &Device,
+) -> Result<Vec<Option<Tensor>>, TrainError> {
+    if !path.is_file() {
+        return Ok(vec![None; perspectives.perspectives.len()]);
+    }
+    let tensors = candle_core::safetensors::load(path, device)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
+    perspectives
+        .perspectives
+        .iter()
+        .map(|p| {
+            if p.soft_tokens == 0 {
+                return Ok(None);
+            }
+            let key = format!("soft.{}", p.name);
+            let t = tensors.get(&key).ok_or_else(|| {
+                TrainError::Checkpoint(format!("{}: no tensor {key}", path.display()))
+            })?;
+            if t.dims() != [p.soft_tokens, d] {
+                return Err(TrainError::Checkpoint(format!(
+                    "{}: {key} has shape {:?}, expected [{}, {d}]",
+                    path.display(),
+                    t.dims(),
+                    p.soft_tokens
+                )));
+            }
+            Ok(Some(t.clone()))
+        })
+        .collect()
+}
+
 /// Fine-tunes the soft prompts of `perspectives` and the fusion for `backbone` on `data`.
 /// Writes `perspectives.json`, `soft_prompts.safetensors` and `fusion.json` into `out`.
 pub fn fine_tune(
