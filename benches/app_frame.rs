@@ -109,6 +109,13 @@ fn main() {
             let _ = h.render();
         }
         times.push(start.elapsed().as_secs_f64() * 1e3);
+        // AGFF_BENCH_SHOT=file.png saves the view after scrolling down, to check it moved.
+        if frame == 199
+            && let Ok(path) = std::env::var("AGFF_BENCH_SHOT")
+            && let Ok(image) = h.render()
+        {
+            image.save(&path).expect("saving the screenshot");
+        }
     }
     times.sort_by(f64::total_cmp);
     println!(

@@ -10,6 +10,19 @@ use egui::accesskit::Role;
 use egui_kittest::kittest::Queryable;
 use egui_kittest::{Harness, SnapshotOptions};
 
+/// A file dropped on the window.
+#[derive(Debug)]
+struct Dropped(PathBuf);
+
+impl egui::DroppedFile for Dropped {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
 /// Hands the app fixed paths instead of opening dialogs.
 struct FixedPicker {
     folder: Option<PathBuf>,
@@ -198,6 +211,29 @@ fn fine_tune_runs_a_few_steps() {
     step_until(&mut h, "the demo gallery", |a| {
         a.gallery.is_some() && !a.busy()
     });
+    // Dropping a gallery image on the window searches with it: it finds itself first.
+    let image = h
+        .state()
+        .gallery
+        .as_ref()
+        .unwrap()
+        .root
+        .join("scene_00007.png");
+    h.input_mut()
+        .dropped_files
+        .push(std::sync::Arc::new(Dropped(image.clone())));
+    h.step();
+    step_until(&mut h, "the image query's results", |a| {
+        a.results.is_some() && !a.busy()
+    });
+    let results = &h.state().results.as_ref().unwrap().results;
+    assert_eq!(h.state().query_image.as_deref(), Some(image.as_path()));
+    assert_eq!(results.items[0].path, image);
+    // Same image: the global views match, and so does each perspective with itself.
+    let patterns = results.items[0].hit.patterns;
+    assert!((patterns[0] - 1.0).abs() < 1e-3, "GG {patterns:?}");
+    assert!((patterns[3] - 1.0).abs() < 1e-3, "FF {patterns:?}");
+
     h.get_by_label("Fine-tune").click();
     h.step();
     assert_eq!(h.state().tab, Tab::FineTune);
@@ -240,5 +276,33 @@ fn fine_tune_runs_a_few_steps() {
     assert_eq!(before.top.len(), 5);
     assert_eq!(after.top.len(), 5);
     assert!(t.status.starts_with("finished"), "{}", t.status);
+    // The tuned soft prompts are part of the cache key: the gallery was embedded again.
+    let indexed: Vec<&String> = h
+        .state()
+        .log
+        .iter()
+        .map(|l| &l.text)
+        .filter(|t| t.starts_with("indexed 48 images (48 embedded"))
+        .collect();
+    assert_eq!(indexed.len(), 2, "{:?}", h.state().log);
+    // "Save run to…" copies the trained prompts, perspectives and fusion to the folder.
+    let saved = h.state().training.last_run.clone().expect("the run folder");
+    assert!(saved.join("fusion.json").is_file());
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("app-train-saved");
+    let _ = std::fs::remove_dir_all(&target);
+    std::fs::create_dir_all(&target).unwrap();
+    h.state_mut().set_picker(Box::new(FixedPicker {
+        folder: Some(target.clone()),
+        image: None,
+    }));
+    h.get_by_label("Save run to…").click();
+    h.step();
+    for f in [
+        "fusion.json",
+        "perspectives.json",
+        "soft_prompts.safetensors",
+    ] {
+        assert!(target.join(f).is_file(), "{f} saved");
+    }
     snapshot(&mut h, "app_fine_tune");
 }

@@ -22,14 +22,57 @@ fn help_lists_every_subcommand() {
 }
 
 #[test]
-fn commands_not_built_yet_exit_2_and_say_so() {
-    for args in [&["bench", "search"][..], &["gui"]] {
-        let out = agff_lens().args(args).output().unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(out.stdout.is_empty(), "no fake output for {args:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("not available yet"), "{args:?}: {err}");
+fn bench_search_json_reports_throughput_latency_and_memory() {
+    let out = agff_lens()
+        .args([
+            "bench",
+            "search",
+            "--scenes",
+            "6",
+            "--candidates",
+            "3000",
+            "--dim",
+            "32",
+            "--first-stage",
+            "200",
+            "--queries",
+            "2",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert!(v["embed_images_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(v["peak_rss_mb"].as_f64().unwrap() > 0.0);
+    let rows = v["search"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "with and without the first stage");
+    for row in rows {
+        assert_eq!(row["candidates"], 3000);
+        assert_eq!(row["d"], 32);
+        assert_eq!(row["k"], 4);
+        assert!(row["latency_ms"].as_f64().unwrap() > 0.0);
     }
+    let staged = rows.iter().find(|r| r["first_stage"] == true).unwrap();
+    let kept = staged["top10_kept"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&kept), "{kept}");
+    let full = rows.iter().find(|r| r["first_stage"] == false).unwrap();
+    assert!(full["top10_kept"].is_null());
+}
+
+#[test]
+fn bench_search_rejects_zero_sizes() {
+    let out = agff_lens()
+        .args(["bench", "search", "--scenes", "0", "--dim", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--dim"), "{err}");
 }
 
 #[test]

@@ -398,6 +398,13 @@ impl LensApp {
                 self.selected = None;
             }
             Event::Indexed(info) => {
+                self.info(format!(
+                    "indexed {} images ({} embedded, {} from the cache, {} skipped)",
+                    info.images,
+                    info.embedded,
+                    info.from_cache,
+                    info.skipped.len()
+                ));
                 for (path, reason) in &info.skipped {
                     self.log.push(LogLine {
                         error: true,
@@ -497,6 +504,16 @@ impl LensApp {
         }
     }
 
+    /// Replaces the file dialogs (tests hand the app paths this way).
+    pub fn set_picker(&mut self, picker: Box<dyn Picker>) {
+        self.picker = picker;
+    }
+
+    /// Asks the picker for a folder.
+    pub(crate) fn pick_folder(&mut self) -> Option<PathBuf> {
+        self.picker.pick_folder()
+    }
+
     /// Picks an image as the query.
     pub fn pick_query_image(&mut self) {
         if let Some(p) = self.picker.pick_image() {
@@ -557,11 +574,45 @@ impl LensApp {
         }
     }
 
+    /// A dropped image becomes the query; a dropped folder is indexed.
+    fn dropped_files(&mut self, ctx: &egui::Context) {
+        let (dropped, hovering) = ctx.input(|i| {
+            (
+                i.raw
+                    .dropped_files
+                    .iter()
+                    .map(|f| f.path().to_path_buf())
+                    .find(|p| !p.as_os_str().is_empty()),
+                !i.raw.hovered_files.is_empty(),
+            )
+        });
+        if hovering {
+            let screen = ctx.content_rect();
+            egui::Area::new(egui::Id::unique("agff-drop-hint"))
+                .fixed_pos(screen.center() - egui::vec2(200.0, 20.0))
+                .show(ctx, |ui| {
+                    egui::Frame::popup(ui.style()).show(ui, |ui| {
+                        ui.heading("Drop an image to search with it, or a folder to index it");
+                    });
+                });
+        }
+        if let Some(path) = dropped {
+            if path.is_dir() {
+                self.open_folder(Some(path));
+            } else {
+                self.tab = Tab::Search;
+                self.query_image = Some(path);
+                self.search();
+            }
+        }
+    }
+
     /// Draws the whole window (eframe's `ui` and the tests call this).
     pub fn show(&mut self, ui: &mut egui::Ui) {
         let ctx = ui.ctx().clone();
         self.handle_events(&ctx);
         self.keyboard(&ctx);
+        self.dropped_files(&ctx);
         egui::Panel::top("agff-top").show(ui, |ui| self.top_bar(ui));
         egui::Panel::bottom("agff-log")
             .resizable(true)

@@ -25,6 +25,8 @@ pub struct TrainView {
     pub after: Option<Ranking>,
     pub use_folder: bool,
     pub status: String,
+    /// The folder the last run saved into.
+    pub last_run: Option<std::path::PathBuf>,
 }
 
 impl TrainView {
@@ -78,6 +80,7 @@ impl TrainView {
             TrainEvent::Paused => self.status = "paused".into(),
             TrainEvent::Finished(summary) => {
                 self.running = false;
+                self.last_run = Some(summary.out.clone());
                 self.status = format!(
                     "finished: {} steps, loss {:.4}, accuracy {:.2}{}",
                     summary.steps_done,
@@ -194,6 +197,16 @@ pub fn show(app: &mut LensApp, ui: &mut egui::Ui) {
         {
             app.worker().cancel();
         }
+        if ui
+            .add_enabled(
+                !running && app.training.last_run.is_some(),
+                egui::Button::new("Save run to…"),
+            )
+            .on_hover_text("copy the trained soft prompts, perspectives and fusion to a folder")
+            .clicked()
+        {
+            save_run(app);
+        }
         ui.label(&app.training.status);
     });
     ui.separator();
@@ -216,7 +229,7 @@ pub fn show(app: &mut LensApp, ui: &mut egui::Ui) {
             ui.label(format!("held-out query “{}”", before.query));
             egui::Grid::new("heldout").num_columns(2).show(ui, |ui| {
                 ui.strong("before");
-                ui.strong("after (trained fusion)");
+                ui.strong("after (tuned prompts and fusion)");
                 ui.end_row();
                 for i in 0..before.top.len() {
                     let name = |r: &Ranking| {
@@ -304,6 +317,35 @@ pub fn show(app: &mut LensApp, ui: &mut egui::Ui) {
                 });
         }
     });
+}
+
+/// Copies the last run's files (small: soft prompts, perspectives, fusion) to a folder.
+fn save_run(app: &mut LensApp) {
+    let Some(from) = app.training.last_run.clone() else {
+        return;
+    };
+    let Some(to) = app.pick_folder() else {
+        return;
+    };
+    let copy = || -> std::io::Result<usize> {
+        let mut n = 0;
+        for entry in std::fs::read_dir(&from)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    };
+    match copy() {
+        Ok(n) => app.info(format!("saved {n} files of the run to {}", to.display())),
+        Err(e) => app.error(format!(
+            "saving the run from {} to {}: {e}",
+            from.display(),
+            to.display()
+        )),
+    }
 }
 
 fn start(app: &mut LensApp) {

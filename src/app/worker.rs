@@ -15,7 +15,7 @@ use image::RgbImage;
 use crate::agff::{FusedScorer, Fusion, PatternConfig};
 use crate::explain::{Comparison, Explainer, Explanation, Method};
 use crate::index::{
-    GalleryEmbeddings, Hit, SearchOptions, default_cache_dir, embed_gallery, embed_unit,
+    GalleryEmbeddings, Hit, SearchOptions, default_cache_dir, embed_gallery_soft, embed_unit_soft,
     scan_gallery, search, thumbnail,
 };
 use crate::model::demo::DemoModel;
@@ -331,6 +331,8 @@ struct Loaded {
     backbone: Box<dyn Backbone>,
     perspectives: PerspectiveSet,
     fusion: Fusion,
+    /// Soft prompts from a fine-tune (empty: the backbone's own).
+    soft: Vec<Option<candle_core::Tensor>>,
 }
 
 struct Worker {
@@ -500,6 +502,7 @@ impl Worker {
             backbone,
             perspectives: perspectives.clone(),
             fusion,
+            soft: Vec::new(),
         });
         // Embeddings of another model mean nothing to this one.
         self.gallery = None;
@@ -534,9 +537,10 @@ impl Worker {
             out.progress("index", n, 0, "looking for images")
         })
         .map_err(cancelled_or)?;
-        let (embeddings, report) = embed_gallery(
+        let (embeddings, report) = embed_gallery_soft(
             &*loaded.backbone,
             &loaded.perspectives,
+            &loaded.soft,
             &gallery,
             &self.cache_dir,
             &cancel,
@@ -564,17 +568,10 @@ impl Worker {
                 .cache_problem
                 .map(|p| format!("{}: {} (rebuilt)", p.path.display(), p.reason)),
         };
-        let message = format!(
-            "indexed {} images ({} embedded, {} from the cache, {} skipped)",
-            info.images,
-            info.embedded,
-            info.from_cache,
-            info.skipped.len()
-        );
         self.gallery = Some(embeddings);
         self.gallery_root = Some(dir.to_path_buf());
         self.out.send(Event::Indexed(Box::new(info)));
-        Ok(Some(message))
+        Ok(None)
     }
 
     fn search(
@@ -587,7 +584,13 @@ impl Worker {
         let loaded = self.loaded()?;
         let gallery = self.gallery()?;
         let input = query_input(&query)?;
-        let q = embed_unit(&*loaded.backbone, &input, &loaded.perspectives).map_err(msg)?;
+        let q = embed_unit_soft(
+            &*loaded.backbone,
+            &input,
+            &loaded.perspectives,
+            &loaded.soft,
+        )
+        .map_err(msg)?;
         let scorer = FusedScorer::new(PatternConfig::default(), &loaded.fusion).map_err(msg)?;
         let hits =
             search(&q, gallery, &scorer, &SearchOptions { top_k, first_stage }).map_err(msg)?;
@@ -640,11 +643,12 @@ impl Worker {
         let input = query_input(&query)?;
         let path = path_of(target)?;
         let image = load_rgb(&path)?;
-        let explainer = Explainer::new(
+        let mut explainer = Explainer::new(
             &*loaded.backbone,
             loaded.perspectives.clone(),
             loaded.fusion.clone(),
         );
+        explainer.soft_prompts = loaded.soft.clone();
         let explanation = explainer
             .explain(&input, &image, method)
             .map_err(|e| msg(format!("{}: {e}", path.display())))?;
@@ -681,6 +685,8 @@ impl Worker {
             tracing::info!("K changes from {} to {}", model.perspectives.k(), set.k());
         }
         model.perspectives = set.clone();
+        // Tuned soft prompts belong to the old set.
+        model.soft.clear();
         self.out.send(Event::PerspectivesSet(set));
         // Re-embed the open gallery: the cache holds every set it has seen, so only
         // perspectives not embedded before cost model time.
@@ -697,10 +703,11 @@ impl Worker {
         if query.trim().is_empty() {
             return Ok(None);
         }
-        let q = embed_unit(
+        let q = embed_unit_soft(
             &*loaded.backbone,
             &EmbedInput::text(query),
             &loaded.perspectives,
+            &loaded.soft,
         )
         .map_err(msg)?;
         let scorer = FusedScorer::new(PatternConfig::default(), &loaded.fusion).map_err(msg)?;
@@ -799,15 +806,31 @@ impl Worker {
         Ok(Some(message))
     }
 
-    /// Uses the fusion a fine-tune saved from now on.
+    /// Uses the fusion and soft prompts a fine-tune saved from now on, and re-embeds the
+    /// gallery with them.
     fn apply_fine_tune(&mut self, dir: &Path) -> Result<(), JobError> {
         let init = crate::train::read_fusion(&dir.join("fusion.json")).map_err(msg)?;
         let model = self
             .model
             .as_mut()
             .ok_or_else(|| msg("no model is loaded yet"))?;
+        let soft = crate::train::read_soft_prompts(
+            &dir.join("soft_prompts.safetensors"),
+            &model.perspectives,
+            model.backbone.hidden_size(),
+            model.backbone.device(),
+        )
+        .map_err(msg)?;
         model.fusion =
             Fusion::new(init, candle_core::DType::F32, model.backbone.device()).map_err(msg)?;
+        model.soft = if soft.iter().any(Option::is_some) {
+            soft
+        } else {
+            Vec::new()
+        };
+        if let Some(root) = self.gallery_root.clone() {
+            self.index_folder(&root)?;
+        }
         Ok(())
     }
 }
