@@ -306,3 +306,70 @@ fn fine_tune_runs_a_few_steps() {
     }
     snapshot(&mut h, "app_fine_tune");
 }
+
+#[test]
+fn a_hugging_face_folder_loads_indexes_and_explains() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3vl");
+    let cache = cache_dir("qwen");
+    let picker = FixedPicker {
+        folder: Some(fixtures.join("images")),
+        image: None,
+    };
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1280.0, 820.0))
+        .wgpu()
+        .build_eframe(move |cc| {
+            LensApp::new(
+                cc,
+                AppOptions {
+                    picker: Box::new(picker),
+                    cache_dir: Some(cache),
+                    autostart: false,
+                    demo_scenes: 0,
+                    persist: false,
+                },
+            )
+        });
+    // A folder that does not exist: the error names it, nothing else changes.
+    h.state_mut().model_field = "tests/fixtures/no-such-model".into();
+    h.get_by_label("Load").click();
+    h.step();
+    step_until(&mut h, "the load to fail", |a| !a.busy());
+    let err = h
+        .state()
+        .status_error
+        .clone()
+        .expect("an error in the status line");
+    assert!(err.contains("no-such-model"), "{err}");
+    assert!(h.state().model_name.is_none());
+
+    // The tiny Qwen3-VL checkpoint (real folder format) by path.
+    h.state_mut().model_field = fixtures.join("tiny-a").display().to_string();
+    h.get_by_label("Load").click();
+    h.step();
+    step_until(&mut h, "the Qwen3-VL model", |a| {
+        a.model_name.is_some() && !a.busy()
+    });
+    h.get_by_label("Open folder…").click();
+    h.step();
+    step_until(&mut h, "the photos", |a| a.gallery.is_some() && !a.busy());
+    let images = h.state().gallery.as_ref().unwrap().images;
+    assert!(images >= 2, "{images} images");
+    {
+        let app = h.state_mut();
+        app.query_text = "a photo of a dog".into();
+        app.search();
+    }
+    step_until(&mut h, "results and the inspector", |a| {
+        a.results.is_some() && a.inspector.is_some() && !a.busy()
+    });
+    let app = h.state();
+    assert!(app.status_error.is_none(), "{:?}", app.status_error);
+    assert_eq!(app.results.as_ref().unwrap().results.items.len(), images);
+    let e = &app.inspector.as_ref().unwrap().result.explanation;
+    assert_eq!(
+        e.perspective_maps.len(),
+        app.perspectives.perspectives.len()
+    );
+    assert!(e.fused_map.values.iter().all(|v| v.is_finite()));
+}
