@@ -457,6 +457,8 @@ fn search_json_ranks_a_scene_folder_and_lists_skipped_files() {
         assert_eq!(r["perspectives"].as_object().unwrap().len(), 5);
     }
     assert_eq!(v["indexed"], 6);
+    // The first stage (20,000 by default) did not cut 6 images.
+    assert!(v.get("first_stage").is_none());
     assert!(
         v["skipped"]
             .as_array()
@@ -464,6 +466,30 @@ fn search_json_ranks_a_scene_folder_and_lists_skipped_files() {
             .iter()
             .any(|s| s["path"].as_str().unwrap().ends_with("broken.png"))
     );
+    // A first stage that keeps 2 of 6 reports how much of the exact top 10 it kept.
+    let o = agff_lens()
+        .args([
+            "search",
+            "--model",
+            "demo",
+            "--gallery",
+            scenes.to_str().unwrap(),
+            "--query",
+            "a blue square",
+            "--first-stage",
+            "2",
+            "--cache",
+            cache.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["first_stage"]["keep"], 2);
+    // The exact top 10 of 6 images is all 6; 2 were kept.
+    let kept = v["first_stage"]["top10_kept"].as_f64().unwrap();
+    assert!((kept - 2.0 / 6.0).abs() < 1e-9, "{kept}");
     let _ = (
         std::fs::remove_dir_all(&scenes),
         std::fs::remove_dir_all(&cache),

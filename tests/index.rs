@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use agff_lens::agff::{FusedScorer, Fusion, FusionInit, PatternConfig};
 use agff_lens::index::{
-    EmbeddingCache, SearchOptions, embed_gallery, embed_unit, first_stage_recall, scan_gallery,
-    search,
+    EmbeddingCache, FirstStageOn, SearchOptions, embed_gallery, embed_unit, first_stage_recall,
+    scan_gallery, search,
 };
 use agff_lens::model::demo::DemoModel;
 use agff_lens::model::{Backbone, EmbedInput, ModelIdentity};
@@ -303,6 +303,7 @@ fn search_ranks_by_the_fused_score_and_the_first_stage_keeps_the_top() {
         &SearchOptions {
             top_k: 12,
             first_stage: None,
+            first_stage_on: FirstStageOn::Global,
         },
     )
     .unwrap();
@@ -324,6 +325,7 @@ fn search_ranks_by_the_fused_score_and_the_first_stage_keeps_the_top() {
         &SearchOptions {
             top_k: 12,
             first_stage: Some(12),
+            first_stage_on: FirstStageOn::Global,
         },
     )
     .unwrap();
@@ -335,11 +337,12 @@ fn search_ranks_by_the_fused_score_and_the_first_stage_keeps_the_top() {
         &SearchOptions {
             top_k: 3,
             first_stage: Some(6),
+            first_stage_on: FirstStageOn::Global,
         },
     )
     .unwrap();
     assert_eq!(staged.len(), 3);
-    let recall = first_stage_recall(&q, &emb, &scorer, 12, 3).unwrap();
+    let recall = first_stage_recall(&q, &emb, &scorer, 12, FirstStageOn::Global, 3).unwrap();
     assert_eq!(recall, 1.0);
     let _ = (
         std::fs::remove_dir_all(&dir),

@@ -85,6 +85,8 @@ pub struct Settings {
     pub last_folder: Option<PathBuf>,
     pub top_k: usize,
     pub first_stage: usize,
+    /// Rank the first stage by all matched perspectives instead of the global view.
+    pub first_stage_matched: bool,
     pub colormap: ColorMap,
     pub opacity: f32,
     pub method: String,
@@ -105,7 +107,9 @@ impl Default for Settings {
             model: String::new(),
             last_folder: None,
             top_k: 40,
-            first_stage: 1000,
+            // Exact up to 20,000 images; the first stage only cuts larger galleries.
+            first_stage: 20_000,
+            first_stage_matched: false,
             colormap: ColorMap::Inferno,
             opacity: 0.55,
             method: Method::Attribution.name().into(),
@@ -296,6 +300,11 @@ impl LensApp {
             query,
             top_k: self.settings.top_k.max(1),
             first_stage: Some(self.settings.first_stage.max(10)),
+            first_stage_on: if self.settings.first_stage_matched {
+                crate::index::FirstStageOn::Matched
+            } else {
+                crate::index::FirstStageOn::Global
+            },
         });
     }
 

@@ -138,7 +138,7 @@ fn bar(ui: &mut egui::Ui, label: &str, value: f32, lo: f32, hi: f32, color: Colo
 
 /// The query row and the results grid.
 pub fn search_view(app: &mut LensApp, ui: &mut egui::Ui) {
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         let label = ui.label("Query:");
         let edit = ui
             .add(
@@ -164,6 +164,24 @@ pub fn search_view(app: &mut LensApp, ui: &mut egui::Ui) {
                 .range(1..=1000)
                 .prefix("top "),
         );
+        ui.menu_button("first stage", |ui| {
+            ui.label("Before the full AGFF score, keep the best");
+            ui.add(
+                egui::DragValue::new(&mut app.settings.first_stage)
+                    .range(10..=1_000_000)
+                    .suffix(" candidates"),
+            );
+            ui.radio_value(
+                &mut app.settings.first_stage_matched,
+                false,
+                "by the global similarity (fast)",
+            );
+            ui.radio_value(
+                &mut app.settings.first_stage_matched,
+                true,
+                "by all matched perspectives ((1+K)× the cost)",
+            );
+        });
     });
     if let Some(p) = &app.query_image {
         ui.label(format!("query image: {}", p.display()));
@@ -184,7 +202,9 @@ pub fn search_view(app: &mut LensApp, ui: &mut egui::Ui) {
         view.results.seconds * 1e3
     ));
     let cell = Vec2::new(128.0, 150.0);
-    let columns = ((ui.available_width() / (cell.x + 8.0)).floor() as usize).max(1);
+    // The visible width (a wide row above must not widen the grid past the panel).
+    let width = ui.available_width().min(ui.clip_rect().width());
+    let columns = ((width / (cell.x + 8.0)).floor() as usize).max(1);
     view.columns = columns;
     let rows = view.results.items.len().div_ceil(columns);
     let mut clicked = None;

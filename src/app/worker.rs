@@ -15,8 +15,8 @@ use image::RgbImage;
 use crate::agff::{FusedScorer, Fusion, PatternConfig};
 use crate::explain::{Comparison, Explainer, Explanation, Method};
 use crate::index::{
-    GalleryEmbeddings, Hit, SearchOptions, default_cache_dir, embed_gallery_soft, embed_unit_soft,
-    scan_gallery, search, thumbnail,
+    FirstStageOn, GalleryEmbeddings, Hit, SearchOptions, default_cache_dir, embed_gallery_soft,
+    embed_unit_soft, scan_gallery, search, thumbnail,
 };
 use crate::model::demo::DemoModel;
 use crate::model::hub::{DownloadProgress, ModelSource, ResolveOptions, resolve_model};
@@ -77,6 +77,7 @@ pub enum Job {
         query: Query,
         top_k: usize,
         first_stage: Option<usize>,
+        first_stage_on: FirstStageOn,
     },
     /// Maps and scores for gallery item `target`, compared with `runner_up`.
     Explain {
@@ -431,7 +432,8 @@ impl Worker {
                 query,
                 top_k,
                 first_stage,
-            } => self.search(query, top_k, first_stage),
+                first_stage_on,
+            } => self.search(query, top_k, first_stage, first_stage_on),
             Job::Explain {
                 query,
                 target,
@@ -579,6 +581,7 @@ impl Worker {
         query: Query,
         top_k: usize,
         first_stage: Option<usize>,
+        first_stage_on: FirstStageOn,
     ) -> Result<Option<String>, JobError> {
         let start = std::time::Instant::now();
         let loaded = self.loaded()?;
@@ -592,8 +595,17 @@ impl Worker {
         )
         .map_err(msg)?;
         let scorer = FusedScorer::new(PatternConfig::default(), &loaded.fusion).map_err(msg)?;
-        let hits =
-            search(&q, gallery, &scorer, &SearchOptions { top_k, first_stage }).map_err(msg)?;
+        let hits = search(
+            &q,
+            gallery,
+            &scorer,
+            &SearchOptions {
+                top_k,
+                first_stage,
+                first_stage_on,
+            },
+        )
+        .map_err(msg)?;
         let mut items = Vec::with_capacity(hits.len());
         for (n, hit) in hits.into_iter().enumerate() {
             if self.cancel.load(Ordering::Relaxed) {
@@ -718,6 +730,7 @@ impl Worker {
             &SearchOptions {
                 top_k: 5,
                 first_stage: Some(1000),
+                first_stage_on: FirstStageOn::Global,
             },
         )
         .map_err(msg)?;

@@ -18,7 +18,8 @@ use serde::Serialize;
 
 use crate::agff::{FusedScorer, Fusion, FusionInit, PatternConfig};
 use crate::index::{
-    GalleryEmbeddings, GalleryItem, SearchOptions, embed_gallery, first_stage, scan_gallery, search,
+    FirstStageOn, GalleryEmbeddings, GalleryItem, SearchOptions, embed_gallery, first_stage,
+    scan_gallery, search,
 };
 use crate::model::demo::DemoModel;
 
@@ -290,6 +291,7 @@ fn measure(
                 &SearchOptions {
                     top_k: 10,
                     first_stage: None,
+                    first_stage_on: FirstStageOn::Global,
                 },
             )?;
             without.push(ms(start));
@@ -301,13 +303,15 @@ fn measure(
                 &SearchOptions {
                     top_k: 10,
                     first_stage: Some(keep),
+                    first_stage_on: FirstStageOn::Global,
                 },
             )?;
             with.push(ms(start));
             std::hint::black_box(&staged);
-            let stage: std::collections::HashSet<usize> = first_stage(query, &gallery, Some(keep))
-                .into_iter()
-                .collect();
+            let stage: std::collections::HashSet<usize> =
+                first_stage(query, &gallery, Some(keep), FirstStageOn::Global)
+                    .into_iter()
+                    .collect();
             let hits = exact.iter().filter(|h| stage.contains(&h.index)).count();
             kept.push(hits as f64 / exact.len().max(1) as f64);
         }
@@ -340,7 +344,7 @@ fn measure(
     let mut with = Vec::new();
     for query in &queries {
         let start = Instant::now();
-        let stage = first_stage(&query[..d], &globals, Some(keep));
+        let stage = first_stage(&query[..d], &globals, Some(keep), FirstStageOn::Global);
         let mut shortlist = GalleryEmbeddings {
             items: stage.iter().map(|&i| globals.items[i].clone()).collect(),
             per_item: per,
@@ -359,6 +363,7 @@ fn measure(
             &SearchOptions {
                 top_k: 10,
                 first_stage: None,
+                first_stage_on: FirstStageOn::Global,
             },
         )?;
         with.push(ms(start));

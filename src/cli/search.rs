@@ -10,7 +10,8 @@ use serde::Serialize;
 use super::load_backbone;
 use crate::agff::{FusedScorer, Fusion, Pattern, PatternConfig};
 use crate::index::{
-    SearchOptions, default_cache_dir, embed_gallery, embed_unit, scan_gallery, search,
+    FirstStageOn, SearchOptions, default_cache_dir, embed_gallery, embed_unit, first_stage_recall,
+    scan_gallery, search,
 };
 use crate::model::{DeviceChoice, PerspectiveSet};
 
@@ -28,9 +29,15 @@ pub struct SearchArgs {
     /// How many results.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
-    /// Keep the best N by global similarity before the full AGFF re-ranking (0: off).
-    #[arg(long, default_value_t = 1000)]
+    /// Keep the best N by the first-stage similarity before the full AGFF re-ranking
+    /// (0: off). The default ranks galleries of up to 20,000 images exactly (10,000 × 5 ×
+    /// 2048 scores in about 0.15 s here); the first stage only cuts larger ones.
+    #[arg(long, default_value_t = 20_000)]
     pub first_stage: usize,
+    /// What the first stage ranks by: `global` (<g_q, g_c>) or `matched` (the sum of
+    /// matched perspective similarities, (1+K)× the cost, closer to the fused score).
+    #[arg(long, default_value = "global")]
+    pub first_stage_on: FirstStageOn,
     /// A JSON perspective set (default: the model's own).
     #[arg(long)]
     pub perspectives: Option<PathBuf>,
@@ -71,6 +78,17 @@ struct Report {
     skipped: Vec<SkippedOut>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cache_rebuilt: Option<String>,
+    /// When the first stage cut the gallery: how much of the exact top 10 it kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_stage: Option<FirstStageOut>,
+}
+
+#[derive(Serialize)]
+struct FirstStageOut {
+    keep: usize,
+    /// Fraction of the exact top 10 (full AGFF score over the whole gallery) that is among
+    /// the candidates the first stage kept.
+    top10_kept: f64,
 }
 
 pub fn run(args: &SearchArgs) -> anyhow::Result<()> {
@@ -113,8 +131,23 @@ pub fn run(args: &SearchArgs) -> anyhow::Result<()> {
     let options = SearchOptions {
         top_k: args.top,
         first_stage: (args.first_stage > 0).then_some(args.first_stage),
+        first_stage_on: args.first_stage_on,
     };
     let hits = search(&query, &embeddings, &scorer, &options)?;
+    let first_stage = match options.first_stage {
+        Some(keep) if keep < embeddings.len() => Some(FirstStageOut {
+            keep,
+            top10_kept: first_stage_recall(
+                &query,
+                &embeddings,
+                &scorer,
+                keep,
+                args.first_stage_on,
+                10,
+            )?,
+        }),
+        _ => None,
+    };
     let p = perspectives.perspectives.len();
     let results = hits
         .iter()
@@ -153,6 +186,7 @@ pub fn run(args: &SearchArgs) -> anyhow::Result<()> {
         results,
         skipped,
         cache_rebuilt: report.cache_problem.as_ref().map(|p| p.reason.clone()),
+        first_stage,
     };
     if args.json {
         println!("{}", serde_json::to_string(&out)?);
@@ -165,6 +199,14 @@ pub fn run(args: &SearchArgs) -> anyhow::Result<()> {
         "{} images ({} embedded, {} from the cache)",
         out.indexed, out.embedded, out.from_cache
     );
+    if let Some(f) = &out.first_stage {
+        println!(
+            "first stage kept {} of {}; it kept {:.0}% of the exact top 10",
+            f.keep,
+            out.indexed,
+            f.top10_kept * 100.0
+        );
+    }
     for (rank, r) in out.results.iter().enumerate() {
         println!(
             "{:>3}. {:.4}  {}  [GG {:.3} FG {:.3} GF {:.3} FF {:.3}]",

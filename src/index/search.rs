@@ -8,13 +8,37 @@ use super::IndexError;
 use super::embed::GalleryEmbeddings;
 use crate::agff::{FusedScorer, PerspectiveEmbeddings};
 
+/// What the first stage ranks candidates by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FirstStageOn {
+    /// The global similarity `<g_q, g_c>`: one dot product of d per candidate.
+    #[default]
+    Global,
+    /// The best matched perspective similarity `max_p <q_p, c_p>`: (1+K) dot products of d
+    /// per candidate. It bounds GG and (for a max-like aggregator) FF from the same
+    /// perspectives, so it tracks the fused score when a fine perspective dominates it.
+    Matched,
+}
+
+impl std::str::FromStr for FirstStageOn {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "global" => Ok(Self::Global),
+            "matched" => Ok(Self::Matched),
+            other => Err(format!("unknown first stage `{other}` (global, matched)")),
+        }
+    }
+}
+
 /// How to search.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SearchOptions {
     pub top_k: usize,
-    /// Keep only the best N candidates by the global similarity `<g_q, g_c>` before the
-    /// full AGFF score re-ranks them (`None`: score everything).
+    /// Keep only the best N candidates by [`FirstStageOn`] before the full AGFF score
+    /// re-ranks them (`None`: score everything).
     pub first_stage: Option<usize>,
+    pub first_stage_on: FirstStageOn,
 }
 
 impl Default for SearchOptions {
@@ -22,6 +46,7 @@ impl Default for SearchOptions {
         Self {
             top_k: 10,
             first_stage: Some(1000),
+            first_stage_on: FirstStageOn::Global,
         }
     }
 }
@@ -68,18 +93,31 @@ fn top_n(scores: &[f32], n: usize) -> Vec<usize> {
     idx
 }
 
-/// The candidates the first stage keeps for `query` (all when it is off).
-pub fn first_stage(query: &[f32], gallery: &GalleryEmbeddings, keep: Option<usize>) -> Vec<usize> {
+/// The candidates the first stage keeps for `query` (all when it is off). A gallery of
+/// globals only (`per_item` 1) is ranked by its globals whatever `on` says.
+pub fn first_stage(
+    query: &[f32],
+    gallery: &GalleryEmbeddings,
+    keep: Option<usize>,
+    on: FirstStageOn,
+) -> Vec<usize> {
     let n = gallery.len();
     match keep {
         Some(k) if k < n => {
             let d = gallery.dim;
-            let g = &query[..d];
             let per = gallery.per_item * d;
+            let views = match on {
+                FirstStageOn::Global => 1,
+                FirstStageOn::Matched => gallery.per_item.min(query.len() / d.max(1)).max(1),
+            };
             let scores: Vec<f32> = gallery
                 .data
                 .par_chunks(per)
-                .map(|item| dot(g, &item[..d]))
+                .map(|item| {
+                    (0..views)
+                        .map(|p| dot(&query[p * d..(p + 1) * d], &item[p * d..(p + 1) * d]))
+                        .fold(f32::NEG_INFINITY, f32::max)
+                })
                 .collect();
             top_n(&scores, k)
         }
@@ -106,7 +144,7 @@ pub fn search(
     if gallery.is_empty() || options.top_k == 0 {
         return Ok(Vec::new());
     }
-    let candidates = first_stage(query, gallery, options.first_stage);
+    let candidates = first_stage(query, gallery, options.first_stage, options.first_stage_on);
     let mut flat = Vec::with_capacity(candidates.len() * p * d);
     for &i in &candidates {
         flat.extend_from_slice(gallery.item(i));
@@ -155,6 +193,7 @@ pub fn first_stage_recall(
     gallery: &GalleryEmbeddings,
     scorer: &FusedScorer,
     keep: usize,
+    on: FirstStageOn,
     k: usize,
 ) -> Result<f64, IndexError> {
     let exact = search(
@@ -164,13 +203,64 @@ pub fn first_stage_recall(
         &SearchOptions {
             top_k: k,
             first_stage: None,
+            first_stage_on: FirstStageOn::Global,
         },
     )?;
     if exact.is_empty() {
         return Ok(1.0);
     }
-    let kept = first_stage(query, gallery, Some(keep));
+    let kept = first_stage(query, gallery, Some(keep), on);
     let kept: std::collections::HashSet<usize> = kept.into_iter().collect();
     let n = exact.iter().filter(|h| kept.contains(&h.index)).count();
     Ok(n as f64 / exact.len() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::GalleryItem;
+
+    fn gallery(items: &[[[f32; 2]; 2]]) -> GalleryEmbeddings {
+        GalleryEmbeddings {
+            items: items
+                .iter()
+                .enumerate()
+                .map(|(i, _)| GalleryItem {
+                    path: format!("{i}.png").into(),
+                    content_hash: i.to_string(),
+                    width: 1,
+                    height: 1,
+                })
+                .collect(),
+            per_item: 2,
+            dim: 2,
+            data: items.iter().flatten().flatten().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn the_matched_first_stage_keeps_what_a_fine_perspective_matches() {
+        // Item 0 agrees with the query's global view, item 1 with its fine perspective.
+        let g = gallery(&[[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]]);
+        let query = [0.8, 0.6, 1.0, 0.0];
+        assert_eq!(
+            first_stage(&query, &g, Some(1), FirstStageOn::Global),
+            vec![0]
+        );
+        assert_eq!(
+            first_stage(&query, &g, Some(1), FirstStageOn::Matched),
+            vec![1]
+        );
+        // Keeping everything (or no first stage) returns every item.
+        assert_eq!(
+            first_stage(&query, &g, None, FirstStageOn::Matched).len(),
+            2
+        );
+        assert_eq!(
+            first_stage(&query, &g, Some(5), FirstStageOn::Global).len(),
+            2
+        );
+        assert_eq!("matched".parse(), Ok(FirstStageOn::Matched));
+        assert!("best".parse::<FirstStageOn>().is_err());
+    }
 }
