@@ -66,6 +66,7 @@ fn main() {
                     autostart: true,
                     demo_scenes: scenes,
                     persist: false,
+                    device: Default::default(),
                 },
             )
         });

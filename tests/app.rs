@@ -58,6 +58,7 @@ fn harness(name: &str, picker: FixedPicker) -> Harness<'static, LensApp> {
                     autostart: true,
                     demo_scenes: 48,
                     persist: false,
+                    device: Default::default(),
                 },
             )
         })
@@ -151,8 +152,12 @@ fn search_select_and_switch_perspective() {
     assert_eq!(spatial.values.len(), e.fused_map.values.len());
     assert_ne!(spatial.values, e.fused_map.values);
     // The runner-up comparison compares with result 2.
-    let (j, ..) = ins.result.runner_up.as_ref().expect("runner-up");
+    let (j, _, _, cmp) = ins.result.runner_up.as_ref().expect("runner-up");
     assert_eq!(*j, results.items[1].hit.index);
+    // The comparison's scores are the grid's scores.
+    assert!((cmp.a.fused - results.items[0].hit.score).abs() < 1e-4);
+    assert!((cmp.b.fused - results.items[1].hit.score).abs() < 1e-4);
+    assert!((cmp.fused_diff - (cmp.a.fused - cmp.b.fused)).abs() < 1e-6);
     snapshot(&mut h, "app_search");
 
     // Select the third result by clicking it.
@@ -327,6 +332,7 @@ fn a_hugging_face_folder_loads_indexes_and_explains() {
                     autostart: false,
                     demo_scenes: 0,
                     persist: false,
+                    device: Default::default(),
                 },
             )
         });
@@ -372,4 +378,46 @@ fn a_hugging_face_folder_loads_indexes_and_explains() {
         app.perspectives.perspectives.len()
     );
     assert!(e.fused_map.values.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn a_device_that_is_not_built_in_is_reported_not_panicked_on() {
+    let cache = cache_dir("device");
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1000.0, 700.0))
+        .wgpu()
+        .build_eframe(move |cc| {
+            LensApp::new(
+                cc,
+                AppOptions {
+                    picker: Box::new(FixedPicker {
+                        folder: None,
+                        image: None,
+                    }),
+                    cache_dir: Some(cache),
+                    autostart: true,
+                    demo_scenes: 8,
+                    persist: false,
+                    device: agff_lens::model::DeviceChoice::Metal(0),
+                },
+            )
+        });
+    step_until(&mut h, "both start-up jobs to end", |a| !a.busy());
+    let app = h.state();
+    assert!(app.model_name.is_none());
+    assert!(app.gallery.is_none());
+    let errors: Vec<&String> = app
+        .log
+        .iter()
+        .filter(|l| l.error)
+        .map(|l| &l.text)
+        .collect();
+    assert!(
+        errors.iter().any(|e| e.contains("metal")),
+        "the load error names the device: {errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("no model is loaded")),
+        "indexing says why it cannot run: {errors:?}"
+    );
 }

@@ -62,6 +62,8 @@ pub struct AppOptions {
     pub demo_scenes: usize,
     /// Read and write settings through eframe's storage.
     pub persist: bool,
+    /// Where models run.
+    pub device: crate::model::DeviceChoice,
 }
 
 impl Default for AppOptions {
@@ -72,6 +74,7 @@ impl Default for AppOptions {
             autostart: true,
             demo_scenes: DEMO_GALLERY_SCENES,
             persist: true,
+            device: crate::model::DeviceChoice::Cpu,
         }
     }
 }
@@ -209,6 +212,7 @@ impl LensApp {
         let ctx = cc.egui_ctx.clone();
         let worker = WorkerHandle::spawn(
             options.cache_dir.clone(),
+            options.device,
             Arc::new(move || ctx.request_repaint()),
         );
         let mut app = Self {
@@ -780,7 +784,10 @@ impl eframe::App for LensApp {
 }
 
 /// Opens the app window (the `gui` command).
-pub fn run(cache_dir: Option<PathBuf>) -> Result<(), eframe::Error> {
+pub fn run(
+    cache_dir: Option<PathBuf>,
+    device: crate::model::DeviceChoice,
+) -> Result<(), eframe::Error> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("agff-lens")
@@ -795,6 +802,7 @@ pub fn run(cache_dir: Option<PathBuf>) -> Result<(), eframe::Error> {
                 cc,
                 AppOptions {
                     cache_dir,
+                    device,
                     ..AppOptions::default()
                 },
             )))

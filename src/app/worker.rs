@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 
-use candle_core::Device;
 use image::RgbImage;
 
 use crate::agff::{FusedScorer, Fusion, PatternConfig};
@@ -21,7 +20,7 @@ use crate::index::{
 use crate::model::demo::DemoModel;
 use crate::model::hub::{DownloadProgress, ModelSource, ResolveOptions, resolve_model};
 use crate::model::image_io::{open_image, to_rgb8};
-use crate::model::{Backbone, EmbedInput, PerspectiveSet};
+use crate::model::{Backbone, DeviceChoice, EmbedInput, PerspectiveSet};
 use crate::train::{DataSource, TrainControl, TrainEvent, TrainSettings, fine_tune};
 
 /// Side of the thumbnails in the results grid.
@@ -228,7 +227,11 @@ pub enum SubmitError {
 
 impl WorkerHandle {
     /// Starts the model thread. `repaint` wakes the UI after each event.
-    pub fn spawn(cache_dir: Option<PathBuf>, repaint: Arc<dyn Fn() + Send + Sync>) -> Self {
+    pub fn spawn(
+        cache_dir: Option<PathBuf>,
+        device: DeviceChoice,
+        repaint: Arc<dyn Fn() + Send + Sync>,
+    ) -> Self {
         let (jobs, job_rx) = sync_channel::<Job>(8);
         let (event_tx, events) = sync_channel::<Event>(256);
         let cancel = Arc::new(AtomicBool::new(false));
@@ -241,6 +244,7 @@ impl WorkerHandle {
             cancel: cancel.clone(),
             pause: pause.clone(),
             cache_dir: cache_dir.unwrap_or_else(default_cache_dir),
+            device,
             model: None,
             gallery: None,
             gallery_root: None,
@@ -341,6 +345,8 @@ struct Worker {
     cancel: Arc<AtomicBool>,
     pause: Arc<AtomicBool>,
     cache_dir: PathBuf,
+    /// Where models run (cpu unless the user asked for a GPU).
+    device: DeviceChoice,
     model: Option<Loaded>,
     gallery: Option<GalleryEmbeddings>,
     gallery_root: Option<PathBuf>,
@@ -467,8 +473,9 @@ impl Worker {
     }
 
     fn load_model(&mut self, choice: &ModelChoice) -> Result<Option<String>, JobError> {
+        let device = self.device.open().map_err(msg)?;
         let backbone: Box<dyn Backbone> = match choice {
-            ModelChoice::Demo => Box::new(DemoModel::embedded(&Device::Cpu).map_err(msg)?),
+            ModelChoice::Demo => Box::new(DemoModel::embedded(&device).map_err(msg)?),
             ModelChoice::Named(arg) => {
                 let mut progress = HubProgress {
                     out: &self.out,
@@ -486,13 +493,11 @@ impl Worker {
                     }
                 })?;
                 match source {
-                    ModelSource::Demo => Box::new(DemoModel::embedded(&Device::Cpu).map_err(msg)?),
-                    ModelSource::Local(dir) => crate::model::loader::load_folder(
-                        &dir,
-                        candle_core::DType::F32,
-                        &Device::Cpu,
-                    )
-                    .map_err(msg)?,
+                    ModelSource::Demo => Box::new(DemoModel::embedded(&device).map_err(msg)?),
+                    ModelSource::Local(dir) => {
+                        crate::model::loader::load_folder(&dir, candle_core::DType::F32, &device)
+                            .map_err(msg)?
+                    }
                 }
             }
         };
@@ -668,9 +673,22 @@ impl Worker {
             Some(j) => {
                 let rpath = path_of(j)?;
                 let rimage = load_rgb(&rpath)?;
-                let cmp = explainer
-                    .compare(&input, &image, &rimage)
-                    .map_err(|e| msg(format!("{}: {e}", rpath.display())))?;
+                // Both candidates' vectors are in the gallery already: only the query is
+                // embedded again (a real model pays seconds per image on a CPU).
+                let q = explainer.embed_query(&input).map_err(msg)?;
+                let stored = |i: usize| -> Result<_, JobError> {
+                    let t = candle_core::Tensor::from_slice(
+                        gallery.item(i),
+                        (1, gallery.per_item, gallery.dim),
+                        &candle_core::Device::Cpu,
+                    )
+                    .and_then(|t| t.to_device(q.tensor().device()))
+                    .map_err(msg)?;
+                    crate::agff::PerspectiveEmbeddings::assume_unit(t).map_err(msg)
+                };
+                let a = explainer.breakdown(&q, &stored(target)?).map_err(msg)?;
+                let b = explainer.breakdown(&q, &stored(j)?).map_err(msg)?;
+                let cmp = crate::explain::compare_breakdowns(a, b);
                 Some((j, rpath, Picture::from_image(&fit(&rimage, VIEW_SIDE)), cmp))
             }
             None => None,

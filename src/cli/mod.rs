@@ -64,6 +64,10 @@ pub struct GuiArgs {
     /// or AGFF_LENS_CACHE).
     #[arg(long)]
     pub cache: Option<std::path::PathBuf>,
+    /// Compute device for the models: cpu, cuda[:N], metal[:N] (GPU back-ends need the
+    /// `cuda` or `metal` build feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::model::DeviceChoice,
 }
 
 /// A command that exists in the interface but is not implemented in this build.
@@ -183,7 +187,7 @@ fn init_tracing() {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let command = cli.command.unwrap_or(Command::Gui(GuiArgs::default()));
     match command {
-        Command::Gui(args) => crate::app::run(args.cache)
+        Command::Gui(args) => crate::app::run(args.cache, args.device)
             .map_err(|e| anyhow::anyhow!("cannot open the app window: {e}")),
         Command::Embed(args) => embed::run(&args),
         Command::Search(args) => search::run(&args),
