@@ -775,6 +775,7 @@ impl Worker {
         let source = match &data {
             TrainData::Scenes { seed } => DataSource::Scenes {
                 seed: *seed,
+                ramp_start: 0,
                 ramp_steps: 0,
             },
             TrainData::Folder(dir) => {

@@ -151,6 +151,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             let data = match args.data.as_deref() {
                 Some("scenes") => DataSource::Scenes {
                     seed: args.seed,
+                    ramp_start: 0,
                     ramp_steps: 0,
                 },
                 Some(path) => DataSource::Pairs(load_caption_dataset(Path::new(path))?),

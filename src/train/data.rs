@@ -27,10 +27,15 @@ pub struct Example {
 #[derive(Debug, Clone)]
 pub enum DataSource {
     /// Procedural scenes; the stream is a pure function of (seed, step), so a resumed run
-    /// sees the batches it would have seen. Minimal pairs (the hardest negatives) ramp up
-    /// from none to half of each batch over the first `ramp_steps` steps (0: half from the
-    /// start), so the model first grounds words in easy contrasts.
-    Scenes { seed: u64, ramp_steps: u64 },
+    /// sees the batches it would have seen. Batches hold random scenes with their global
+    /// captions only until step `ramp_start`; then minimal pairs (the hardest negatives)
+    /// ramp up from none to half of each batch over `ramp_steps` steps (both 0: half from
+    /// the start), so the model first grounds words in easy contrasts.
+    Scenes {
+        seed: u64,
+        ramp_start: u64,
+        ramp_steps: u64,
+    },
     /// Captioned images read from disk.
     Pairs(Vec<CaptionPair>),
 }
@@ -137,11 +142,17 @@ impl DataSource {
     /// The examples of batch `step` (a pure function of the source and the step).
     pub fn batch(&self, step: u64, n: usize) -> Result<Vec<Example>, TrainError> {
         match self {
-            DataSource::Scenes { seed, ramp_steps } => {
-                let share = if *ramp_steps == 0 {
+            DataSource::Scenes {
+                seed,
+                ramp_start,
+                ramp_steps,
+            } => {
+                let share = if step < *ramp_start {
+                    0.0
+                } else if *ramp_steps == 0 {
                     0.5
                 } else {
-                    0.5 * (step as f64 / *ramp_steps as f64).min(1.0)
+                    0.5 * ((step - ramp_start) as f64 / *ramp_steps as f64).min(1.0)
                 };
                 Ok(scene_batch(*seed, step, n, share))
             }
