@@ -423,6 +423,20 @@ fn fit(image: &RgbImage, side: u32) -> RgbImage {
     }
 }
 
+/// Embeds `input` with the loaded model's perspectives and soft prompts and ranks the
+/// gallery by its fusion.
+fn rank(
+    loaded: &Loaded,
+    gallery: &GalleryEmbeddings,
+    input: &EmbedInput,
+    options: &SearchOptions,
+) -> Result<Vec<Hit>, JobError> {
+    let q = embed_unit_soft(&*loaded.backbone, input, &loaded.perspectives, &loaded.soft)
+        .map_err(msg)?;
+    let scorer = FusedScorer::new(PatternConfig::default(), &loaded.fusion).map_err(msg)?;
+    search(&q, gallery, &scorer, options).map_err(msg)
+}
+
 impl Worker {
     /// Runs one job; false when the UI has gone away.
     fn run(&mut self, job: Job) -> bool {
@@ -592,25 +606,16 @@ impl Worker {
         let loaded = self.loaded()?;
         let gallery = self.gallery()?;
         let input = query_input(&query)?;
-        let q = embed_unit_soft(
-            &*loaded.backbone,
-            &input,
-            &loaded.perspectives,
-            &loaded.soft,
-        )
-        .map_err(msg)?;
-        let scorer = FusedScorer::new(PatternConfig::default(), &loaded.fusion).map_err(msg)?;
-        let hits = search(
-            &q,
+        let hits = rank(
+            loaded,
             gallery,
-            &scorer,
+            &input,
             &SearchOptions {
                 top_k,
                 first_stage,
                 first_stage_on,
             },
-        )
-        .map_err(msg)?;
+        )?;
         let mut items = Vec::with_capacity(hits.len());
         for (n, hit) in hits.into_iter().enumerate() {
             if self.cancel.load(Ordering::Relaxed) {
@@ -733,25 +738,17 @@ impl Worker {
         if query.trim().is_empty() {
             return Ok(None);
         }
-        let q = embed_unit_soft(
-            &*loaded.backbone,
-            &EmbedInput::text(query),
-            &loaded.perspectives,
-            &loaded.soft,
-        )
-        .map_err(msg)?;
-        let scorer = FusedScorer::new(PatternConfig::default(), &loaded.fusion).map_err(msg)?;
-        let hits = search(
-            &q,
+        let hits = rank(
+            loaded,
             gallery,
-            &scorer,
+            &EmbedInput::text(query),
             &SearchOptions {
                 top_k: 5,
-                first_stage: Some(1000),
+                // Exact up to 20,000 images, as the app's searches.
+                first_stage: Some(20_000),
                 first_stage_on: FirstStageOn::Global,
             },
-        )
-        .map_err(msg)?;
+        )?;
         Ok(Some(Ranking {
             after,
             query: query.to_owned(),
