@@ -44,24 +44,23 @@ fn cache_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// The app on the demo gallery of 48 scenes, with its own cache folder.
 fn harness(name: &str, picker: FixedPicker) -> Harness<'static, LensApp> {
-    let cache = cache_dir(name);
+    build(AppOptions {
+        picker: Box::new(picker),
+        cache_dir: Some(cache_dir(name)),
+        autostart: true,
+        demo_scenes: 48,
+        persist: false,
+        device: Default::default(),
+    })
+}
+
+fn build(options: AppOptions) -> Harness<'static, LensApp> {
     Harness::builder()
         .with_size(egui::vec2(1280.0, 820.0))
         .wgpu()
-        .build_eframe(move |cc| {
-            LensApp::new(
-                cc,
-                AppOptions {
-                    picker: Box::new(picker),
-                    cache_dir: Some(cache),
-                    autostart: true,
-                    demo_scenes: 48,
-                    persist: false,
-                    device: Default::default(),
-                },
-            )
-        })
+        .build_eframe(move |cc| LensApp::new(cc, options))
 }
 
 /// Steps the UI until `done` holds (the worker runs on its own thread meanwhile).
@@ -315,27 +314,17 @@ fn fine_tune_runs_a_few_steps() {
 #[test]
 fn a_hugging_face_folder_loads_indexes_and_explains() {
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3vl");
-    let cache = cache_dir("qwen");
-    let picker = FixedPicker {
-        folder: Some(fixtures.join("images")),
-        image: None,
-    };
-    let mut h = Harness::builder()
-        .with_size(egui::vec2(1280.0, 820.0))
-        .wgpu()
-        .build_eframe(move |cc| {
-            LensApp::new(
-                cc,
-                AppOptions {
-                    picker: Box::new(picker),
-                    cache_dir: Some(cache),
-                    autostart: false,
-                    demo_scenes: 0,
-                    persist: false,
-                    device: Default::default(),
-                },
-            )
-        });
+    let mut h = build(AppOptions {
+        picker: Box::new(FixedPicker {
+            folder: Some(fixtures.join("images")),
+            image: None,
+        }),
+        cache_dir: Some(cache_dir("qwen")),
+        autostart: false,
+        demo_scenes: 0,
+        persist: false,
+        device: Default::default(),
+    });
     // A folder that does not exist: the error names it, nothing else changes.
     h.state_mut().model_field = "tests/fixtures/no-such-model".into();
     h.get_by_label("Load").click();
@@ -382,26 +371,17 @@ fn a_hugging_face_folder_loads_indexes_and_explains() {
 
 #[test]
 fn a_device_that_is_not_built_in_is_reported_not_panicked_on() {
-    let cache = cache_dir("device");
-    let mut h = Harness::builder()
-        .with_size(egui::vec2(1000.0, 700.0))
-        .wgpu()
-        .build_eframe(move |cc| {
-            LensApp::new(
-                cc,
-                AppOptions {
-                    picker: Box::new(FixedPicker {
-                        folder: None,
-                        image: None,
-                    }),
-                    cache_dir: Some(cache),
-                    autostart: true,
-                    demo_scenes: 8,
-                    persist: false,
-                    device: agff_lens::model::DeviceChoice::Metal(0),
-                },
-            )
-        });
+    let mut h = build(AppOptions {
+        picker: Box::new(FixedPicker {
+            folder: None,
+            image: None,
+        }),
+        cache_dir: Some(cache_dir("device")),
+        autostart: true,
+        demo_scenes: 8,
+        persist: false,
+        device: agff_lens::model::DeviceChoice::Metal(0),
+    });
     step_until(&mut h, "both start-up jobs to end", |a| !a.busy());
     let app = h.state();
     assert!(app.model_name.is_none());

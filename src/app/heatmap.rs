@@ -18,8 +18,8 @@ pub struct OverlayData {
     pub version: u64,
     pub width: u32,
     pub height: u32,
-    /// RGBA8, `width × height`.
-    pub rgba: Vec<u8>,
+    /// RGBA8, `width × height` (shared by the overlays of one image).
+    pub rgba: Arc<Vec<u8>>,
     pub rows: u32,
     pub cols: u32,
     /// Row-major raw grid values (normalised min–max in the shader).
@@ -187,19 +187,15 @@ impl OverlayRenderer {
                 &bytes[..(w.max(1) * h.max(1) * bpp) as usize],
             )
         };
+        // A malformed picture or grid draws as one blank texel rather than failing.
         let blank = [0u8; 4];
-        let image_bytes: &[u8] = if data.rgba.len() >= (data.width * data.height * 4) as usize
-            && data.width > 0
+        let image_ok = data.width > 0
             && data.height > 0
-        {
-            &data.rgba
+            && data.rgba.len() >= (data.width * data.height * 4) as usize;
+        let (iw, ih, image_bytes): (u32, u32, &[u8]) = if image_ok {
+            (data.width, data.height, &data.rgba)
         } else {
-            &blank
-        };
-        let (iw, ih) = if std::ptr::eq(image_bytes, &blank[..]) {
-            (1, 1)
-        } else {
-            (data.width, data.height)
+            (1, 1, &blank)
         };
         let image = texture(
             "agff heatmap image",
@@ -210,15 +206,10 @@ impl OverlayRenderer {
             4,
         );
         let cells = (data.rows * data.cols) as usize;
-        let grid_values: Vec<f32> = if cells > 0 && data.grid.len() >= cells {
-            data.grid[..cells].to_vec()
+        let (gr, gc, grid_values): (u32, u32, &[f32]) = if cells > 0 && data.grid.len() >= cells {
+            (data.rows, data.cols, &data.grid[..cells])
         } else {
-            vec![0.0]
-        };
-        let (gr, gc) = if cells > 0 && data.grid.len() >= cells {
-            (data.rows, data.cols)
-        } else {
-            (1, 1)
+            (1, 1, &[0.0])
         };
         let grid_bytes: Vec<u8> = grid_values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let grid = texture(

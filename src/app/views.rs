@@ -65,12 +65,14 @@ impl InspectorView {
             .runner_up
             .as_ref()
             .map(|(_, _, p, _)| texture(ctx, "inspector-runner-up", p));
-        let rgba: Vec<u8> = result
-            .image
-            .rgb
-            .chunks_exact(3)
-            .flat_map(|c| [c[0], c[1], c[2], 255])
-            .collect();
+        let rgba: Arc<Vec<u8>> = Arc::new(
+            result
+                .image
+                .rgb
+                .chunks_exact(3)
+                .flat_map(|c| [c[0], c[1], c[2], 255])
+                .collect(),
+        );
         let overlays = all_maps(&result)
             .into_iter()
             .enumerate()

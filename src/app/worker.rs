@@ -715,10 +715,7 @@ impl Worker {
             .model
             .as_mut()
             .ok_or_else(|| msg("no model is loaded yet"))?;
-        if set.k() != model.perspectives.k() {
-            // θ has one logit a pattern whatever K is; the fusion stays valid.
-            tracing::info!("K changes from {} to {}", model.perspectives.k(), set.k());
-        }
+        // θ has one logit a pattern whatever K is, so the fusion stays valid.
         model.perspectives = set.clone();
         // Tuned soft prompts belong to the old set.
         model.soft.clear();
@@ -821,13 +818,7 @@ impl Worker {
         );
         // The trained fusion and soft prompts take effect for the "after" ranking.
         if let Err(e) = self.apply_fine_tune(&out_dir) {
-            return Err(msg(format!(
-                "{message}, but applying it failed: {}",
-                match e {
-                    JobError::Message(m) => m,
-                    JobError::Cancelled => "cancelled".into(),
-                }
-            )));
+            return Err(msg(format!("{message}, but applying it failed: {e}")));
         }
         if let Some(r) = self.ranking(&heldout, true)? {
             self.out.send(Event::Ranking(Box::new(r)));
