@@ -309,6 +309,29 @@ fn fine_tune_runs_a_few_steps() {
         assert!(target.join(f).is_file(), "{f} saved");
     }
     snapshot(&mut h, "app_fine_tune");
+
+    // A word the demo model does not know is reported, and the search still runs.
+    {
+        let app = h.state_mut();
+        app.tab = Tab::Search;
+        app.query_image = None;
+        app.query_text = "a red zebra".into();
+        app.search();
+    }
+    step_until(&mut h, "the zebra search", |a| {
+        !a.busy()
+            && a.results
+                .as_ref()
+                .is_some_and(|r| r.results.unknown_words == ["zebra"])
+    });
+    assert!(
+        h.state()
+            .log
+            .iter()
+            .any(|l| l.error && l.text.contains("does not know these words: zebra")),
+        "{:?}",
+        h.state().log
+    );
 }
 
 #[test]

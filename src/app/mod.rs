@@ -473,6 +473,12 @@ impl LensApp {
     }
 
     fn show_results(&mut self, ctx: &egui::Context, results: SearchResults) {
+        if !results.unknown_words.is_empty() {
+            self.error(format!(
+                "the model does not know these words: {} (they are read as unknown)",
+                results.unknown_words.join(", ")
+            ));
+        }
         self.info(format!(
             "{}: {} results in {:.0} ms",
             results.query.label(),

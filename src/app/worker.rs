@@ -152,6 +152,8 @@ pub struct SearchResults {
     pub query: Query,
     pub items: Vec<ResultItem>,
     pub perspective_names: Vec<String>,
+    /// Words of a text query the model does not know (read as its unknown token).
+    pub unknown_words: Vec<String>,
     pub seconds: f64,
 }
 
@@ -631,8 +633,13 @@ impl Worker {
                 self.out.progress("search", n + 1, top_k, "thumbnails");
             }
         }
+        let unknown_words = match &query {
+            Query::Text(t) => loaded.backbone.unknown_words(t),
+            Query::Image(_) => Vec::new(),
+        };
         let results = SearchResults {
             query,
+            unknown_words,
             items,
             perspective_names: loaded
                 .perspectives
