@@ -216,6 +216,26 @@ fn pmmvp_export_scores_like_the_generated_benchmark() {
         patterns.keys().collect::<Vec<_>>()
     );
     assert_eq!(exported["pairs_per_pattern"]["text"], 2);
+    // The separation diagnostic: a mean cosine per pattern for the two images and the two
+    // statements. The statements are the same strings in both runs, so their cosines
+    // agree; the JPEG images only nearly.
+    for name in patterns.keys() {
+        let g = &generated["separation"][name];
+        let e = &exported["separation"][name];
+        let (gi, gs) = (
+            g["images"].as_f64().unwrap(),
+            g["statements"].as_f64().unwrap(),
+        );
+        let (ei, es) = (
+            e["images"].as_f64().unwrap(),
+            e["statements"].as_f64().unwrap(),
+        );
+        for v in [gi, gs, ei, es] {
+            assert!((-1.0..=1.0 + 1e-5).contains(&v), "{name}: cosine {v}");
+        }
+        assert!((gs - es).abs() < 1e-5, "{name}: statements {gs} vs {es}");
+        assert!((gi - ei).abs() < 0.05, "{name}: images {gi} vs {ei}");
+    }
     let _ = std::fs::remove_dir_all(&out);
 }
 

@@ -213,19 +213,28 @@ fn pmmvp(args: &PmmvpArgs) -> anyhow::Result<()> {
 fn print_report(model: &str, r: &PairReport) {
     println!("{model}: pair accuracy (%)");
     println!(
-        "  {:<12} {:>6} {:>6} {:>6} {:>6} {:>6}",
-        "pattern", "fused", "GG", "FG", "GF", "FF"
+        "  {:<12} {:>6} {:>6} {:>6} {:>6} {:>6}   {:>7} {:>7}",
+        "pattern", "fused", "GG", "FG", "GF", "FF", "cos img", "cos txt"
     );
     let rows = MmvpPattern::ALL
         .iter()
         .filter_map(|p| r.patterns.get(p.name()).map(|v| (p.name(), v)))
         .chain(std::iter::once(("average", &r.average)));
     for (name, s) in rows {
+        let cosines = r
+            .separation
+            .get(name)
+            .map(|c| format!("   {:>7.4} {:>7.4}", c.images, c.statements))
+            .unwrap_or_default();
         println!(
-            "  {:<12} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1}",
+            "  {:<12} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1}{cosines}",
             name, s.fused, s.gg, s.fg, s.gf, s.ff
         );
     }
+    println!(
+        "  (cos img / cos txt: mean cosine of a pair's two images / two statements, global \
+         view; near 1, the model does not tell them apart)"
+    );
 }
 
 fn print_markdown(reports: &[ModelReport]) {

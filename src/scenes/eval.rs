@@ -41,6 +41,55 @@ pub struct PairReport {
     pub patterns: BTreeMap<String, MethodScores>,
     pub average: MethodScores,
     pub pairs_per_pattern: BTreeMap<String, usize>,
+    /// Per pattern, how alike the model finds the two sides of a pair: why a pattern
+    /// fails. Near 1 for the images, the model cannot see the difference; near 1 for the
+    /// statements, it cannot read it.
+    pub separation: BTreeMap<String, PairSeparation>,
+}
+
+/// Mean cosine of a pattern's pairs, global view: image A with image B, and statement A
+/// with statement B.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PairSeparation {
+    pub images: f64,
+    pub statements: f64,
+}
+
+/// Running sums for [`PairSeparation`].
+#[derive(Debug, Clone, Copy, Default)]
+struct SeparationSum {
+    images: f64,
+    statements: f64,
+    pairs: usize,
+}
+
+impl SeparationSum {
+    fn add(&mut self, (images, statements): (f32, f32)) {
+        self.images += images as f64;
+        self.statements += statements as f64;
+        self.pairs += 1;
+    }
+
+    fn mean(&self) -> Option<PairSeparation> {
+        (self.pairs > 0).then(|| PairSeparation {
+            images: self.images / self.pairs as f64,
+            statements: self.statements / self.pairs as f64,
+        })
+    }
+}
+
+/// Cosine of rows 0 and 1 of a pair's global embeddings (already unit).
+fn global_cosine(e: &PerspectiveEmbeddings) -> Result<f32, ScenesError> {
+    let g = e.global().map_err(eval_err)?;
+    let v = g
+        .to_dtype(DType::F32)
+        .map_err(eval_err)?
+        .to_vec2::<f32>()
+        .map_err(eval_err)?;
+    match v.as_slice() {
+        [a, b, ..] => Ok(a.iter().zip(b).map(|(x, y)| x * y).sum()),
+        _ => Err(ScenesError::Eval("a pair needs two embeddings".into())),
+    }
 }
 
 /// The five scoring methods: fused, then GG, FG, GF, FF.
@@ -89,12 +138,13 @@ impl<'a> Evaluator<'a> {
         self.scorer.score(queries, candidates).map_err(eval_err)
     }
 
-    /// Whether each method gets one pair right: statements × images.
+    /// Whether each method gets one pair right (statements × images), and the pair's
+    /// image and statement cosines (global view).
     fn pair_outcome(
         &self,
         images: [image::RgbImage; 2],
         statements: [&str; 2],
-    ) -> Result<[bool; METHODS], ScenesError> {
+    ) -> Result<([bool; METHODS], (f32, f32)), ScenesError> {
         let [ia, ib] = images;
         let c = self.embed(&[EmbedInput::image(ia), EmbedInput::image(ib)])?;
         let q = self.embed(&[
@@ -112,7 +162,7 @@ impl<'a> Evaluator<'a> {
             };
             *slot = mmvp_pair_correct([[value(0, 0), value(0, 1)], [value(1, 0), value(1, 1)]]);
         }
-        Ok(out)
+        Ok((out, (global_cosine(&c)?, global_cosine(&q)?)))
     }
 
     /// P-MMVP: `pairs` generated pairs per pattern from `seed`.
@@ -123,22 +173,24 @@ impl<'a> Evaluator<'a> {
         mut progress: impl FnMut(usize, usize),
     ) -> Result<PairReport, ScenesError> {
         let mut tallies: Vec<MmvpTally> = (0..METHODS).map(|_| MmvpTally::new()).collect();
+        let mut separation = BTreeMap::<&str, SeparationSum>::new();
         let total = pairs * MmvpPattern::ALL.len();
         let mut done = 0;
         for pattern in MmvpPattern::ALL {
             for pair in pmmvp_pairs(pattern, pairs, seed) {
-                let outcome = self.pair_outcome(
+                let (outcome, cosines) = self.pair_outcome(
                     [pair.a.render(), pair.b.render()],
                     [&pair.statements[0], &pair.statements[1]],
                 )?;
                 for (t, ok) in tallies.iter_mut().zip(outcome) {
                     t.add(pattern, ok);
                 }
+                separation.entry(pattern.name()).or_default().add(cosines);
                 done += 1;
                 progress(done, total);
             }
         }
-        Ok(report(&tallies))
+        Ok(report(&tallies, &separation))
     }
 
     /// Scores a folder in the MMVP-VLM layout (the real benchmark or an export).
@@ -149,6 +201,7 @@ impl<'a> Evaluator<'a> {
     ) -> Result<PairReport, ScenesError> {
         let items = super::read_mmvp_dir(dir)?;
         let mut tallies: Vec<MmvpTally> = (0..METHODS).map(|_| MmvpTally::new()).collect();
+        let mut separation = BTreeMap::<&str, SeparationSum>::new();
         let total = items.len();
         for (n, item) in items.iter().enumerate() {
             let load = |p: &Path| {
@@ -157,7 +210,8 @@ impl<'a> Evaluator<'a> {
                     .map_err(|e| ScenesError::Eval(e.to_string()))
             };
             let images = [load(&item.images[0])?, load(&item.images[1])?];
-            let outcome = self.pair_outcome(images, [&item.statements[0], &item.statements[1]])?;
+            let (outcome, cosines) =
+                self.pair_outcome(images, [&item.statements[0], &item.statements[1]])?;
             let pattern = item.pattern.ok_or_else(|| {
                 ScenesError::Eval(format!(
                     "{}: unknown MMVP type {:?}",
@@ -168,9 +222,10 @@ impl<'a> Evaluator<'a> {
             for (t, ok) in tallies.iter_mut().zip(outcome) {
                 t.add(pattern, ok);
             }
+            separation.entry(pattern.name()).or_default().add(cosines);
             progress(n + 1, total);
         }
-        Ok(report(&tallies))
+        Ok(report(&tallies, &separation))
     }
 
     /// Text→image and image→text recall@1 (0–1) over `n` held-out scenes with their
@@ -221,8 +276,13 @@ fn eval_err(e: impl std::fmt::Display) -> ScenesError {
     ScenesError::Eval(e.to_string())
 }
 
-fn report(tallies: &[MmvpTally]) -> PairReport {
+fn report(tallies: &[MmvpTally], separation: &BTreeMap<&str, SeparationSum>) -> PairReport {
     let mut out = PairReport::default();
+    for (name, sum) in separation {
+        if let Some(mean) = sum.mean() {
+            out.separation.insert(name.to_string(), mean);
+        }
+    }
     let pick = |m: usize, f: &dyn Fn(&MmvpTally) -> Option<f64>| f(&tallies[m]).unwrap_or(0.0);
     for pattern in MmvpPattern::ALL {
         let n = tallies[0].pairs(pattern);
