@@ -380,22 +380,15 @@ mod tests {
     /// rounding grows with the magnitude, so an absolute bound fails on large values.
     fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
         let den = b.abs().unwrap().maximum(1f32).unwrap();
-        ((a - b).unwrap().abs().unwrap() / den)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
+        largest(&((a - b).unwrap().abs().unwrap() / den).unwrap())
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
+        largest(&(a - b).unwrap().abs().unwrap())
+    }
+
+    fn largest(t: &Tensor) -> f32 {
+        t.flatten_all()
             .unwrap()
             .max(0)
             .unwrap()
