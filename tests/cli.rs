@@ -429,6 +429,10 @@ fn pointing_reports_a_hit_rate_per_method() {
         assert_eq!(s["trials"], 4);
         let hits = s["hits"].as_u64().unwrap();
         assert!((s["hit_rate"].as_f64().unwrap() - hits as f64 / 4.0).abs() < 1e-12);
+        // The random-cell rate: the same scenes for every method, inside (0, 1).
+        let chance = s["chance"].as_f64().unwrap();
+        assert!(chance > 0.0 && chance < 1.0, "{chance}");
+        assert_eq!(s["chance"], v["methods"]["attribution"]["chance"]);
     }
 }
 

@@ -121,11 +121,12 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
                 pb.finish_and_clear();
                 if !args.common.json {
                     println!(
-                        "{:<12} hit rate {:.3} ({} of {})",
+                        "{:<12} hit rate {:.3} ({} of {}; a random cell: {:.3})",
                         method.name(),
                         s.hit_rate,
                         s.hits,
-                        s.trials
+                        s.trials,
+                        s.chance
                     );
                 }
                 methods.insert(method.name().into(), serde_json::to_value(s)?);

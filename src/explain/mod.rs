@@ -447,6 +447,26 @@ pub struct PointingScore {
     pub trials: usize,
     pub hits: usize,
     pub hit_rate: f64,
+    /// The hit rate a uniformly random cell would get on the same trials: the mean share
+    /// of the grid's cell centres inside the target box. What `hit_rate` beats.
+    pub chance: f64,
+}
+
+/// Whether `(x, y)` lies in `bbox = [x0, y0, x1, y1]` (edges included).
+fn in_box(x: f32, y: f32, bbox: [f32; 4]) -> bool {
+    let [x0, y0, x1, y1] = bbox;
+    x >= x0 && x <= x1 && y >= y0 && y <= y1
+}
+
+/// How many cell centres of a `rows × cols` grid over a `width × height` image lie in
+/// `bbox` (pixels).
+pub fn cells_in_box(rows: usize, cols: usize, width: u32, height: u32, bbox: [f32; 4]) -> usize {
+    let cx = |c: usize| (c as f32 + 0.5) * width as f32 / cols.max(1) as f32;
+    let cy = |r: usize| (r as f32 + 0.5) * height as f32 / rows.max(1) as f32;
+    (0..rows)
+        .flat_map(|r| (0..cols).map(move |c| (r, c)))
+        .filter(|&(r, c)| in_box(cx(c), cy(r), bbox))
+        .count()
 }
 
 /// The pointing game on generated scenes: for scenes with two or more objects, a text
@@ -463,6 +483,7 @@ pub fn pointing_game(
     use crate::scenes::{Scene, SceneRng};
     let mut rng = SceneRng::new(seed);
     let mut score = PointingScore::default();
+    let mut chance_sum = 0.0;
     let mut made = 0;
     let mut tries = 0;
     while made < scenes && tries < scenes * 50 {
@@ -489,16 +510,21 @@ pub fn pointing_game(
         let query = format!("a {} {}", target.colour.name(), target.shape.name());
         let image = scene.render();
         let ex = explainer.explain_fused(&EmbedInput::text(query), &image, method)?;
-        let (x, y) = ex.fused_map.peak_in_pixels(image.width(), image.height());
-        let [x0, y0, x1, y1] = target.bbox;
+        let map = &ex.fused_map;
+        let (w, h) = image.dimensions();
+        let (x, y) = map.peak_in_pixels(w, h);
         score.trials += 1;
-        if x >= x0 && x <= x1 && y >= y0 && y <= y1 {
+        if in_box(x, y, target.bbox) {
             score.hits += 1;
         }
+        let cells = (map.rows * map.cols).max(1);
+        chance_sum += cells_in_box(map.rows, map.cols, w, h, target.bbox) as f64 / cells as f64;
         made += 1;
         progress(made, scenes);
     }
-    score.hit_rate = score.hits as f64 / score.trials.max(1) as f64;
+    let trials = score.trials.max(1) as f64;
+    score.hit_rate = score.hits as f64 / trials;
+    score.chance = chance_sum / trials;
     Ok(score)
 }
 
@@ -513,6 +539,17 @@ mod tests {
             cols,
             values,
         }
+    }
+
+    #[test]
+    fn cells_in_a_box_count_their_centres() {
+        // 8×8 cells of 12 px over 96 px: centres at 6, 18, 30, …
+        assert_eq!(cells_in_box(8, 8, 96, 96, [0.0, 0.0, 24.0, 24.0]), 4);
+        assert_eq!(cells_in_box(8, 8, 96, 96, [7.0, 7.0, 17.0, 17.0]), 0);
+        assert_eq!(cells_in_box(8, 8, 96, 96, [6.0, 0.0, 6.0, 96.0]), 8);
+        assert_eq!(cells_in_box(8, 8, 96, 96, [0.0, 0.0, 96.0, 96.0]), 64);
+        // A non-square grid over a non-square image.
+        assert_eq!(cells_in_box(2, 4, 40, 20, [0.0, 0.0, 20.0, 20.0]), 4);
     }
 
     #[test]
