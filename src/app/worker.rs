@@ -678,24 +678,20 @@ impl Worker {
             loaded.fusion.clone(),
         );
         explainer.soft_prompts = loaded.soft.clone();
+        // The query is embedded once, for the maps and for the runner-up comparison.
+        let q = explainer.embed_query(&input).map_err(msg)?;
         let explanation = explainer
-            .explain(&input, &image, method)
+            .explain_embedded(&q, &image, method)
             .map_err(|e| msg(format!("{}: {e}", path.display())))?;
         let runner_up = match runner_up {
             Some(j) => {
                 let rpath = path_of(j)?;
                 let rimage = load_rgb(&rpath)?;
-                // Both candidates' vectors are in the gallery already: only the query is
-                // embedded again (a real model pays seconds per image on a CPU).
-                let q = explainer.embed_query(&input).map_err(msg)?;
+                // Both candidates' vectors are in the gallery already (a real model pays
+                // seconds per image on a CPU to embed them again).
                 let stored = |i: usize| -> Result<_, JobError> {
-                    let t = candle_core::Tensor::from_slice(
-                        gallery.item(i),
-                        (1, gallery.per_item, gallery.dim),
-                        &candle_core::Device::Cpu,
-                    )
-                    .and_then(|t| t.to_device(q.tensor().device()))
-                    .map_err(msg)?;
+                    let cpu = gallery.embeddings(&[i]).map_err(msg)?;
+                    let t = cpu.tensor().to_device(q.tensor().device()).map_err(msg)?;
                     crate::agff::PerspectiveEmbeddings::assume_unit(t).map_err(msg)
                 };
                 let a = explainer.breakdown(&q, &stored(target)?).map_err(msg)?;

@@ -250,6 +250,17 @@ impl<'a> Explainer<'a> {
         image: &RgbImage,
         method: Method,
     ) -> Result<Explanation, ExplainError> {
+        self.explain_embedded(&self.embed_query(query)?, image, method)
+    }
+
+    /// [`Explainer::explain`] for a query already embedded with [`Explainer::embed_query`]
+    /// (a caller that scores the same query against more candidates embeds it once).
+    pub fn explain_embedded(
+        &self,
+        query: &PerspectiveEmbeddings,
+        image: &RgbImage,
+        method: Method,
+    ) -> Result<Explanation, ExplainError> {
         self.explain_maps(query, image, method, false)
     }
 
@@ -262,17 +273,16 @@ impl<'a> Explainer<'a> {
         image: &RgbImage,
         method: Method,
     ) -> Result<Explanation, ExplainError> {
-        self.explain_maps(query, image, method, true)
+        self.explain_maps(&self.embed_query(query)?, image, method, true)
     }
 
     fn explain_maps(
         &self,
-        query: &EmbedInput,
+        q: &PerspectiveEmbeddings,
         image: &RgbImage,
         method: Method,
         fused_only: bool,
     ) -> Result<Explanation, ExplainError> {
-        let q = self.embed_query(query)?;
         let options = EmbedOptions {
             soft_prompts: self.soft_prompts.clone(),
             attention_layers: if method == Method::Attention {
@@ -290,7 +300,7 @@ impl<'a> Explainer<'a> {
         let visual = e.visual.clone().ok_or(ExplainError::NoVisualTokens)?;
         let (rows, cols) = visual.grid;
         let c = PerspectiveEmbeddings::from_raw(e.vectors.to_dtype(DType::F32)?.unsqueeze(0)?)?;
-        let scores = self.breakdown(&q, &PerspectiveEmbeddings::from_raw(c.tensor().detach())?)?;
+        let scores = self.breakdown(q, &PerspectiveEmbeddings::from_raw(c.tensor().detach())?)?;
         let names: Vec<String> = self
             .perspectives
             .perspectives
@@ -321,7 +331,7 @@ impl<'a> Explainer<'a> {
                         .to_vec1::<f32>()?)
                 };
                 let mut per = Vec::with_capacity(p);
-                let pats = pattern_similarities(&q, &c, &self.pattern_config)?.patterns;
+                let pats = pattern_similarities(q, &c, &self.pattern_config)?.patterns;
                 let mut pm = Vec::with_capacity(4);
                 for (i, name) in names.iter().enumerate().filter(|_| !fused_only) {
                     let s = (qt.i(i)? * ct.i(i)?)?.sum_all()?;

@@ -34,6 +34,21 @@ impl GalleryEmbeddings {
         let per = self.per_item * self.dim;
         &self.data[i * per..(i + 1) * per]
     }
+
+    /// The unit embeddings `[indices.len(), 1+K, d]` of the given items, on the CPU (they
+    /// were normalised when embedded, so no pass over them checks it again).
+    pub fn embeddings(&self, indices: &[usize]) -> Result<PerspectiveEmbeddings, IndexError> {
+        let mut flat = Vec::with_capacity(indices.len() * self.per_item * self.dim);
+        for &i in indices {
+            flat.extend_from_slice(self.item(i));
+        }
+        let t = Tensor::from_vec(
+            flat,
+            (indices.len(), self.per_item, self.dim),
+            &candle_core::Device::Cpu,
+        )?;
+        Ok(PerspectiveEmbeddings::assume_unit(t)?)
+    }
 }
 
 /// What an indexing run did.

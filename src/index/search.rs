@@ -145,21 +145,12 @@ pub fn search(
         return Ok(Vec::new());
     }
     let candidates = first_stage(query, gallery, options.first_stage, options.first_stage_on);
-    let mut flat = Vec::with_capacity(candidates.len() * p * d);
-    for &i in &candidates {
-        flat.extend_from_slice(gallery.item(i));
-    }
     let q = PerspectiveEmbeddings::from_raw(Tensor::from_vec(
         query.to_vec(),
         (1, p, d),
         &Device::Cpu,
     )?)?;
-    // Gallery vectors were normalised when embedded: skip a pass over them.
-    let c = PerspectiveEmbeddings::assume_unit(Tensor::from_vec(
-        flat,
-        (candidates.len(), p, d),
-        &Device::Cpu,
-    )?)?;
+    let c = gallery.embeddings(&candidates)?;
     let table = scorer.score(&q, &c)?;
     let row = table.row(0);
     let mut order: Vec<usize> = (0..row.len()).collect();
