@@ -111,7 +111,7 @@ impl Default for Settings {
             last_folder: None,
             top_k: 40,
             // Exact up to 20,000 images; the first stage only cuts larger galleries.
-            first_stage: 20_000,
+            first_stage: crate::index::DEFAULT_FIRST_STAGE,
             first_stage_matched: false,
             colormap: ColorMap::Inferno,
             opacity: 0.55,

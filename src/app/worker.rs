@@ -745,7 +745,7 @@ impl Worker {
             &SearchOptions {
                 top_k: 5,
                 // Exact up to 20,000 images, as the app's searches.
-                first_stage: Some(20_000),
+                first_stage: Some(crate::index::DEFAULT_FIRST_STAGE),
                 first_stage_on: FirstStageOn::Global,
             },
         )?;

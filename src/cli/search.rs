@@ -32,10 +32,11 @@ pub struct SearchArgs {
     /// Keep the best N by the first-stage similarity before the full AGFF re-ranking
     /// (0: off). The default ranks galleries of up to 20,000 images exactly (10,000 × 5 ×
     /// 2048 scores in about 0.15 s here); the first stage only cuts larger ones.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = crate::index::DEFAULT_FIRST_STAGE)]
     pub first_stage: usize,
-    /// What the first stage ranks by: `global` (<g_q, g_c>) or `matched` (the sum of
-    /// matched perspective similarities, (1+K)× the cost, closer to the fused score).
+    /// What the first stage ranks by: `global` (<g_q, g_c>) or `matched` (the best
+    /// matched perspective similarity max_p <q_p, c_p>, (1+K)× the cost, closer to the
+    /// fused score).
     #[arg(long, default_value = "global")]
     pub first_stage_on: FirstStageOn,
     /// A JSON perspective set (default: the model's own).

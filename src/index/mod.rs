@@ -15,7 +15,9 @@ pub use embed::{
 pub use gallery::{
     Gallery, GalleryItem, IMAGE_EXTENSIONS, MAX_FILE_BYTES, Skipped, scan_gallery, thumbnail,
 };
-pub use search::{FirstStageOn, Hit, SearchOptions, first_stage, first_stage_recall, search};
+pub use search::{
+    DEFAULT_FIRST_STAGE, FirstStageOn, Hit, SearchOptions, first_stage, first_stage_recall, search,
+};
 
 /// What can go wrong indexing or searching.
 #[derive(Debug, thiserror::Error)]
