@@ -448,25 +448,28 @@ fn search_json_ranks_a_scene_folder_and_lists_skipped_files() {
             .success()
     );
     std::fs::write(scenes.join("broken.png"), b"not a png").unwrap();
-    let o = agff_lens()
-        .args([
-            "search",
-            "--model",
-            "demo",
-            "--gallery",
-            scenes.to_str().unwrap(),
-            "--query",
-            "a blue square",
-            "--top",
-            "3",
-            "--cache",
-            cache.to_str().unwrap(),
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // `search … --json` over the scenes for "a blue square", with `extra` options.
+    let search = |extra: &[&str]| -> serde_json::Value {
+        let o = agff_lens()
+            .args([
+                "search",
+                "--model",
+                "demo",
+                "--gallery",
+                scenes.to_str().unwrap(),
+                "--query",
+                "a blue square",
+                "--cache",
+                cache.to_str().unwrap(),
+                "--json",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let v = search(&["--top", "3"]);
     let results = v["results"].as_array().unwrap();
     assert_eq!(results.len(), 3);
     let scores: Vec<f64> = results
@@ -491,25 +494,7 @@ fn search_json_ranks_a_scene_folder_and_lists_skipped_files() {
             .any(|s| s["path"].as_str().unwrap().ends_with("broken.png"))
     );
     // A first stage that keeps 2 of 6 reports how much of the exact top 10 it kept.
-    let o = agff_lens()
-        .args([
-            "search",
-            "--model",
-            "demo",
-            "--gallery",
-            scenes.to_str().unwrap(),
-            "--query",
-            "a blue square",
-            "--first-stage",
-            "2",
-            "--cache",
-            cache.to_str().unwrap(),
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = search(&["--first-stage", "2"]);
     assert_eq!(v["first_stage"]["keep"], 2);
     // The exact top 10 of 6 images is all 6; 2 were kept.
     let kept = v["first_stage"]["top10_kept"].as_f64().unwrap();
