@@ -2,6 +2,7 @@
 //! model implementations.
 
 pub mod backbone;
+pub mod cpu;
 pub mod demo;
 pub mod device;
 pub mod error;

@@ -5,6 +5,8 @@
 use candle_core::{D, DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
+use super::cpu::{gelu_tanh_scalar, multiversion, silu_scalar, swiglu_rows};
+
 fn tracked(xs: &[&Tensor]) -> bool {
     xs.iter().any(|x| x.track_op())
 }
@@ -73,13 +75,14 @@ fn map_f32(
     }
 }
 
-/// Softmax of one row, in place.
-#[inline]
-fn softmax_row(row: &mut [f32]) {
-    let max = lane_reduce(row, f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
-    row.iter_mut().for_each(|v| *v = fast_exp(*v - max));
-    let inv = 1.0 / lane_reduce(row, 0.0, |a, b| a + b);
-    row.iter_mut().for_each(|v| *v *= inv);
+multiversion! {
+    /// Softmax of one row, in place.
+    pub(crate) fn softmax_row(row: &mut [f32]) {
+        let max = lane_reduce(row, f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
+        row.iter_mut().for_each(|v| *v = fast_exp(*v - max));
+        let inv = 1.0 / lane_reduce(row, 0.0, |a, b| a + b);
+        row.iter_mut().for_each(|v| *v *= inv);
+    }
 }
 
 /// Softmax of each `n`-long row of `data`, in place.
@@ -89,84 +92,6 @@ fn softmax_rows(data: &mut [f32], n: usize) {
     }
     data.par_chunks_mut(n * (CHUNK / n).max(1))
         .for_each(|rows| rows.chunks_mut(n).for_each(softmax_row));
-}
-
-/// Full (non-causal) softmax attention, `softmax(q·kᵀ·scale)·v`, for `q`, `k`, `v` of shape
-/// `[heads, n, d]` on the CPU in f32 without gradients; `None` otherwise (use the tensor
-/// ops). Heads run in parallel, each computing its scores, softmax and output on one core,
-/// so a head's `n×n` scores stay in cache instead of streaming through memory three times.
-pub fn attention_heads(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
-    let (Some(qd), Some(kd), Some(vd)) = (cpu_f32(q), cpu_f32(k), cpu_f32(v)) else {
-        return Ok(None);
-    };
-    let (heads, n, d) = q.dims3()?;
-    if k.dims3()? != (heads, n, d) || v.dims3()? != (heads, n, d) || n == 0 || d == 0 {
-        return Ok(None);
-    }
-    let mut out = vec![0f32; heads * n * d];
-    let scale = scale as f32;
-    let size = n * d;
-    out.par_chunks_mut(size).enumerate().for_each_init(
-        || vec![0f32; n * n],
-        |scores, (h, o)| {
-            let qh = &qd[h * size..(h + 1) * size];
-            let kh = &kd[h * size..(h + 1) * size];
-            let vh = &vd[h * size..(h + 1) * size];
-            // SAFETY: every pointer covers the row-major matrix its sizes and strides
-            // describe (q_h, k_h, v_h and o are [n, d], scores is [n, n]), and the
-            // destinations alias no source.
-            unsafe {
-                // scores = scale · q_h · k_hᵀ, kᵀ read through strides: (row c, col j) = k[j, c].
-                gemm::gemm(
-                    n,
-                    n,
-                    d,
-                    scores.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    qh.as_ptr(),
-                    1,
-                    d as isize,
-                    kh.as_ptr(),
-                    d as isize,
-                    1,
-                    0.0,
-                    scale,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-            scores.chunks_mut(n).for_each(softmax_row);
-            unsafe {
-                // o = scores · v_h
-                gemm::gemm(
-                    n,
-                    d,
-                    n,
-                    o.as_mut_ptr(),
-                    1,
-                    d as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    n as isize,
-                    vh.as_ptr(),
-                    1,
-                    d as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-        },
-    );
-    Ok(Some(Tensor::from_vec(out, (heads, n, d), &Device::Cpu)?))
 }
 
 /// Softmax over the last axis.
@@ -231,15 +156,6 @@ pub fn softmax_last_owned(x: Tensor) -> Result<Tensor> {
     }
 }
 
-fn gelu_tanh_scalar(v: f32) -> f32 {
-    const K: f32 = 0.797_884_6; // √(2/π)
-    v / (1.0 + fast_exp(-2.0 * K * (v + 0.044_715 * v * v * v)))
-}
-
-fn silu_scalar(v: f32) -> f32 {
-    v / (1.0 + fast_exp(-v))
-}
-
 /// `silu(a)·b` where `x = [a | b]` along the last axis (the stacked gate and up
 /// projections of a SwiGLU MLP).
 pub fn swiglu(x: &Tensor) -> Result<Tensor> {
@@ -248,16 +164,7 @@ pub fn swiglu(x: &Tensor) -> Result<Tensor> {
     if let Some(data) = cpu_f32(x) {
         let rows = data.len() / width.max(1);
         let mut out = vec![0f32; rows * half];
-        out.par_chunks_mut(half * (CHUNK / half.max(1)).max(1))
-            .zip(data.par_chunks(width * (CHUNK / half.max(1)).max(1)))
-            .for_each(|(o, src)| {
-                for (orow, srow) in o.chunks_mut(half).zip(src.chunks(width)) {
-                    let (g, u) = srow.split_at(half);
-                    for ((o, &g), &u) in orow.iter_mut().zip(g).zip(u) {
-                        *o = silu_scalar(g) * u;
-                    }
-                }
-            });
+        swiglu_rows(&data, half, &mut out);
         let mut dims = x.dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = half;
@@ -439,30 +346,6 @@ mod tests {
             .to_vec1()
             .unwrap();
         assert!(p[1] < 1e-30 && (p[0] + p[2] - 1.0).abs() < 1e-6);
-    }
-
-    #[test]
-    fn per_head_attention_matches_tensor_ops() {
-        let (h, n, d) = (3, 37, 16);
-        let q = normal(0.0, 1.0, &[h, n, d], 1);
-        let k = normal(0.0, 1.0, &[h, n, d], 2);
-        let v = normal(0.0, 1.0, &[h, n, d], 3);
-        let scale = 0.25;
-        let want = candle_nn::ops::softmax_last_dim(
-            &(q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap(),
-        )
-        .unwrap()
-        .matmul(&v)
-        .unwrap();
-        let got = attention_heads(&q, &k, &v, scale).unwrap().unwrap();
-        assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
-        // A tracked input takes the differentiable path instead.
-        let qv = Var::from_tensor(&q).unwrap();
-        assert!(
-            attention_heads(qv.as_tensor(), &k, &v, scale)
-                .unwrap()
-                .is_none()
-        );
     }
 
     #[test]

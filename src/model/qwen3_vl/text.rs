@@ -5,6 +5,7 @@
 use candle_core::{DType, Tensor};
 
 use super::config::TextConfig;
+use crate::model::cpu::{self, f32_view};
 use crate::model::error::Result;
 use crate::model::ops::{linear, rms_norm, softmax_last_owned, swiglu};
 use crate::model::weights::Weights;
@@ -198,6 +199,13 @@ impl TextModel {
             Some(m) => m.clone(),
             None => causal_mask(s, past_len, embeds.device())?,
         };
+        if past.is_none()
+            && options.capture_attention.is_empty()
+            && !options.keep_layer_outputs
+            && let Some(out) = self.run_cpu(embeds, cos, sin, &mask, injection)?
+        {
+            return Ok(out);
+        }
         let mut x = embeds.clone();
         let mut cache = Vec::with_capacity(self.layers.len());
         let mut attentions = Vec::new();
@@ -230,6 +238,141 @@ impl TextModel {
             attentions,
             layer_outputs,
         })
+    }
+
+    /// [`Self::run`] for one sequence without a cache, attention capture or layer
+    /// outputs, on the CPU in f32 (`None` otherwise, or for a tracked input): the same
+    /// computation with the activations kept in one buffer that each layer updates in
+    /// place (residuals folded into the GEMMs' destinations, the q/k norms and RoPE
+    /// applied while q, k and v are split into heads, attention written straight into the
+    /// layout the output projection reads).
+    fn run_cpu(
+        &self,
+        embeds: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        injection: Option<&Injection<'_>>,
+    ) -> Result<Option<TextOutput>> {
+        let c = &self.config;
+        let (b, s, h) = embeds.dims3()?;
+        let (nh, nkv, hd, inter) = (
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim,
+            c.intermediate_size,
+        );
+        if b != 1 || mask.dims() != [s, s] || cos.dims() != [s, hd] || sin.dims() != [s, hd] {
+            return Ok(None);
+        }
+        let (Some(x_view), Some(cos), Some(sin), Some(mask)) = (
+            f32_view(embeds),
+            f32_view(cos),
+            f32_view(sin),
+            f32_view(mask),
+        ) else {
+            return Ok(None);
+        };
+        let mut features = Vec::new();
+        if let Some(inj) = injection {
+            for f in inj.features {
+                let (n, fh) = f.dims2()?;
+                match f32_view(f) {
+                    Some(view) if fh == h && inj.start + n <= s => features.push(view),
+                    _ => return Ok(None),
+                }
+            }
+        }
+        let mut x = x_view.to_vec();
+        drop(x_view);
+        let device = embeds.device();
+        let eps = c.rms_norm_eps as f32;
+        let (qw, kvw) = (nh * hd, nkv * hd);
+        let mut y = vec![0f32; s * h];
+        let mut qkv = vec![0f32; s * (qw + 2 * kvw)];
+        let (mut q, mut attn) = (vec![0f32; s * qw], vec![0f32; s * qw]);
+        let (mut k, mut v) = (vec![0f32; s * kvw], vec![0f32; s * kvw]);
+        let mut gate_up = vec![0f32; s * 2 * inter];
+        let mut act = vec![0f32; s * inter];
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut cache = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let a = &layer.attn;
+            let views = (
+                f32_view(&layer.input_norm),
+                f32_view(&a.qkv_proj.0),
+                f32_view(&a.o_proj.0),
+                f32_view(&a.q_norm),
+                f32_view(&a.k_norm),
+                f32_view(&layer.post_norm),
+                f32_view(&layer.gate_up),
+                f32_view(&layer.down),
+            );
+            let (
+                Some(in_norm),
+                Some(qkv_w),
+                Some(o_w),
+                Some(q_norm),
+                Some(k_norm),
+                Some(post_norm),
+                Some(gate_up_w),
+                Some(down_w),
+            ) = views
+            else {
+                return Ok(None);
+            };
+            let qkv_b = a.qkv_proj.1.as_ref().map(f32_view);
+            let o_b = a.o_proj.1.as_ref().map(f32_view);
+            if matches!(qkv_b, Some(None)) || matches!(o_b, Some(None)) {
+                return Ok(None);
+            }
+            cpu::rms_norm_rows(&x, &in_norm, eps, &mut y);
+            if let Some(Some(bias)) = &qkv_b {
+                cpu::fill_rows(&mut qkv, bias);
+            }
+            cpu::matmul_wt(&y, &qkv_w, h, &mut qkv, qkv_b.is_some());
+            let split = cpu::HeadSplit {
+                q_heads: nh,
+                kv_heads: nkv,
+                head_dim: hd,
+                qk_norm: Some((&q_norm, &k_norm, eps)),
+                rope: (&cos, &sin),
+            };
+            cpu::split_heads(&qkv, &split, [&mut q, &mut k, &mut v]);
+            cpu::attention_heads_into(&q, &k, &v, (nh, nkv), hd, scale, Some(&mask), &mut attn);
+            if let Some(Some(bias)) = &o_b {
+                cpu::add_rows(&mut x, bias);
+            }
+            cpu::matmul_wt(&attn, &o_w, qw, &mut x, true);
+            cpu::rms_norm_rows(&x, &post_norm, eps, &mut y);
+            cpu::matmul_wt(&y, &gate_up_w, h, &mut gate_up, false);
+            cpu::swiglu_rows(&gate_up, inter, &mut act);
+            cpu::matmul_wt(&act, &down_w, inter, &mut x, true);
+            if let (Some(inj), Some(feat)) = (injection, features.get(i)) {
+                x[inj.start * h..][..feat.len()]
+                    .iter_mut()
+                    .zip(feat.iter())
+                    .for_each(|(x, &f)| *x += f);
+            }
+            cache.push((
+                Tensor::from_slice(&k, (1, nkv, s, hd), device)?,
+                Tensor::from_slice(&v, (1, nkv, s, hd), device)?,
+            ));
+        }
+        let norm = f32_view(&self.norm);
+        let Some(norm) = norm else {
+            return Ok(None);
+        };
+        cpu::rms_norm_rows(&x, &norm, eps, &mut y);
+        Ok(Some(TextOutput {
+            hidden: Tensor::from_vec(y, (1, s, h), device)?,
+            cache: KvCache {
+                layers: cache,
+                len: s,
+            },
+            attentions: Vec::new(),
+            layer_outputs: Vec::new(),
+        }))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -344,4 +487,121 @@ fn add_at(x: &Tensor, feature: &Tensor, start: usize) -> Result<Tensor> {
         .unsqueeze(0)?
         .broadcast_as((b, l, h))?;
     Ok((x + padded)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use candle_core::{DType, Device, Tensor};
+
+    use super::*;
+    use crate::model::qwen3_vl::Qwen3VlConfig;
+    use crate::model::qwen3_vl::rope::TextRope;
+
+    /// Fixed pseudo-random values in [-1, 1) (an LCG), so failures reproduce.
+    fn values(shape: &[usize], seed: u64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    fn tiny(name: &str) -> (Qwen3VlConfig, TextModel) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/qwen3vl")
+            .join(name);
+        let config = Qwen3VlConfig::from_file(&dir.join("config.json")).unwrap();
+        let weights = Weights::open(&dir, DType::F32, &Device::Cpu).unwrap();
+        let text = TextModel::load(&weights, &config.text, "model.language_model").unwrap();
+        (config, text)
+    }
+
+    /// The in-place CPU layers compute what the tensor layers compute: final hidden
+    /// states and the keys and values they keep, with a packed-branch mask, DeepStack
+    /// injections, and (added here, as no fixture has them) projection biases.
+    #[test]
+    fn cpu_layers_match_the_tensor_layers() {
+        for name in ["tiny-a", "tiny-b"] {
+            let (config, mut text) = tiny(name);
+            let c = &config.text;
+            let (s, h) = (13, c.hidden_size);
+            let embeds = values(&[1, s, h], 1);
+            let pos: Vec<i64> = (0..s as i64).collect();
+            let (cos, sin) = TextRope::new(c)
+                .cos_sin(&[pos.clone(), pos.clone(), pos], DType::F32, &Device::Cpu)
+                .unwrap();
+            // A prefix of 7 and two branches of 3, as the packed perspectives run.
+            let mut m = vec![f32::NEG_INFINITY; s * s];
+            for q in 0..s {
+                let own = if q < 7 {
+                    0
+                } else if q < 10 {
+                    7
+                } else {
+                    10
+                };
+                m[q * s..q * s + 7.min(q + 1)].fill(0.0);
+                m[q * s + own..q * s + q + 1].fill(0.0);
+            }
+            let mask = Tensor::from_vec(m, (s, s), &Device::Cpu).unwrap();
+            let features: Vec<Tensor> = (0..2).map(|i| values(&[4, h], 10 + i)).collect();
+            let injection = Injection {
+                start: 2,
+                features: &features,
+            };
+            for with_bias in [false, true] {
+                if with_bias {
+                    for (i, layer) in text.layers.iter_mut().enumerate() {
+                        let width = layer.attn.qkv_proj.0.dim(0).unwrap();
+                        layer.attn.qkv_proj.1 = Some(values(&[width], 20 + i as u64));
+                        layer.attn.o_proj.1 = Some(values(&[h], 40 + i as u64));
+                    }
+                }
+                let fast = text
+                    .run_cpu(&embeds, &cos, &sin, &mask, Some(&injection))
+                    .unwrap()
+                    .expect("f32 on the CPU takes the in-place path");
+                // Asking for the layer outputs keeps `run` on the tensor layers.
+                let options = RunOptions {
+                    keep_layer_outputs: true,
+                    mask: Some(&mask),
+                    ..RunOptions::default()
+                };
+                let reference = text
+                    .run(&embeds, &cos, &sin, None, Some(&injection), &options)
+                    .unwrap();
+                let d = max_diff(&fast.hidden, &reference.hidden);
+                assert!(
+                    d < 1e-4,
+                    "{name}, bias {with_bias}: hidden states off by {d}"
+                );
+                assert_eq!(fast.cache.len, reference.cache.len);
+                for ((fk, fv), (rk, rv)) in fast.cache.layers.iter().zip(&reference.cache.layers) {
+                    assert!(max_diff(fk, rk) < 1e-4 && max_diff(fv, rv) < 1e-4, "{name}");
+                }
+            }
+        }
+    }
 }

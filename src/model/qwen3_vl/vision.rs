@@ -5,10 +5,10 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::VisionConfig;
 use super::preprocess::PreparedImage;
+use crate::model::cpu::{self, f32_view};
 use crate::model::error::{ModelError, Result};
 use crate::model::ops::{
-    attention_heads, gelu_erf, gelu_tanh_owned, layer_norm, linear, rotate_half_rope,
-    softmax_last_owned,
+    gelu_erf, gelu_tanh_owned, layer_norm, linear, rotate_half_rope, softmax_last_owned,
 };
 use crate::model::weights::Weights;
 
@@ -277,6 +277,139 @@ impl VisionModel {
         Ok((angles.cos()?, angles.sin()?))
     }
 
+    /// The transformer blocks with tensor ops (any device and dtype): `x` `[patches, D]`,
+    /// rotary `cos`/`sin` `[patches, head_dim]`. Returns the output and the DeepStack
+    /// features.
+    fn blocks_tensor(
+        &self,
+        mut x: Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let c = &self.config;
+        let n = x.dim(0)?;
+        let (cos, sin) = (cos.unsqueeze(0)?, sin.unsqueeze(0)?);
+        let (nh, d) = (c.num_heads, c.hidden_size);
+        let hd = d / nh;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut deepstack = Vec::with_capacity(self.deepstack.len());
+        for (i, block) in self.blocks.iter().enumerate() {
+            let y = block.norm1.forward(&x)?;
+            let qkv = block
+                .qkv
+                .forward(&y)?
+                .reshape((n, 3, nh, hd))?
+                .permute((1, 2, 0, 3))?;
+            // [3, heads, patches, hd]; rotary always in f32.
+            let q = rotate_half_rope(&qkv.get(0)?.to_dtype(DType::F32)?, &cos, &sin)?
+                .to_dtype(self.dtype)?;
+            let k = rotate_half_rope(&qkv.get(1)?.to_dtype(DType::F32)?, &cos, &sin)?
+                .to_dtype(self.dtype)?;
+            let v = qkv.get(2)?.contiguous()?;
+            // Scaling q instead of the scores saves a pass over n² values.
+            let scores = (q * scale)?.contiguous()?.matmul(&k.t()?)?;
+            let probs = softmax_last_owned(scores.to_dtype(DType::F32)?)?.to_dtype(self.dtype)?;
+            let attn = probs.matmul(&v)?;
+            let attn = attn.transpose(0, 1)?.reshape((n, d))?;
+            x = (x + block.proj.forward(&attn)?)?;
+            let y = block.norm2.forward(&x)?;
+            x = (&x
+                + block
+                    .fc2
+                    .forward(&gelu_tanh_owned(block.fc1.forward(&y)?)?)?)?;
+            if let Some(j) = c.deepstack_visual_indexes.iter().position(|&k| k == i) {
+                deepstack.push(self.deepstack[j].forward(&x)?);
+            }
+        }
+        Ok((x, deepstack))
+    }
+
+    /// The transformer blocks on the CPU in f32 (`None` for another device or dtype, or
+    /// a tracked input): the same computation as [`Self::blocks_tensor`], with the
+    /// activations kept in one buffer that each block updates in place (biases and
+    /// residuals folded into the GEMMs' destinations, RoPE applied while q, k and v are
+    /// split into heads, attention written straight into the layout the output
+    /// projection reads).
+    fn blocks_cpu(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<Option<(Tensor, Vec<Tensor>)>> {
+        let c = &self.config;
+        let (Some(x_view), Some(cos), Some(sin)) = (f32_view(x), f32_view(cos), f32_view(sin))
+        else {
+            return Ok(None);
+        };
+        let (n, d) = x.dims2()?;
+        let (nh, inter) = (c.num_heads, c.intermediate_size);
+        let hd = d / nh;
+        let mut x_buf = x_view.to_vec();
+        drop(x_view);
+        let (mut y, mut attn) = (vec![0f32; n * d], vec![0f32; n * d]);
+        let (mut q, mut k, mut v) = (vec![0f32; n * d], vec![0f32; n * d], vec![0f32; n * d]);
+        let mut qkv = vec![0f32; n * 3 * d];
+        let mut hidden = vec![0f32; n * inter];
+        let scale = 1.0 / (hd as f32).sqrt();
+        let eps = LN_EPS as f32;
+        let split = cpu::HeadSplit {
+            q_heads: nh,
+            kv_heads: nh,
+            head_dim: hd,
+            qk_norm: None,
+            rope: (&cos, &sin),
+        };
+        let mut deepstack = Vec::with_capacity(self.deepstack.len());
+        for (i, block) in self.blocks.iter().enumerate() {
+            let views = (
+                f32_view(&block.norm1.w),
+                f32_view(&block.norm1.b),
+                f32_view(&block.qkv.w),
+                f32_view(&block.qkv.b),
+                f32_view(&block.proj.w),
+                f32_view(&block.proj.b),
+            );
+            let (Some(n1w), Some(n1b), Some(qkv_w), Some(qkv_b), Some(proj_w), Some(proj_b)) =
+                views
+            else {
+                return Ok(None);
+            };
+            let views = (
+                f32_view(&block.norm2.w),
+                f32_view(&block.norm2.b),
+                f32_view(&block.fc1.w),
+                f32_view(&block.fc1.b),
+                f32_view(&block.fc2.w),
+                f32_view(&block.fc2.b),
+            );
+            let (Some(n2w), Some(n2b), Some(fc1_w), Some(fc1_b), Some(fc2_w), Some(fc2_b)) = views
+            else {
+                return Ok(None);
+            };
+            cpu::layer_norm_rows(&x_buf, &n1w, &n1b, eps, &mut y);
+            cpu::fill_rows(&mut qkv, &qkv_b);
+            cpu::matmul_wt(&y, &qkv_w, d, &mut qkv, true);
+            cpu::split_heads(&qkv, &split, [&mut q, &mut k, &mut v]);
+            cpu::attention_heads_into(&q, &k, &v, (nh, nh), hd, scale, None, &mut attn);
+            cpu::add_rows(&mut x_buf, &proj_b);
+            cpu::matmul_wt(&attn, &proj_w, d, &mut x_buf, true);
+            cpu::layer_norm_rows(&x_buf, &n2w, &n2b, eps, &mut y);
+            cpu::fill_rows(&mut hidden, &fc1_b);
+            cpu::matmul_wt(&y, &fc1_w, d, &mut hidden, true);
+            cpu::gelu_tanh_inplace(&mut hidden);
+            cpu::add_rows(&mut x_buf, &fc2_b);
+            cpu::matmul_wt(&hidden, &fc2_w, inter, &mut x_buf, true);
+            if let Some(j) = c.deepstack_visual_indexes.iter().position(|&k| k == i) {
+                let xt = Tensor::from_slice(&x_buf, (n, d), x.device())?;
+                deepstack.push(self.deepstack[j].forward(&xt)?);
+            }
+        }
+        Ok(Some((
+            Tensor::from_vec(x_buf, (n, d), x.device())?,
+            deepstack,
+        )))
+    }
+
     /// Encodes one preprocessed image.
     pub fn forward(&self, image: &PreparedImage) -> Result<VisionOutput> {
         let c = &self.config;
@@ -299,49 +432,73 @@ impl VisionModel {
         let pixels =
             Tensor::from_slice(&image.pixel_values, (n, row_len), &device)?.to_dtype(self.dtype)?;
         let coords = self.patch_coordinates(gh, gw);
-        let mut x = (linear(&pixels, &self.patch_w, Some(&self.patch_b))?
+        let x = (linear(&pixels, &self.patch_w, Some(&self.patch_b))?
             + self.position_embedding(&coords, gh, gw, &device)?)?;
         let (cos, sin) = self.rotary(&coords, &device)?;
-        let (cos, sin) = (cos.unsqueeze(0)?, sin.unsqueeze(0)?);
-        let (nh, d) = (c.num_heads, c.hidden_size);
-        let hd = d / nh;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let mut deepstack = Vec::with_capacity(self.deepstack.len());
-        for (i, block) in self.blocks.iter().enumerate() {
-            let y = block.norm1.forward(&x)?;
-            let qkv = block
-                .qkv
-                .forward(&y)?
-                .reshape((n, 3, nh, hd))?
-                .permute((1, 2, 0, 3))?;
-            // [3, heads, patches, hd]; rotary always in f32.
-            let q = rotate_half_rope(&qkv.get(0)?.to_dtype(DType::F32)?, &cos, &sin)?
-                .to_dtype(self.dtype)?;
-            let k = rotate_half_rope(&qkv.get(1)?.to_dtype(DType::F32)?, &cos, &sin)?
-                .to_dtype(self.dtype)?;
-            let v = qkv.get(2)?.contiguous()?;
-            let attn = match attention_heads(&q, &k, &v, scale)? {
-                Some(o) => o,
-                None => {
-                    // Scaling q instead of the scores saves a pass over n² values.
-                    let scores = (q * scale)?.contiguous()?.matmul(&k.t()?)?;
-                    let probs =
-                        softmax_last_owned(scores.to_dtype(DType::F32)?)?.to_dtype(self.dtype)?;
-                    probs.matmul(&v)?
-                }
-            };
-            let attn = attn.transpose(0, 1)?.reshape((n, d))?;
-            x = (x + block.proj.forward(&attn)?)?;
-            let y = block.norm2.forward(&x)?;
-            x = (&x
-                + block
-                    .fc2
-                    .forward(&gelu_tanh_owned(block.fc1.forward(&y)?)?)?)?;
-            if let Some(j) = c.deepstack_visual_indexes.iter().position(|&k| k == i) {
-                deepstack.push(self.deepstack[j].forward(&x)?);
-            }
-        }
+        let (x, deepstack) = match self.blocks_cpu(&x, &cos, &sin)? {
+            Some(done) => done,
+            None => self.blocks_tensor(x, &cos, &sin)?,
+        };
         let merged = self.merger.forward(&x)?;
         Ok(VisionOutput { merged, deepstack })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::model::qwen3_vl::Qwen3VlConfig;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// The in-place CPU blocks compute what the tensor blocks compute, DeepStack
+    /// features included.
+    #[test]
+    fn cpu_blocks_match_the_tensor_blocks() {
+        for name in ["tiny-a", "tiny-b"] {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/qwen3vl")
+                .join(name);
+            let config = Qwen3VlConfig::from_file(&dir.join("config.json")).unwrap();
+            let weights = Weights::open(&dir, DType::F32, &Device::Cpu).unwrap();
+            let vision = VisionModel::load(&weights, &config.vision, "model.visual").unwrap();
+            let (gh, gw) = (4, 6);
+            let coords = vision.patch_coordinates(gh, gw);
+            let d = config.vision.hidden_size;
+            let x = (Tensor::arange(0f32, (gh * gw * d) as f32, &Device::Cpu)
+                .unwrap()
+                .reshape((gh * gw, d))
+                .unwrap()
+                * 0.37)
+                .unwrap()
+                .sin()
+                .unwrap();
+            let (cos, sin) = vision.rotary(&coords, &Device::Cpu).unwrap();
+            let (fast, fast_ds) = vision
+                .blocks_cpu(&x, &cos, &sin)
+                .unwrap()
+                .expect("f32 on the CPU takes the in-place path");
+            let (reference, ref_ds) = vision.blocks_tensor(x, &cos, &sin).unwrap();
+            let diff = max_diff(&fast, &reference);
+            assert!(diff < 1e-4, "{name}: blocks off by {diff}");
+            assert_eq!(fast_ds.len(), config.vision.deepstack_visual_indexes.len());
+            for (f, r) in fast_ds.iter().zip(&ref_ds) {
+                assert!(max_diff(f, r) < 1e-4, "{name}: DeepStack features differ");
+            }
+        }
     }
 }
