@@ -76,8 +76,18 @@ fn map_f32(
 }
 
 multiversion! {
+    /// `exp(x − max)` of one row, in place; returns the row's sum (the softmax's
+    /// denominator).
+    pub(crate) fn exp_row(row: &mut [f32]) -> f32 {
+        let max = lane_reduce(row, f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
+        row.iter_mut().for_each(|v| *v = fast_exp(*v - max));
+        lane_reduce(row, 0.0, |a, b| a + b)
+    }
+}
+
+multiversion! {
     /// Softmax of one row, in place.
-    pub(crate) fn softmax_row(row: &mut [f32]) {
+    fn softmax_row(row: &mut [f32]) {
         let max = lane_reduce(row, f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
         row.iter_mut().for_each(|v| *v = fast_exp(*v - max));
         let inv = 1.0 / lane_reduce(row, 0.0, |a, b| a + b);
