@@ -173,6 +173,9 @@ def main() -> int:
     ap.add_argument("--instruction", default=DEFAULT_INSTRUCTION)
     ap.add_argument("--text", default=None, help="optional text after the image")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--paced", action="store_true",
+                    help="wait for a line on stdin before each forward (warm-ups included) and print "
+                         "each one's time to stderr as a JSON line (benches/paired_qwen3vl.py)")
     args = ap.parse_args()
 
     if args.write_config:
@@ -262,13 +265,22 @@ def main() -> int:
         last = inputs["attention_mask"][0].nonzero().max()
         return torch.nn.functional.normalize(h[0, last], p=2, dim=-1)
 
+    def timed():
+        if args.paced:
+            sys.stdin.readline()  # the driver's go-ahead; end of input runs on unpaced
+        t0 = time.perf_counter()
+        out = embed()
+        seconds = time.perf_counter() - t0
+        if args.paced:
+            print(json.dumps({"paced": "torch", "seconds": seconds}), file=sys.stderr, flush=True)
+        return out, seconds
+
     for _ in range(args.warmup):
-        emb = embed()
+        emb, _ = timed()
     times = []
     for _ in range(args.reps):
-        t0 = time.perf_counter()
-        emb = embed()
-        times.append(time.perf_counter() - t0)
+        emb, seconds = timed()
+        times.append(seconds)
 
     w, h = image.size
     result = {

@@ -524,3 +524,56 @@ fn an_error_names_its_cause_once() {
     assert!(err.contains("/no/such/gallery"), "{err}");
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
+
+/// `bench model --paced` (what `benches/paired_qwen3vl.py` drives): one JSON line on
+/// stderr per embedding, one perspective then 1+K for the warm-up and each rep, and the
+/// reported medians are the paced reps' times (warm-ups excluded).
+#[test]
+fn bench_model_paced_reports_each_embedding_in_order() {
+    use std::io::Write;
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/qwen3vl/tiny-a/config.json");
+    let mut child = agff_lens()
+        .args(["bench", "model", "--config"])
+        .arg(&config)
+        .args(["--image-size", "64", "--reps", "3", "--paced", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The go-aheads: (1 warm-up + 3 reps) × (single, multi).
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"go\n".repeat(8).as_slice())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let paced: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with("{\"paced\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = paced.iter().map(|v| v["paced"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["single", "multi"].repeat(4), "{stderr}");
+    let times = |kind: &str| -> Vec<f64> {
+        let mut t: Vec<f64> = paced
+            .iter()
+            .filter(|v| v["paced"] == kind)
+            .skip(1) // the warm-up
+            .map(|v| v["seconds"].as_f64().unwrap())
+            .collect();
+        t.sort_by(f64::total_cmp);
+        t
+    };
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["single_seconds"].as_f64().unwrap(),
+        times("single")[1]
+    );
+    assert_eq!(report["multi_seconds"].as_f64().unwrap(), times("multi")[1]);
+    assert!(report["tokens"].as_u64().unwrap() > 0);
+}

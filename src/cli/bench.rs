@@ -82,19 +82,41 @@ struct FusionReport {
     results: Vec<FusionResult>,
 }
 
+/// The time of one call of `f`. With `pace` (a paced run, see `bench model --paced`) the
+/// call first waits for a line on standard input, and its time is reported under that
+/// name as a JSON line on standard error.
+fn timed_call(
+    device: &Device,
+    pace: Option<&str>,
+    f: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    if pace.is_some() {
+        // End of input or an error means the driver is gone: run on unpaced.
+        let _ = std::io::stdin().read_line(&mut String::new());
+    }
+    let start = Instant::now();
+    f()?;
+    device.synchronize()?;
+    let seconds = start.elapsed().as_secs_f64();
+    if let Some(what) = pace {
+        eprintln!(
+            "{}",
+            serde_json::json!({ "paced": what, "seconds": seconds })
+        );
+    }
+    Ok(seconds)
+}
+
+/// The median time of `reps` calls of `f`, after one untimed warm-up call.
 fn median_seconds(
     reps: usize,
     device: &Device,
     mut f: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<f64> {
-    f()?; // warm-up: allocations, kernel compilation, thread pools
-    device.synchronize()?;
+    timed_call(device, None, &mut f)?; // warm-up: allocations, kernel compilation, thread pools
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps.max(1) {
-        let start = Instant::now();
-        f()?;
-        device.synchronize()?;
-        times.push(start.elapsed().as_secs_f64());
+        times.push(timed_call(device, None, &mut f)?);
     }
     times.sort_by(f64::total_cmp);
     Ok(times[times.len() / 2])
@@ -243,6 +265,12 @@ pub struct ModelArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Wait for a line on standard input before each embedding (one perspective, then
+    /// 1+K, for the warm-up and each rep) and print each one's time to standard error as
+    /// a JSON line, so that a driver can alternate this benchmark with another one image
+    /// by image (`benches/paired_qwen3vl.py`).
+    #[arg(long)]
+    pub paced: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -316,19 +344,33 @@ pub fn model(args: &ModelArgs) -> anyhow::Result<()> {
     };
     let options = EmbedOptions::default();
     let mut tokens = 0;
-    let single_seconds = median_seconds(args.reps, &device, || {
-        let e = backbone.embed(&input, &single, &options)?;
-        tokens = e.branches[0].input_ids.len();
-        e.vectors.sum_all()?;
-        Ok(())
-    })?;
-    let multi_seconds = median_seconds(args.reps, &device, || {
-        backbone
-            .embed(&input, &multi, &options)?
-            .vectors
-            .sum_all()?;
-        Ok(())
-    })?;
+    // One perspective and 1+K alternate, rep by rep, so that both medians come from the
+    // same stretch of time (this machine's speed drifts within minutes).
+    let mut run = |set: &PerspectiveSet, what: &str| -> anyhow::Result<f64> {
+        timed_call(&device, args.paced.then_some(what), || {
+            let e = backbone.embed(&input, set, &options)?;
+            if set.k() == single.k() {
+                tokens = e.branches[0].input_ids.len();
+            }
+            e.vectors.sum_all()?;
+            Ok(())
+        })
+    };
+    let (mut singles, mut multis) = (Vec::new(), Vec::new());
+    for rep in 0..=args.reps.max(1) {
+        let s = run(&single, "single")?;
+        let m = run(&multi, "multi")?;
+        // Rep 0 is the warm-up of each.
+        if rep > 0 {
+            singles.push(s);
+            multis.push(m);
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (single_seconds, multi_seconds) = (median(singles), median(multis));
     let report = ModelReport {
         model: backbone.identity().name.clone(),
         device: args.device.to_string(),
