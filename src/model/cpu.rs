@@ -9,10 +9,14 @@ use std::ops::Deref;
 use candle_core::{CpuStorage, DType, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::ops::{exp_row, fast_exp};
-
 /// Elements handed to one worker by the parallel element-wise kernels.
-const CHUNK: usize = 1 << 14;
+pub(crate) const CHUNK: usize = 1 << 14;
+
+/// Elements per parallel task for rows of `n` values: whole rows, about [`CHUNK`].
+fn row_chunk(n: usize) -> usize {
+    let n = n.max(1);
+    n * (CHUNK / n).max(1)
+}
 
 /// Below this many multiply-adds a GEMM runs on the calling thread.
 const PARALLEL_GEMM_MIN: usize = 1 << 18;
@@ -61,6 +65,70 @@ macro_rules! multiversion {
     };
 }
 pub(crate) use multiversion;
+
+/// `exp(x)` in f32 with a relative error below 3e-7, written so that loops over it
+/// vectorise: `2^n · p(r)` with `x = n·ln2 + r`, `|r| ≤ ln2/2`, p of degree 6. Inputs are
+/// clamped to f32's finite range (`exp(−∞)` gives about 1e−38, not 0).
+#[inline(always)]
+pub fn fast_exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = x.clamp(-87.0, 88.0);
+    // floor(t) without calling libm (which would stop vectorisation on baseline x86-64).
+    let t = x * LOG2E + 0.5;
+    let ti = t as i32;
+    let ni = ti - i32::from(t < ti as f32);
+    let n = ni as f32;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    p * f32::from_bits(((ni + 127) << 23) as u32)
+}
+
+/// Reduces `xs` with `f` over 8 independent lanes, so that the loop vectorises (a single
+/// accumulator would serialise it).
+#[inline(always)]
+fn lane_reduce(xs: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut lanes = [init; 8];
+    let mut chunks = xs.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            lanes[i] = f(lanes[i], c[i]);
+        }
+    }
+    let tail = chunks.remainder().iter().fold(init, |a, &b| f(a, b));
+    lanes.iter().fold(tail, |a, &b| f(a, b))
+}
+
+multiversion! {
+    /// `exp(x − max)` of one row, in place; returns the row's sum (the softmax's
+    /// denominator).
+    fn exp_row(row: &mut [f32]) -> f32 {
+        let max = lane_reduce(row, f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
+        row.iter_mut().for_each(|v| *v = fast_exp(*v - max));
+        lane_reduce(row, 0.0, |a, b| a + b)
+    }
+}
+
+multiversion! {
+    /// Softmax of one row, in place.
+    fn softmax_row(row: &mut [f32]) {
+        let inv = 1.0 / exp_row(row);
+        row.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+/// Softmax of each `n`-long row of `data`, in place.
+pub fn softmax_rows(data: &mut [f32], n: usize) {
+    if n == 0 {
+        return;
+    }
+    data.par_chunks_mut(row_chunk(n))
+        .for_each(|rows| rows.chunks_mut(n).for_each(softmax_row));
+}
 
 /// Read access to the f32 data of a contiguous CPU tensor that no gradient flows through.
 pub struct F32View<'a> {
@@ -149,14 +217,14 @@ pub fn matmul_wt(x: &[f32], w: &[f32], inp: usize, dst: &mut [f32], accumulate: 
 /// Overwrites every `row.len()`-long row of `dst` with `row`.
 pub fn fill_rows(dst: &mut [f32], row: &[f32]) {
     let n = row.len().max(1);
-    dst.par_chunks_mut(n * (CHUNK / n).max(1))
+    dst.par_chunks_mut(row_chunk(n))
         .for_each(|c| c.chunks_mut(n).for_each(|r| r.copy_from_slice(row)));
 }
 
 /// Adds `row` to every `row.len()`-long row of `dst`.
 pub fn add_rows(dst: &mut [f32], row: &[f32]) {
     let n = row.len().max(1);
-    dst.par_chunks_mut(n * (CHUNK / n).max(1)).for_each(|c| {
+    dst.par_chunks_mut(row_chunk(n)).for_each(|c| {
         c.chunks_mut(n).for_each(|r| {
             r.iter_mut().zip(row).for_each(|(d, &b)| *d += b);
         })
@@ -220,8 +288,8 @@ multiversion! {
 /// bias (mean and variance in f32, as torch computes them).
 pub fn layer_norm_rows(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) {
     let d = weight.len().max(1);
-    out.par_chunks_mut(d * (CHUNK / d).max(1))
-        .zip(x.par_chunks(d * (CHUNK / d).max(1)))
+    out.par_chunks_mut(row_chunk(d))
+        .zip(x.par_chunks(row_chunk(d)))
         .for_each(|(o, src)| layer_norm_chunk(src, weight, bias, eps, o));
 }
 
@@ -319,8 +387,8 @@ multiversion! {
 /// `weight`.
 pub fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let d = weight.len().max(1);
-    out.par_chunks_mut(d * (CHUNK / d).max(1))
-        .zip(x.par_chunks(d * (CHUNK / d).max(1)))
+    out.par_chunks_mut(row_chunk(d))
+        .zip(x.par_chunks(row_chunk(d)))
         .for_each(|(o, src)| rms_norm_chunk(src, weight, eps, o));
 }
 
@@ -339,7 +407,7 @@ multiversion! {
 /// a SwiGLU MLP), `half` values each.
 pub fn swiglu_rows(x: &[f32], half: usize, out: &mut [f32]) {
     let half = half.max(1);
-    let rows = (CHUNK / half).max(1);
+    let rows = row_chunk(half) / half;
     out.par_chunks_mut(half * rows)
         .zip(x.par_chunks(2 * half * rows))
         .for_each(|(o, src)| swiglu_chunk(src, half, o));
@@ -515,6 +583,19 @@ mod tests {
             .zip(b)
             .map(|(x, y)| (x - y).abs())
             .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn fast_exp_is_accurate() {
+        let mut worst = 0f32;
+        let mut x = -80.0f32;
+        while x < 80.0 {
+            let rel = ((fast_exp(x) - x.exp()) / x.exp()).abs();
+            worst = worst.max(rel);
+            x += 0.0137;
+        }
+        assert!(worst < 3e-7, "worst relative error {worst}");
+        assert!(fast_exp(f32::NEG_INFINITY) < 1e-37);
     }
 
     #[test]

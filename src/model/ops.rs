@@ -5,50 +5,12 @@
 use candle_core::{D, DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{gelu_tanh_scalar, multiversion, silu_scalar, swiglu_rows};
+use super::cpu::{
+    CHUNK, gelu_tanh_inplace, gelu_tanh_scalar, silu_scalar, softmax_rows, swiglu_rows,
+};
 
 fn tracked(xs: &[&Tensor]) -> bool {
     xs.iter().any(|x| x.track_op())
-}
-
-/// Elements handed to one worker by the parallel element-wise kernels.
-const CHUNK: usize = 1 << 14;
-
-/// `exp(x)` in f32 with a relative error below 3e-7, written so that loops over it
-/// vectorise: `2^n · p(r)` with `x = n·ln2 + r`, `|r| ≤ ln2/2`, p of degree 6. Inputs are
-/// clamped to f32's finite range (`exp(−∞)` gives about 1e−38, not 0).
-#[inline(always)]
-pub fn fast_exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    let x = x.clamp(-87.0, 88.0);
-    // floor(t) without calling libm (which would stop vectorisation on baseline x86-64).
-    let t = x * LOG2E + 0.5;
-    let ti = t as i32;
-    let ni = ti - i32::from(t < ti as f32);
-    let n = ni as f32;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((ni + 127) << 23) as u32)
-}
-
-/// Reduces `xs` with `f` over 8 independent lanes, so that the loop vectorises (a single
-/// accumulator would serialise it).
-#[inline(always)]
-fn lane_reduce(xs: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
-    let mut lanes = [init; 8];
-    let mut chunks = xs.chunks_exact(8);
-    for c in &mut chunks {
-        for i in 0..8 {
-            lanes[i] = f(lanes[i], c[i]);
-        }
-    }
-    let tail = chunks.remainder().iter().fold(init, |a, &b| f(a, b));
-    lanes.iter().fold(tail, |a, &b| f(a, b))
 }
 
 /// The contiguous f32 data of a CPU tensor that no gradient flows through, if it is one.
@@ -75,35 +37,6 @@ fn map_f32(
     }
 }
 
-multiversion! {
-    /// `exp(x − max)` of one row, in place; returns the row's sum (the softmax's
-    /// denominator).
-    pub(crate) fn exp_row(row: &mut [f32]) -> f32 {
-        let max = lane_reduce(row, f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
-        row.iter_mut().for_each(|v| *v = fast_exp(*v - max));
-        lane_reduce(row, 0.0, |a, b| a + b)
-    }
-}
-
-multiversion! {
-    /// Softmax of one row, in place.
-    fn softmax_row(row: &mut [f32]) {
-        let max = lane_reduce(row, f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
-        row.iter_mut().for_each(|v| *v = fast_exp(*v - max));
-        let inv = 1.0 / lane_reduce(row, 0.0, |a, b| a + b);
-        row.iter_mut().for_each(|v| *v *= inv);
-    }
-}
-
-/// Softmax of each `n`-long row of `data`, in place.
-fn softmax_rows(data: &mut [f32], n: usize) {
-    if n == 0 {
-        return;
-    }
-    data.par_chunks_mut(n * (CHUNK / n).max(1))
-        .for_each(|rows| rows.chunks_mut(n).for_each(softmax_row));
-}
-
 /// Softmax over the last axis.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     if let Some(mut data) = cpu_f32(x) {
@@ -120,7 +53,7 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 /// In-place kernels on CPU f32 storage.
 enum Inplace {
     SoftmaxLast,
-    Map(fn(f32) -> f32),
+    GeluTanh,
 }
 
 impl candle_core::InplaceOp1 for Inplace {
@@ -142,9 +75,7 @@ impl candle_core::InplaceOp1 for Inplace {
         let data = &mut data[start..end];
         match self {
             Inplace::SoftmaxLast => softmax_rows(data, layout.dims().last().copied().unwrap_or(0)),
-            Inplace::Map(f) => data
-                .par_chunks_mut(CHUNK)
-                .for_each(|c| c.iter_mut().for_each(|v| *v = f(*v))),
+            Inplace::GeluTanh => gelu_tanh_inplace(data),
         }
         Ok(())
     }
@@ -189,7 +120,7 @@ pub fn swiglu(x: &Tensor) -> Result<Tensor> {
 /// [`gelu_tanh`] overwriting `x` when it can (`x` fresh, as for [`softmax_last_owned`]).
 pub fn gelu_tanh_owned(x: Tensor) -> Result<Tensor> {
     if inplace_ok(&x) {
-        x.inplace_op1(&Inplace::Map(gelu_tanh_scalar))?;
+        x.inplace_op1(&Inplace::GeluTanh)?;
         Ok(x)
     } else {
         gelu_tanh(&x)
@@ -311,19 +242,6 @@ mod tests {
             .unwrap()
             .to_scalar()
             .unwrap()
-    }
-
-    #[test]
-    fn fast_exp_is_accurate() {
-        let mut worst = 0f32;
-        let mut x = -80.0f32;
-        while x < 80.0 {
-            let rel = ((fast_exp(x) - x.exp()) / x.exp()).abs();
-            worst = worst.max(rel);
-            x += 0.0137;
-        }
-        assert!(worst < 3e-7, "worst relative error {worst}");
-        assert!(fast_exp(f32::NEG_INFINITY) < 1e-37);
     }
 
     #[test]
