@@ -5,7 +5,7 @@
 use candle_core::{DType, Tensor};
 
 use super::config::TextConfig;
-use crate::model::cpu::{self, f32_view};
+use crate::model::cpu::{self, F32View, f32_view};
 use crate::model::error::Result;
 use crate::model::ops::{linear, rms_norm, softmax_last_owned, swiglu};
 use crate::model::weights::Weights;
@@ -25,6 +25,49 @@ struct Layer {
     /// Gate and up projections stacked: `[2·intermediate, hidden]`.
     gate_up: Tensor,
     down: Tensor,
+}
+
+/// A layer's weights as slices for the in-place CPU path (see [`Layer::views`]).
+struct LayerViews<'a> {
+    input_norm: F32View<'a>,
+    qkv_w: F32View<'a>,
+    qkv_b: Option<F32View<'a>>,
+    o_w: F32View<'a>,
+    o_b: Option<F32View<'a>>,
+    q_norm: F32View<'a>,
+    k_norm: F32View<'a>,
+    post_norm: F32View<'a>,
+    gate_up: F32View<'a>,
+    down: F32View<'a>,
+}
+
+impl Layer {
+    /// f32 views of the layer's weights (`None` unless all are contiguous f32 CPU
+    /// tensors).
+    fn views(&self) -> Option<LayerViews<'_>> {
+        let a = &self.attn;
+        Some(LayerViews {
+            input_norm: f32_view(&self.input_norm)?,
+            qkv_w: f32_view(&a.qkv_proj.0)?,
+            qkv_b: bias_view(a.qkv_proj.1.as_ref())?,
+            o_w: f32_view(&a.o_proj.0)?,
+            o_b: bias_view(a.o_proj.1.as_ref())?,
+            q_norm: f32_view(&a.q_norm)?,
+            k_norm: f32_view(&a.k_norm)?,
+            post_norm: f32_view(&self.post_norm)?,
+            gate_up: f32_view(&self.gate_up)?,
+            down: f32_view(&self.down)?,
+        })
+    }
+}
+
+/// An optional bias's view: `Some(None)` without a bias, `None` for one that cannot be
+/// viewed.
+fn bias_view(b: Option<&Tensor>) -> Option<Option<F32View<'_>>> {
+    match b {
+        None => Some(None),
+        Some(b) => f32_view(b).map(Some),
+    }
 }
 
 /// Keys and values of every layer for a computed prefix, `[1, kv_heads, len, head_dim]`.
@@ -273,6 +316,14 @@ impl TextModel {
         ) else {
             return Ok(None);
         };
+        let layers = self
+            .layers
+            .iter()
+            .map(Layer::views)
+            .collect::<Option<Vec<_>>>();
+        let (Some(layers), Some(norm)) = (layers, f32_view(&self.norm)) else {
+            return Ok(None);
+        };
         let mut features = Vec::new();
         if let Some(inj) = injection {
             for f in inj.features {
@@ -296,58 +347,29 @@ impl TextModel {
         let mut act = vec![0f32; s * inter];
         let scale = 1.0 / (hd as f32).sqrt();
         let mut cache = Vec::with_capacity(self.layers.len());
-        for (i, layer) in self.layers.iter().enumerate() {
-            let a = &layer.attn;
-            let views = (
-                f32_view(&layer.input_norm),
-                f32_view(&a.qkv_proj.0),
-                f32_view(&a.o_proj.0),
-                f32_view(&a.q_norm),
-                f32_view(&a.k_norm),
-                f32_view(&layer.post_norm),
-                f32_view(&layer.gate_up),
-                f32_view(&layer.down),
-            );
-            let (
-                Some(in_norm),
-                Some(qkv_w),
-                Some(o_w),
-                Some(q_norm),
-                Some(k_norm),
-                Some(post_norm),
-                Some(gate_up_w),
-                Some(down_w),
-            ) = views
-            else {
-                return Ok(None);
-            };
-            let qkv_b = a.qkv_proj.1.as_ref().map(f32_view);
-            let o_b = a.o_proj.1.as_ref().map(f32_view);
-            if matches!(qkv_b, Some(None)) || matches!(o_b, Some(None)) {
-                return Ok(None);
-            }
-            cpu::rms_norm_rows(&x, &in_norm, eps, &mut y);
-            if let Some(Some(bias)) = &qkv_b {
+        for (i, l) in layers.iter().enumerate() {
+            cpu::rms_norm_rows(&x, &l.input_norm, eps, &mut y);
+            if let Some(bias) = &l.qkv_b {
                 cpu::fill_rows(&mut qkv, bias);
             }
-            cpu::matmul_wt(&y, &qkv_w, h, &mut qkv, qkv_b.is_some());
+            cpu::matmul_wt(&y, &l.qkv_w, h, &mut qkv, l.qkv_b.is_some());
             let split = cpu::HeadSplit {
                 q_heads: nh,
                 kv_heads: nkv,
                 head_dim: hd,
-                qk_norm: Some((&q_norm, &k_norm, eps)),
+                qk_norm: Some((&l.q_norm, &l.k_norm, eps)),
                 rope: (&cos, &sin),
             };
             cpu::split_heads(&qkv, &split, [&mut q, &mut k, &mut v]);
             cpu::attention_heads_into(&q, &k, &v, (nh, nkv), hd, scale, Some(&mask), &mut attn);
-            if let Some(Some(bias)) = &o_b {
+            if let Some(bias) = &l.o_b {
                 cpu::add_rows(&mut x, bias);
             }
-            cpu::matmul_wt(&attn, &o_w, qw, &mut x, true);
-            cpu::rms_norm_rows(&x, &post_norm, eps, &mut y);
-            cpu::matmul_wt(&y, &gate_up_w, h, &mut gate_up, false);
+            cpu::matmul_wt(&attn, &l.o_w, qw, &mut x, true);
+            cpu::rms_norm_rows(&x, &l.post_norm, eps, &mut y);
+            cpu::matmul_wt(&y, &l.gate_up, h, &mut gate_up, false);
             cpu::swiglu_rows(&gate_up, inter, &mut act);
-            cpu::matmul_wt(&act, &down_w, inter, &mut x, true);
+            cpu::matmul_wt(&act, &l.down, inter, &mut x, true);
             if let (Some(inj), Some(feat)) = (injection, features.get(i)) {
                 x[inj.start * h..][..feat.len()]
                     .iter_mut()
@@ -359,10 +381,6 @@ impl TextModel {
                 Tensor::from_slice(&v, (1, nkv, s, hd), device)?,
             ));
         }
-        let norm = f32_view(&self.norm);
-        let Some(norm) = norm else {
-            return Ok(None);
-        };
         cpu::rms_norm_rows(&x, &norm, eps, &mut y);
         Ok(Some(TextOutput {
             hidden: Tensor::from_vec(y, (1, s, h), device)?,

@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::VisionConfig;
 use super::preprocess::PreparedImage;
-use crate::model::cpu::{self, f32_view};
+use crate::model::cpu::{self, F32View, f32_view};
 use crate::model::error::{ModelError, Result};
 use crate::model::ops::{
     gelu_erf, gelu_tanh_owned, layer_norm, linear, rotate_half_rope, softmax_last_owned,
@@ -57,6 +57,43 @@ struct Block {
     norm2: Norm,
     fc1: Linear,
     fc2: Linear,
+}
+
+impl Block {
+    /// f32 views of the block's weights for the in-place CPU path (`None` unless all are
+    /// contiguous f32 CPU tensors).
+    fn views(&self) -> Option<BlockViews<'_>> {
+        let pair = |w, b| {
+            Some(WeightBias {
+                w: f32_view(w)?,
+                b: f32_view(b)?,
+            })
+        };
+        Some(BlockViews {
+            norm1: pair(&self.norm1.w, &self.norm1.b)?,
+            qkv: pair(&self.qkv.w, &self.qkv.b)?,
+            proj: pair(&self.proj.w, &self.proj.b)?,
+            norm2: pair(&self.norm2.w, &self.norm2.b)?,
+            fc1: pair(&self.fc1.w, &self.fc1.b)?,
+            fc2: pair(&self.fc2.w, &self.fc2.b)?,
+        })
+    }
+}
+
+/// A weight and its bias, as slices.
+struct WeightBias<'a> {
+    w: F32View<'a>,
+    b: F32View<'a>,
+}
+
+/// A block's weights as slices (see [`Block::views`]).
+struct BlockViews<'a> {
+    norm1: WeightBias<'a>,
+    qkv: WeightBias<'a>,
+    proj: WeightBias<'a>,
+    norm2: WeightBias<'a>,
+    fc1: WeightBias<'a>,
+    fc2: WeightBias<'a>,
 }
 
 struct Merger {
@@ -341,6 +378,14 @@ impl VisionModel {
         else {
             return Ok(None);
         };
+        let Some(blocks) = self
+            .blocks
+            .iter()
+            .map(Block::views)
+            .collect::<Option<Vec<_>>>()
+        else {
+            return Ok(None);
+        };
         let (n, d) = x.dims2()?;
         let (nh, inter) = (c.num_heads, c.intermediate_size);
         let hd = d / nh;
@@ -360,45 +405,20 @@ impl VisionModel {
             rope: (&cos, &sin),
         };
         let mut deepstack = Vec::with_capacity(self.deepstack.len());
-        for (i, block) in self.blocks.iter().enumerate() {
-            let views = (
-                f32_view(&block.norm1.w),
-                f32_view(&block.norm1.b),
-                f32_view(&block.qkv.w),
-                f32_view(&block.qkv.b),
-                f32_view(&block.proj.w),
-                f32_view(&block.proj.b),
-            );
-            let (Some(n1w), Some(n1b), Some(qkv_w), Some(qkv_b), Some(proj_w), Some(proj_b)) =
-                views
-            else {
-                return Ok(None);
-            };
-            let views = (
-                f32_view(&block.norm2.w),
-                f32_view(&block.norm2.b),
-                f32_view(&block.fc1.w),
-                f32_view(&block.fc1.b),
-                f32_view(&block.fc2.w),
-                f32_view(&block.fc2.b),
-            );
-            let (Some(n2w), Some(n2b), Some(fc1_w), Some(fc1_b), Some(fc2_w), Some(fc2_b)) = views
-            else {
-                return Ok(None);
-            };
-            cpu::layer_norm_rows(&x_buf, &n1w, &n1b, eps, &mut y);
-            cpu::fill_rows(&mut qkv, &qkv_b);
-            cpu::matmul_wt(&y, &qkv_w, d, &mut qkv, true);
+        for (i, b) in blocks.iter().enumerate() {
+            cpu::layer_norm_rows(&x_buf, &b.norm1.w, &b.norm1.b, eps, &mut y);
+            cpu::fill_rows(&mut qkv, &b.qkv.b);
+            cpu::matmul_wt(&y, &b.qkv.w, d, &mut qkv, true);
             cpu::split_heads(&qkv, &split, [&mut q, &mut k, &mut v]);
             cpu::attention_heads_into(&q, &k, &v, (nh, nh), hd, scale, None, &mut attn);
-            cpu::add_rows(&mut x_buf, &proj_b);
-            cpu::matmul_wt(&attn, &proj_w, d, &mut x_buf, true);
-            cpu::layer_norm_rows(&x_buf, &n2w, &n2b, eps, &mut y);
-            cpu::fill_rows(&mut hidden, &fc1_b);
-            cpu::matmul_wt(&y, &fc1_w, d, &mut hidden, true);
+            cpu::add_rows(&mut x_buf, &b.proj.b);
+            cpu::matmul_wt(&attn, &b.proj.w, d, &mut x_buf, true);
+            cpu::layer_norm_rows(&x_buf, &b.norm2.w, &b.norm2.b, eps, &mut y);
+            cpu::fill_rows(&mut hidden, &b.fc1.b);
+            cpu::matmul_wt(&y, &b.fc1.w, d, &mut hidden, true);
             cpu::gelu_tanh_inplace(&mut hidden);
-            cpu::add_rows(&mut x_buf, &fc2_b);
-            cpu::matmul_wt(&hidden, &fc2_w, inter, &mut x_buf, true);
+            cpu::add_rows(&mut x_buf, &b.fc2.b);
+            cpu::matmul_wt(&hidden, &b.fc2.w, inter, &mut x_buf, true);
             if let Some(j) = c.deepstack_visual_indexes.iter().position(|&k| k == i) {
                 let xt = Tensor::from_slice(&x_buf, (n, d), x.device())?;
                 deepstack.push(self.deepstack[j].forward(&xt)?);
