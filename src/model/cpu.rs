@@ -554,20 +554,8 @@ pub fn attention_heads_into(
 mod tests {
     use super::*;
     use crate::model::ops;
+    use crate::model::testing::uniform as values;
     use candle_core::{D, Device, Var};
-
-    /// Fixed pseudo-random values in [-1, 1) (an LCG), so failures reproduce.
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     fn tensor(data: &[f32], shape: &[usize]) -> Tensor {
         Tensor::from_slice(data, shape, &Device::Cpu).unwrap()

@@ -14,6 +14,9 @@ pub mod perspective;
 pub mod qwen3_vl;
 pub mod weights;
 
+#[cfg(test)]
+pub(crate) mod testing;
+
 pub use backbone::{
     Backbone, BranchTokens, EmbedInput, EmbedOptions, Embedding, ModelIdentity, TrainedFusion,
     VisualTokens,

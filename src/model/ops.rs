@@ -201,6 +201,7 @@ pub fn rotate_half_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::testing::{largest, max_abs_diff as max_diff};
     use candle_core::{Device, Var};
 
     /// A fixed pseudo-normal tensor (a Box–Muller transform over a simple LCG), so a
@@ -229,19 +230,6 @@ mod tests {
     fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
         let den = b.abs().unwrap().maximum(1f32).unwrap();
         largest(&((a - b).unwrap().abs().unwrap() / den).unwrap())
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        largest(&(a - b).unwrap().abs().unwrap())
-    }
-
-    fn largest(t: &Tensor) -> f32 {
-        t.flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     #[test]

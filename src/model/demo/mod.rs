@@ -994,6 +994,7 @@ impl Backbone for DemoModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::testing::max_abs_diff as max_diff;
 
     fn tiny() -> DemoModel {
         let words = ["a", "red", "blue", "circle", "square", "left", "of"];
@@ -1014,19 +1015,6 @@ mod tests {
         RgbImage::from_fn(24, 24, |x, y| {
             image::Rgb([(x as u8).wrapping_mul(seed), (y as u8) * 9, seed])
         })
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 
     #[test]

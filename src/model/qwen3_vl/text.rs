@@ -516,35 +516,7 @@ mod tests {
     use super::*;
     use crate::model::qwen3_vl::Qwen3VlConfig;
     use crate::model::qwen3_vl::rope::TextRope;
-
-    /// Fixed pseudo-random values in [-1, 1) (an LCG), so failures reproduce.
-    fn values(shape: &[usize], seed: u64) -> Tensor {
-        let n: usize = shape.iter().product();
-        let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use crate::model::testing::{max_abs_diff as max_diff, uniform_tensor as values};
 
     fn tiny(name: &str) -> (Qwen3VlConfig, TextModel) {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -470,20 +470,7 @@ mod tests {
 
     use super::*;
     use crate::model::qwen3_vl::Qwen3VlConfig;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use crate::model::testing::max_abs_diff as max_diff;
 
     /// The in-place CPU blocks compute what the tensor blocks compute, DeepStack
     /// features included.
