@@ -118,8 +118,13 @@ fn median_seconds(
     for _ in 0..reps.max(1) {
         times.push(timed_call(device, None, &mut f)?);
     }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    Ok(median(times))
+}
+
+/// The median of non-empty `v` (the upper one of an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// Runs `bench fusion`.
@@ -349,9 +354,8 @@ pub fn model(args: &ModelArgs) -> anyhow::Result<()> {
     let mut run = |set: &PerspectiveSet, what: &str| -> anyhow::Result<f64> {
         timed_call(&device, args.paced.then_some(what), || {
             let e = backbone.embed(&input, set, &options)?;
-            if set.k() == single.k() {
-                tokens = e.branches[0].input_ids.len();
-            }
+            // The global branch comes first in both sets: the same sequence.
+            tokens = e.branches[0].input_ids.len();
             e.vectors.sum_all()?;
             Ok(())
         })
@@ -366,10 +370,6 @@ pub fn model(args: &ModelArgs) -> anyhow::Result<()> {
             multis.push(m);
         }
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let (single_seconds, multi_seconds) = (median(singles), median(multis));
     let report = ModelReport {
         model: backbone.identity().name.clone(),
