@@ -3,8 +3,8 @@
 //! these track regressions at fixed small sizes.
 
 use agff_lens::agff::{
-    EgaConfig, Fusion, FusionInit, PatternConfig, PerspectiveEmbeddings, ega_objective,
-    pattern_similarities,
+    EgaConfig, Fusion, FusionInit, PerspectiveEmbeddings, SimilarityConfig, agff_similarities,
+    ega_objective,
 };
 use candle_core::{DType, Device, Tensor, Var};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -17,7 +17,7 @@ fn unit(n: usize, p: usize, d: usize) -> PerspectiveEmbeddings {
 fn scoring(c: &mut Criterion) {
     let mut group = c.benchmark_group("fused_scores");
     let fusion = Fusion::new(FusionInit::default(), DType::F32, &Device::Cpu).expect("fusion");
-    let config = PatternConfig::default();
+    let config = SimilarityConfig::default();
     for d in [256usize, 2048] {
         let (nq, nc) = (16, 1024);
         let q = unit(nq, 5, d);
@@ -25,8 +25,8 @@ fn scoring(c: &mut Criterion) {
         group.throughput(Throughput::Elements((nq * nc) as u64));
         group.bench_with_input(BenchmarkId::new("k4", d), &d, |b, _| {
             b.iter(|| {
-                let p = pattern_similarities(&q, &cands, &config).expect("patterns");
-                fusion.fuse(&p.patterns).expect("fuse")
+                let p = agff_similarities(&q, &cands, &config).expect("similarities");
+                fusion.fuse(&p.similarities).expect("fuse")
             })
         });
     }
@@ -35,7 +35,7 @@ fn scoring(c: &mut Criterion) {
 
 fn ega_step(c: &mut Criterion) {
     let fusion = Fusion::new(FusionInit::default(), DType::F32, &Device::Cpu).expect("fusion");
-    let config = PatternConfig::default();
+    let config = SimilarityConfig::default();
     let b = 64;
     let q = Var::randn(0f32, 1.0, (b, 5, 256), &Device::Cpu).expect("q");
     let k = Var::randn(0f32, 1.0, (b, 5, 256), &Device::Cpu).expect("k");
@@ -43,8 +43,8 @@ fn ega_step(c: &mut Criterion) {
         bench.iter(|| {
             let qe = PerspectiveEmbeddings::from_raw(q.as_tensor().clone()).expect("q");
             let ke = PerspectiveEmbeddings::from_raw(k.as_tensor().clone()).expect("k");
-            let p = pattern_similarities(&qe, &ke, &config).expect("patterns");
-            let s = fusion.fuse(&p.patterns).expect("fuse").scores;
+            let p = agff_similarities(&qe, &ke, &config).expect("similarities");
+            let s = fusion.fuse(&p.similarities).expect("fuse").scores;
             let out = ega_objective(&s, &EgaConfig::default()).expect("ega");
             out.objective.backward().expect("backward")
         })

@@ -2,23 +2,24 @@
 //! hand-computed fusion values, finite differences and the formulas of method.md §2–§5.
 
 use agff_lens::agff::{
-    Aggregator, EgaConfig, FfPairing, FusedScorer, Fusion, FusionInit, Pattern, PatternConfig,
-    PerspectiveEmbeddings, ega_objective, info_nce, pattern_similarities,
+    Aggregator, EgaConfig, FfPairing, FusedScorer, Fusion, FusionInit, PerspectiveEmbeddings,
+    Similarity, SimilarityConfig, agff_similarities, ega_objective, info_nce,
 };
 use candle_core::{DType, Device, Tensor, Var};
 
 const DEV: Device = Device::Cpu;
 
-/// Deterministic pseudo-random numbers (an LCG), so failures reproduce.
-struct Lcg(u64);
+/// Deterministic pseudo-random numbers (the crate's seeded generator), so failures
+/// reproduce.
+struct Rng(agff_lens::util::rng::SplitMix64);
 
-impl Lcg {
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(agff_lens::util::rng::SplitMix64::new(seed))
+    }
+
     fn next(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        self.0.unit_f64() * 2.0 - 1.0
     }
 
     fn tensor(&mut self, shape: &[usize]) -> Tensor {
@@ -49,7 +50,7 @@ fn reduce(agg: Aggregator, x: &[f64]) -> f64 {
 }
 
 /// s_GG, s_FG, s_GF, s_FF of one pair by loops over perspectives (method.md §2).
-fn brute_force_patterns(q: &[Vec<f64>], c: &[Vec<f64>], cfg: &PatternConfig) -> [f64; 4] {
+fn brute_force_similarities(q: &[Vec<f64>], c: &[Vec<f64>], cfg: &SimilarityConfig) -> [f64; 4] {
     let k = q.len() - 1;
     let gg = dot(&q[0], &c[0]);
     if k == 0 {
@@ -70,7 +71,7 @@ fn brute_force_patterns(q: &[Vec<f64>], c: &[Vec<f64>], cfg: &PatternConfig) -> 
 
 #[test]
 fn pattern_similarities_equal_brute_force_loops() {
-    let mut rng = Lcg(7);
+    let mut rng = Rng::new(7);
     let aggregators = [
         Aggregator::Max,
         Aggregator::Mean,
@@ -90,14 +91,14 @@ fn pattern_similarities_equal_brute_force_loops() {
         let (qv, cv) = (vec3(q.tensor()), vec3(c.tensor()));
         for aggregator in aggregators {
             for ff_pairing in [FfPairing::Matched, FfPairing::All] {
-                let cfg = PatternConfig {
+                let cfg = SimilarityConfig {
                     aggregator,
                     ff_pairing,
                 };
-                let got = pattern_similarities(&q, &c, &cfg).unwrap();
-                assert_eq!(got.patterns.dims(), &[nq, nc, 4]);
+                let got = agff_similarities(&q, &c, &cfg).unwrap();
+                assert_eq!(got.similarities.dims(), &[nq, nc, 4]);
                 assert_eq!(got.perspective_sims.dims(), &[nq, nc, k + 1, k + 1]);
-                let patterns = vec3(&got.patterns);
+                let similarities = vec3(&got.similarities);
                 let sims: Vec<f64> = got
                     .perspective_sims
                     .flatten_all()
@@ -107,13 +108,13 @@ fn pattern_similarities_equal_brute_force_loops() {
                 let p = k + 1;
                 for i in 0..nq {
                     for j in 0..nc {
-                        let want = brute_force_patterns(&qv[i], &cv[j], &cfg);
+                        let want = brute_force_similarities(&qv[i], &cv[j], &cfg);
                         for m in 0..4 {
-                            let err = (patterns[i][j][m] - want[m]).abs();
+                            let err = (similarities[i][j][m] - want[m]).abs();
                             assert!(
                                 err < 1e-12,
                                 "K={k} d={d} {cfg:?} pair ({i},{j}) pattern {m}: {} vs {}",
-                                patterns[i][j][m],
+                                similarities[i][j][m],
                                 want[m]
                             );
                         }
@@ -133,19 +134,19 @@ fn pattern_similarities_equal_brute_force_loops() {
 
 #[test]
 fn pattern_similarities_reject_mismatched_batches() {
-    let mut rng = Lcg(1);
+    let mut rng = Rng::new(1);
     let q = PerspectiveEmbeddings::from_raw(rng.tensor(&[2, 3, 4])).unwrap();
     let wider = PerspectiveEmbeddings::from_raw(rng.tensor(&[2, 3, 5])).unwrap();
     let more_k = PerspectiveEmbeddings::from_raw(rng.tensor(&[2, 4, 4])).unwrap();
-    let cfg = PatternConfig::default();
+    let cfg = SimilarityConfig::default();
     assert!(
-        pattern_similarities(&q, &wider, &cfg)
+        agff_similarities(&q, &wider, &cfg)
             .unwrap_err()
             .to_string()
             .contains("width")
     );
     assert!(
-        pattern_similarities(&q, &more_k, &cfg)
+        agff_similarities(&q, &more_k, &cfg)
             .unwrap_err()
             .to_string()
             .contains("perspectives")
@@ -213,7 +214,7 @@ fn equal_patterns_give_that_value_and_small_beta_gives_the_max() {
     let (score, a) = fuse_one(&f, [0.37; 4]);
     assert!((score - 0.37).abs() < 1e-12);
     // With equal patterns the pair weights are the pattern weights w.
-    let w = f.pattern_weights().unwrap();
+    let w = f.similarity_weights().unwrap();
     for (got, want) in a.iter().zip(w) {
         assert!((got - want as f64).abs() < 1e-6);
     }
@@ -246,12 +247,12 @@ fn fusion_weights_sum_to_one_and_are_the_gradient() {
 
 #[test]
 fn global_only_embeddings_fuse_to_gg() {
-    let mut rng = Lcg(3);
+    let mut rng = Rng::new(3);
     let q = PerspectiveEmbeddings::from_raw(rng.tensor(&[3, 1, 6])).unwrap();
     let c = PerspectiveEmbeddings::from_raw(rng.tensor(&[4, 1, 6])).unwrap();
-    let scores = pattern_similarities(&q, &c, &PatternConfig::default()).unwrap();
+    let scores = agff_similarities(&q, &c, &SimilarityConfig::default()).unwrap();
     let fused = fusion([0.2, 0.1, -0.4, 0.0], 0.05)
-        .fuse(&scores.patterns)
+        .fuse(&scores.similarities)
         .unwrap();
     let gg = q
         .global()
@@ -295,13 +296,13 @@ fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
 fn fused_scores(q: &Var, c: &Var, f: &Fusion) -> Tensor {
     let q = PerspectiveEmbeddings::from_raw(q.as_tensor().clone()).unwrap();
     let c = PerspectiveEmbeddings::from_raw(c.as_tensor().clone()).unwrap();
-    let p = pattern_similarities(&q, &c, &PatternConfig::default()).unwrap();
-    f.fuse(&p.patterns).unwrap().scores
+    let p = agff_similarities(&q, &c, &SimilarityConfig::default()).unwrap();
+    f.fuse(&p.similarities).unwrap().scores
 }
 
 #[test]
 fn ega_with_alpha_zero_is_plain_info_nce() {
-    let mut rng = Lcg(11);
+    let mut rng = Rng::new(11);
     let q = Var::from_tensor(&rng.tensor(&[6, 4, 8])).unwrap();
     let c = Var::from_tensor(&rng.tensor(&[6, 4, 8])).unwrap();
     let f = fusion([0.1, 0.0, -0.2, 0.3], 0.05);
@@ -344,7 +345,7 @@ fn reference_ega_gradient(s: &[Vec<f64>], alpha: f64, tau: f64) -> Vec<f64> {
 
 #[test]
 fn ega_gradient_is_the_amplified_matrix() {
-    let mut rng = Lcg(5);
+    let mut rng = Rng::new(5);
     for (b, c) in [(4, 4), (5, 8)] {
         let raw = rng.tensor(&[b, c]);
         let s = Var::from_tensor(&(raw * 0.3).unwrap()).unwrap();
@@ -406,7 +407,7 @@ fn a_hard_negatives_share_of_the_gradient_grows_with_alpha() {
 
 #[test]
 fn gradients_reach_theta_rho_and_embeddings() {
-    let mut rng = Lcg(23);
+    let mut rng = Rng::new(23);
     let q = Var::from_tensor(&rng.tensor(&[4, 3, 5])).unwrap();
     let c = Var::from_tensor(&rng.tensor(&[4, 3, 5])).unwrap();
     let f = fusion([0.4, -0.1, 0.2, -0.6], 0.1);
@@ -476,12 +477,12 @@ fn contrastive_losses_reject_bad_input() {
     let nan = Tensor::new(&[[f64::NAN, 0.0], [0.0, 0.0]], &DEV).unwrap();
     let err = ega_objective(&nan, &EgaConfig::default()).unwrap_err();
     assert!(err.to_string().contains("not finite"), "{err}");
-    assert_eq!(Pattern::ALL.map(|p| p.name()), ["GG", "FG", "GF", "FF"]);
+    assert_eq!(Similarity::ALL.map(|p| p.name()), ["GG", "FG", "GF", "FF"]);
 }
 
 #[test]
 fn fast_scorer_matches_the_differentiable_path() {
-    let mut rng = Lcg(31);
+    let mut rng = Rng::new(31);
     for (k, d, nq, nc) in [(0, 6, 2, 5), (1, 4, 3, 2), (4, 32, 3, 300), (5, 9, 1, 7)] {
         let q = PerspectiveEmbeddings::from_raw(rng.tensor(&[nq, k + 1, d])).unwrap();
         let c = PerspectiveEmbeddings::from_raw(rng.tensor(&[nc, k + 1, d])).unwrap();
@@ -492,13 +493,13 @@ fn fast_scorer_matches_the_differentiable_path() {
             Aggregator::Lme { gamma: 0.05 },
         ] {
             for ff_pairing in [FfPairing::Matched, FfPairing::All] {
-                let cfg = PatternConfig {
+                let cfg = SimilarityConfig {
                     aggregator,
                     ff_pairing,
                 };
-                let slow = pattern_similarities(&q, &c, &cfg).unwrap();
-                let fused = f.fuse(&slow.patterns).unwrap();
-                let (patterns, weights) = (vec3(&slow.patterns), vec3(&fused.weights));
+                let slow = agff_similarities(&q, &c, &cfg).unwrap();
+                let fused = f.fuse(&slow.similarities).unwrap();
+                let (similarities, weights) = (vec3(&slow.similarities), vec3(&fused.weights));
                 let scores = fused.scores.to_vec2::<f64>().unwrap();
                 let fast = FusedScorer::new(cfg, &f).unwrap().score(&q, &c).unwrap();
                 assert_eq!((fast.queries, fast.candidates), (nq, nc));
@@ -512,7 +513,10 @@ fn fast_scorer_matches_the_differentiable_path() {
                             "K={k} {cfg:?} ({i},{j}) fused"
                         );
                         for m in 0..4 {
-                            assert!(close(got.patterns[m], patterns[i][j][m]), "pattern {m}");
+                            assert!(
+                                close(got.similarities[m], similarities[i][j][m]),
+                                "pattern {m}"
+                            );
                             assert!(close(got.weights[m], weights[i][j][m]), "weight {m}");
                         }
                     }

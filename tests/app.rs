@@ -234,9 +234,9 @@ fn fine_tune_runs_a_few_steps() {
     assert_eq!(h.state().query_image.as_deref(), Some(image.as_path()));
     assert_eq!(results.items[0].path, image);
     // Same image: the global views match, and so does each perspective with itself.
-    let patterns = results.items[0].hit.patterns;
-    assert!((patterns[0] - 1.0).abs() < 1e-3, "GG {patterns:?}");
-    assert!((patterns[3] - 1.0).abs() < 1e-3, "FF {patterns:?}");
+    let similarities = results.items[0].hit.similarities;
+    assert!((similarities[0] - 1.0).abs() < 1e-3, "GG {similarities:?}");
+    assert!((similarities[3] - 1.0).abs() < 1e-3, "FF {similarities:?}");
 
     h.get_by_label("Fine-tune").click();
     h.step();

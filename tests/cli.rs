@@ -119,8 +119,25 @@ fn bench_fusion_rejects_bad_settings() {
         .args(["bench", "fusion", "--aggregator", "median"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    // A bad value of an enumerated option is clap's usage error (exit code 2).
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown aggregator"));
+    for args in [
+        ["bench", "fusion", "--ff", "some"],
+        ["bench", "model", "--dtype", "f8"],
+    ] {
+        let out = agff_lens().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+    let out = agff_lens()
+        .args([
+            "explain", "--model", "demo", "--image", "x.png", "--query", "a", "--out", "o",
+            "--method", "gradcam",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("attribution"));
     let out = agff_lens()
         .args(["bench", "fusion", "--device", "cuda"])
         .output()
@@ -340,9 +357,82 @@ fn fine_tune_on_a_scenes_folder_writes_soft_prompts_and_fusion() {
     .unwrap();
     assert_eq!(soft.len(), 4, "one soft prompt per fine perspective");
     assert!(out.join("perspectives.json").is_file());
+
+    // `--tuned DIR` applies the run to search: its soft prompts and fusion change the
+    // scores of the same gallery.
+    let cache = temp("ftcache");
+    let search = |extra: &[&str]| -> Vec<f64> {
+        let o = agff_lens()
+            .args(["search", "--model", "demo", "--gallery"])
+            .arg(&data)
+            .args(["--query", "a red circle", "--cache"])
+            .arg(&cache)
+            .args(["--top", "6", "--json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let mut scores: Vec<(String, f64)> = v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["path"].as_str().unwrap().to_owned(),
+                    r["score"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        scores.sort_by(|a, b| a.0.cmp(&b.0));
+        scores.into_iter().map(|(_, s)| s).collect()
+    };
+    let plain = search(&[]);
+    let tuned = search(&["--tuned", out.to_str().unwrap()]);
+    assert_eq!(plain.len(), tuned.len());
+    assert!(
+        plain.iter().zip(&tuned).any(|(a, b)| (a - b).abs() > 1e-7),
+        "{plain:?} {tuned:?}"
+    );
+    // So does `embed`, and a folder that is not a run is refused by name.
+    let o = agff_lens()
+        .args([
+            "embed",
+            "--model",
+            "demo",
+            "--text",
+            "a red circle",
+            "--tuned",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("fusion.json") && err.contains("ftdata"),
+        "{err}"
+    );
+    // --tuned brings its own perspectives: giving both is a usage error.
+    let o = agff_lens()
+        .args([
+            "embed",
+            "--model",
+            "demo",
+            "--text",
+            "a",
+            "--perspectives",
+            "p.json",
+            "--tuned",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
     let _ = (
         std::fs::remove_dir_all(&data),
         std::fs::remove_dir_all(&out),
+        std::fs::remove_dir_all(&cache),
     );
 }
 
@@ -392,7 +482,7 @@ fn explain_writes_overlays_and_a_breakdown_that_adds_up() {
         assert_eq!(v["method"], method);
         let maps = v["perspective_maps"].as_array().unwrap();
         assert_eq!(maps.len(), 5);
-        for m in maps.iter().chain(v["pattern_maps"].as_array().unwrap()) {
+        for m in maps.iter().chain(v["similarity_maps"].as_array().unwrap()) {
             let (rows, cols) = (m["rows"].as_u64().unwrap(), m["cols"].as_u64().unwrap());
             assert_eq!(m["values"].as_array().unwrap().len() as u64, rows * cols);
             let png = image::open(m["png"].as_str().unwrap()).unwrap();
@@ -479,7 +569,7 @@ fn search_json_ranks_a_scene_folder_and_lists_skipped_files() {
     assert!(scores.windows(2).all(|w| w[0] >= w[1]));
     for r in results {
         for k in ["GG", "FG", "GF", "FF"] {
-            assert!(r["patterns"][k].is_number() && r["weights"][k].is_number());
+            assert!(r["similarities"][k].is_number() && r["weights"][k].is_number());
         }
         assert_eq!(r["perspectives"].as_object().unwrap().len(), 5);
     }

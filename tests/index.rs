@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use agff_lens::agff::{FusedScorer, Fusion, FusionInit, PatternConfig};
+use agff_lens::agff::{FusedScorer, Fusion, FusionInit, SimilarityConfig};
 use agff_lens::index::{
     EmbeddingCache, FirstStageOn, SearchOptions, embed_gallery, embed_unit, first_stage_recall,
     scan_gallery, search,
@@ -294,7 +294,7 @@ fn search_ranks_by_the_fused_score_and_the_first_stage_keeps_the_top() {
         &Device::Cpu,
     )
     .unwrap();
-    let scorer = FusedScorer::new(PatternConfig::default(), &fusion).unwrap();
+    let scorer = FusedScorer::new(SimilarityConfig::default(), &fusion).unwrap();
     let q = embed_unit(&model, &EmbedInput::text("a red circle"), &p).unwrap();
     let all = search(
         &q,
@@ -310,12 +310,12 @@ fn search_ranks_by_the_fused_score_and_the_first_stage_keeps_the_top() {
     assert_eq!(all.len(), 12);
     assert!(all.windows(2).all(|w| w[0].score >= w[1].score));
     for h in &all {
-        let (fused, weights) = scorer.fuse_patterns(h.patterns);
+        let (fused, weights) = scorer.fuse_similarities(h.similarities);
         assert!((fused - h.score).abs() < 1e-5);
         assert!((weights.iter().sum::<f32>() - 1.0).abs() < 1e-5);
         assert_eq!(h.perspective_sims.len(), 25);
         // GG is the (global, global) similarity.
-        assert!((h.perspective_sims[0] - h.patterns[0]).abs() < 1e-5);
+        assert!((h.perspective_sims[0] - h.similarities[0]).abs() < 1e-5);
     }
     // A first stage as large as the gallery changes nothing; a smaller one keeps a subset.
     let same = search(

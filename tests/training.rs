@@ -43,7 +43,7 @@ fn run(
 
 fn held_out_loss(dir: &Path) -> f64 {
     use agff_lens::agff::{
-        Fusion, FusionInit, PatternConfig, PerspectiveEmbeddings, info_nce, pattern_similarities,
+        Fusion, FusionInit, PerspectiveEmbeddings, SimilarityConfig, agff_similarities, info_nce,
     };
     let model = DemoModel::load(dir, &Device::Cpu).unwrap();
     let p = model.default_perspectives();
@@ -70,9 +70,9 @@ fn held_out_loss(dir: &Path) -> f64 {
     .unwrap();
     let s = fusion
         .fuse(
-            &pattern_similarities(&q, &c, &PatternConfig::default())
+            &agff_similarities(&q, &c, &SimilarityConfig::default())
                 .unwrap()
-                .patterns,
+                .similarities,
         )
         .unwrap()
         .scores;
@@ -136,7 +136,7 @@ fn a_short_run_lowers_the_loss_and_reports_hard_negatives() {
         }
         assert!(negs.windows(2).all(|w| w[0].prob >= w[1].prob));
     }
-    let w: f32 = r.pattern_weights.iter().sum();
+    let w: f32 = r.similarity_weights.iter().sum();
     assert!((w - 1.0).abs() < 1e-5);
 
     // The checkpoint loads as a backbone and embeds a scene.

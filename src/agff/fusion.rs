@@ -7,7 +7,7 @@ use super::{AgffError, Result, log_sum_exp_last};
 /// Initial values of the learnable fusion parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FusionInit {
-    /// Pattern logits θ (GG, FG, GF, FF); `w = softmax(θ)`. Default: all 0.
+    /// Similarity logits θ (GG, FG, GF, FF); `w = softmax(θ)`. Default: all 0.
     pub theta: [f64; 4],
     /// Fusion temperature β = exp(ρ). Default: 0.05.
     pub beta: f64,
@@ -91,7 +91,7 @@ impl Fusion {
     }
 
     /// The pattern weights `w = softmax(θ)` as numbers.
-    pub fn pattern_weights(&self) -> Result<[f32; 4]> {
+    pub fn similarity_weights(&self) -> Result<[f32; 4]> {
         let w = candle_nn::ops::softmax(self.theta.as_tensor(), 0)?
             .to_dtype(DType::F32)?
             .to_vec1::<f32>()?;
@@ -108,17 +108,17 @@ impl Fusion {
             .exp())
     }
 
-    /// Fuses `[…, 4]` pattern similarities (see [`super::pattern_similarities`]).
-    pub fn fuse(&self, patterns: &Tensor) -> Result<Fused> {
-        if patterns.dims().last() != Some(&4) {
-            return Err(AgffError::BadShape(patterns.dims().to_vec()));
+    /// Fuses `[…, 4]` pattern similarities (see [`super::agff_similarities`]).
+    pub fn fuse(&self, similarities: &Tensor) -> Result<Fused> {
+        if similarities.dims().last() != Some(&4) {
+            return Err(AgffError::BadShape(similarities.dims().to_vec()));
         }
         let theta = self.theta.as_tensor();
         let rho = self.rho.as_tensor();
         let log_w = candle_nn::ops::log_softmax(theta, 0)?;
         let beta = rho.exp()?;
         // z_m = s_m/β + log w_m, so s = β·logsumexp(z) and a = softmax(z).
-        let z = patterns.broadcast_div(&beta)?.broadcast_add(&log_w)?;
+        let z = similarities.broadcast_div(&beta)?.broadcast_add(&log_w)?;
         let lse = log_sum_exp_last(&z)?;
         let weights = z.broadcast_sub(&lse)?.exp()?;
         let scores = lse.squeeze(D::Minus1)?.broadcast_mul(&beta)?;

@@ -3,7 +3,7 @@
 //! Everything here is batched and differentiable:
 //!
 //! - [`PerspectiveEmbeddings`]: one global and K fine-grained unit vectors per input (§1);
-//! - [`pattern_similarities`]: the four perception-pattern similarities GG, FG, GF, FF for
+//! - [`agff_similarities`]: the four perception-pattern similarities GG, FG, GF, FF for
 //!   every (query, candidate) pair, from one matrix product over all perspective vectors (§2);
 //! - [`Fusion`]: `s = β·log Σ_m w_m·exp(s_m/β)` with learnable θ and ρ, and the per-pair
 //!   weights `a_m = ∂s/∂s_m` (§3);
@@ -16,19 +16,24 @@
 
 mod fusion;
 mod loss;
-mod patterns;
 mod perspectives;
 mod scorer;
+mod similarities;
 
 pub use fusion::{Fused, Fusion, FusionInit};
 pub use loss::{EgaConfig, EgaOutput, ega_objective, info_nce};
-pub use patterns::{Aggregator, FfPairing, PatternConfig, PatternScores, pattern_similarities};
 pub use perspectives::PerspectiveEmbeddings;
 pub use scorer::{FusedScorer, PairScore, ScoreTable};
+pub use similarities::{
+    Aggregator, FfPairing, SimilarityConfig, SimilarityScores, agff_similarities,
+};
 
-/// The four perception patterns, in the order used by every `[…, 4]` tensor here.
+/// The four AGFF similarities of a (query, candidate) pair (method.md §2; the paper
+/// calls them perception patterns), in the order used by every `[…, 4]` tensor here.
+/// Not to be confused with MMVP-VLM's nine visual patterns
+/// ([`crate::scenes::MmvpPattern`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Pattern {
+pub enum Similarity {
     /// Global query vs global candidate.
     GG,
     /// Fine-grained query vs global candidate.
@@ -39,21 +44,26 @@ pub enum Pattern {
     FF,
 }
 
-impl Pattern {
-    /// All patterns in tensor order.
-    pub const ALL: [Pattern; 4] = [Pattern::GG, Pattern::FG, Pattern::GF, Pattern::FF];
+impl Similarity {
+    /// All four, in tensor order.
+    pub const ALL: [Similarity; 4] = [
+        Similarity::GG,
+        Similarity::FG,
+        Similarity::GF,
+        Similarity::FF,
+    ];
 
     /// The short name used in JSON and the UI.
     pub fn name(self) -> &'static str {
         match self {
-            Pattern::GG => "GG",
-            Pattern::FG => "FG",
-            Pattern::GF => "GF",
-            Pattern::FF => "FF",
+            Similarity::GG => "GG",
+            Similarity::FG => "FG",
+            Similarity::GF => "GF",
+            Similarity::FF => "FF",
         }
     }
 
-    /// Position of this pattern along the last axis of a `[…, 4]` tensor.
+    /// Position of this similarity along the last axis of a `[…, 4]` tensor.
     pub fn index(self) -> usize {
         self as usize
     }
@@ -78,6 +88,9 @@ pub enum AgffError {
     NonFinite(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// The backbone failed to embed an input.
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
 }
 
 /// Result type of this layer.

@@ -27,6 +27,24 @@ impl PerspectiveEmbeddings {
         })
     }
 
+    /// One input embedded under `perspectives` and L2-normalised: `[1, 1+K, d]` in f32,
+    /// differentiable when the options track anything, with the backbone's full
+    /// [`Embedding`](crate::model::Embedding) (branch tokens, visual tokens) beside it.
+    /// The one "embed, then normalise" of the crate (method.md §1).
+    ///
+    /// # Errors
+    /// The backbone's error (bad input, text too long, …) as [`AgffError::Model`].
+    pub fn embed(
+        backbone: &dyn crate::model::Backbone,
+        input: &crate::model::EmbedInput,
+        perspectives: &crate::model::PerspectiveSet,
+        options: &crate::model::EmbedOptions,
+    ) -> Result<(Self, crate::model::Embedding)> {
+        let e = backbone.embed(input, perspectives, options)?;
+        let unit = Self::from_raw(e.vectors.to_dtype(candle_core::DType::F32)?.unsqueeze(0)?)?;
+        Ok((unit, e))
+    }
+
     /// Wraps vectors known to be unit length without checking their norms (one pass less
     /// over a large gallery whose vectors were normalised when they were embedded).
     pub fn assume_unit(vectors: Tensor) -> Result<Self> {

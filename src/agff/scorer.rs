@@ -1,6 +1,6 @@
 //! Fast, non-differentiable AGFF scoring for search and benchmarks.
 //!
-//! [`super::pattern_similarities`] + [`super::Fusion::fuse`] build the scores from tensor
+//! [`super::agff_similarities`] + [`super::Fusion::fuse`] build the scores from tensor
 //! operations so that training can differentiate them; after the matrix product each of
 //! those operations is a separate single-threaded pass over memory. For inference this
 //! module runs the same matrix product and then computes the four patterns, the fused score
@@ -10,8 +10,8 @@
 use candle_core::{DType, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::patterns::all_perspective_products;
-use super::{Aggregator, FfPairing, Fusion, PatternConfig, PerspectiveEmbeddings, Result};
+use super::similarities::all_perspective_products;
+use super::{Aggregator, FfPairing, Fusion, PerspectiveEmbeddings, Result, SimilarityConfig};
 
 /// Pairs handed to one worker at a time.
 const CHUNK: usize = 256;
@@ -22,7 +22,7 @@ pub struct PairScore {
     /// The fused score s.
     pub fused: f32,
     /// s_GG, s_FG, s_GF, s_FF.
-    pub patterns: [f32; 4],
+    pub similarities: [f32; 4],
     /// The fusion weights a_m = ∂s/∂s_m, summing to 1.
     pub weights: [f32; 4],
 }
@@ -56,15 +56,15 @@ impl ScoreTable {
 /// A frozen copy of the fusion parameters and pattern settings, for inference.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FusedScorer {
-    config: PatternConfig,
+    config: SimilarityConfig,
     log_w: [f32; 4],
     beta: f32,
 }
 
 impl FusedScorer {
     /// Snapshots the current values of `fusion`.
-    pub fn new(config: PatternConfig, fusion: &Fusion) -> Result<Self> {
-        let w = fusion.pattern_weights()?;
+    pub fn new(config: SimilarityConfig, fusion: &Fusion) -> Result<Self> {
+        let w = fusion.similarity_weights()?;
         Ok(Self {
             config,
             log_w: w.map(f32::ln),
@@ -73,8 +73,8 @@ impl FusedScorer {
     }
 
     /// Fuses one pair's four pattern similarities: the fused score and the weights a_m.
-    pub fn fuse_patterns(&self, patterns: [f32; 4]) -> (f32, [f32; 4]) {
-        let z: [f32; 4] = std::array::from_fn(|m| patterns[m] / self.beta + self.log_w[m]);
+    pub fn fuse_similarities(&self, similarities: [f32; 4]) -> (f32, [f32; 4]) {
+        let z: [f32; 4] = std::array::from_fn(|m| similarities[m] / self.beta + self.log_w[m]);
         let shift = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let lse = shift + z.iter().map(|v| (v - shift).exp()).sum::<f32>().ln();
         (self.beta * lse, z.map(|v| (v - lse).exp()))
@@ -84,7 +84,7 @@ impl FusedScorer {
     /// (0 = global). `scratch` holds at least K·K values.
     fn pair(&self, k: usize, sim: impl Fn(usize, usize) -> f32, scratch: &mut [f32]) -> PairScore {
         let gg = sim(0, 0);
-        let patterns = if k == 0 {
+        let similarities = if k == 0 {
             [gg; 4]
         } else {
             let agg: Aggregator = self.config.aggregator;
@@ -102,10 +102,10 @@ impl FusedScorer {
             };
             [gg, fg, gf, ff]
         };
-        let (fused, weights) = self.fuse_patterns(patterns);
+        let (fused, weights) = self.fuse_similarities(similarities);
         PairScore {
             fused,
-            patterns,
+            similarities,
             weights,
         }
     }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::explain::{ColorMap, Method};
 use crate::model::PerspectiveSet;
+use crate::session::defaults;
 use crate::train::TrainSettings;
 use worker::{
     Event, ExplainResult, GalleryInfo, Job, ModelChoice, Query, SearchResults, WorkerHandle,
@@ -116,11 +117,11 @@ impl Default for Settings {
             colormap: ColorMap::Inferno,
             opacity: 0.55,
             method: Method::Attribution.name().into(),
-            alpha: 1.0,
-            tau: 0.05,
-            lr: 3e-3,
-            steps: 60,
-            batch: 16,
+            alpha: defaults::EGA_ALPHA,
+            tau: defaults::FINE_TUNE_TAU,
+            lr: defaults::LR,
+            steps: defaults::FINE_TUNE_STEPS,
+            batch: defaults::FINE_TUNE_BATCH,
             train_soft: true,
             train_fusion: true,
             train_folder: String::new(),
@@ -754,17 +755,15 @@ impl LensApp {
     }
 
     pub(crate) fn train_settings(&self) -> TrainSettings {
+        let steps = self.settings.steps.max(1);
         TrainSettings {
-            steps: self.settings.steps.max(1),
             batch: self.settings.batch.max(2),
             lr: self.settings.lr,
-            warmup: (self.settings.steps / 10).max(1),
             alpha: self.settings.alpha,
             tau: self.settings.tau,
             train_soft: self.settings.train_soft,
             train_fusion: self.settings.train_fusion,
-            checkpoint_every: self.settings.steps.max(1),
-            ..TrainSettings::default()
+            ..defaults::fine_tune(steps)
         }
     }
 

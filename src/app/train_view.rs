@@ -78,6 +78,11 @@ impl TrainView {
                 self.status = format!("saved step {step} in {}", dir.display());
             }
             TrainEvent::Paused => self.status = "paused".into(),
+            TrainEvent::Stage { name, total_steps } => {
+                self.total_steps = total_steps;
+                self.status = format!("{name}: 0 / {total_steps}");
+            }
+            TrainEvent::Note(line) => self.status = line,
             TrainEvent::Finished(summary) => {
                 self.running = false;
                 self.last_run = Some(summary.out.clone());

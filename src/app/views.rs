@@ -101,7 +101,7 @@ impl InspectorView {
         }
     }
 
-    /// Names of the maps, in display order: fused, perspectives, patterns.
+    /// Names of the maps, in display order: fused, perspectives, similarities.
     pub fn map_names(&self) -> Vec<String> {
         self.overlays.iter().map(|(n, _)| n.clone()).collect()
     }
@@ -115,7 +115,7 @@ fn all_maps(result: &ExplainResult) -> Vec<&Heatmap> {
     let e = &result.explanation;
     std::iter::once(&e.fused_map)
         .chain(e.perspective_maps.iter())
-        .chain(e.pattern_maps.iter())
+        .chain(e.similarity_maps.iter())
         .collect()
 }
 
@@ -412,7 +412,7 @@ pub fn inspector(app: &mut LensApp, ui: &mut egui::Ui) {
             bar(
                 ui,
                 name,
-                s.patterns[m],
+                s.similarities[m],
                 -1.0,
                 1.0,
                 Color32::from_rgb(90, 150, 230),
@@ -469,10 +469,10 @@ pub fn inspector(app: &mut LensApp, ui: &mut egui::Ui) {
                     ui.end_row();
                     for (m, name) in PATTERNS.iter().enumerate() {
                         ui.label(*name);
-                        ui.monospace(format!("{:.4}", cmp.a.patterns[m]));
-                        ui.monospace(format!("{:.4}", cmp.b.patterns[m]));
-                        ui.monospace(format!("{:+.4}", cmp.pattern_diffs[m]));
-                        ui.monospace(format!("{:+.4}", cmp.pattern_contributions[m]));
+                        ui.monospace(format!("{:.4}", cmp.a.similarities[m]));
+                        ui.monospace(format!("{:.4}", cmp.b.similarities[m]));
+                        ui.monospace(format!("{:+.4}", cmp.similarity_diffs[m]));
+                        ui.monospace(format!("{:+.4}", cmp.similarity_contributions[m]));
                         ui.end_row();
                     }
                     for (n, (name, d)) in cmp.perspective_diffs.iter().enumerate() {
@@ -488,14 +488,14 @@ pub fn inspector(app: &mut LensApp, ui: &mut egui::Ui) {
                 });
             let decisive = (0..4)
                 .max_by(|&a, &b| {
-                    cmp.pattern_contributions[a]
+                    cmp.similarity_contributions[a]
                         .abs()
-                        .total_cmp(&cmp.pattern_contributions[b].abs())
+                        .total_cmp(&cmp.similarity_contributions[b].abs())
                 })
                 .unwrap_or(0);
             ui.label(format!(
                 "Largest contribution: {} ({:+.4} of the {:+.4} difference).",
-                PATTERNS[decisive], cmp.pattern_contributions[decisive], cmp.fused_diff
+                PATTERNS[decisive], cmp.similarity_contributions[decisive], cmp.fused_diff
             ));
         }
     });

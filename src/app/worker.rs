@@ -11,16 +11,14 @@ use std::thread::JoinHandle;
 
 use image::RgbImage;
 
-use crate::agff::{FusedScorer, Fusion, PatternConfig};
-use crate::explain::{Comparison, Explainer, Explanation, Method};
+use crate::explain::{Comparison, Explanation, Method};
 use crate::index::{
-    FirstStageOn, GalleryEmbeddings, Hit, SearchOptions, default_cache_dir, embed_gallery_soft,
-    embed_unit_soft, scan_gallery, search, thumbnail,
+    FirstStageOn, GalleryEmbeddings, Hit, SearchOptions, default_cache_dir, scan_gallery, thumbnail,
 };
-use crate::model::demo::DemoModel;
-use crate::model::hub::{DownloadProgress, ModelSource, ResolveOptions, resolve_model};
+use crate::model::hub::DownloadProgress;
 use crate::model::image_io::{open_image, to_rgb8};
-use crate::model::{Backbone, DeviceChoice, EmbedInput, PerspectiveSet};
+use crate::model::{DeviceChoice, EmbedInput, PerspectiveSet};
+use crate::session::{LoadOptions, Session};
 use crate::train::{DataSource, TrainControl, TrainEvent, TrainSettings, fine_tune};
 
 /// Side of the thumbnails in the results grid.
@@ -334,14 +332,6 @@ impl Outbox {
     }
 }
 
-struct Loaded {
-    backbone: Box<dyn Backbone>,
-    perspectives: PerspectiveSet,
-    fusion: Fusion,
-    /// Soft prompts from a fine-tune (empty: the backbone's own).
-    soft: Vec<Option<candle_core::Tensor>>,
-}
-
 struct Worker {
     out: Outbox,
     cancel: Arc<AtomicBool>,
@@ -349,7 +339,7 @@ struct Worker {
     cache_dir: PathBuf,
     /// Where models run (cpu unless the user asked for a GPU).
     device: DeviceChoice,
-    model: Option<Loaded>,
+    model: Option<Session>,
     gallery: Option<GalleryEmbeddings>,
     gallery_root: Option<PathBuf>,
 }
@@ -367,9 +357,11 @@ fn msg(e: impl std::fmt::Display) -> JobError {
     JobError::Message(e.to_string())
 }
 
-fn cancelled_or(e: crate::index::IndexError) -> JobError {
+fn cancelled_or(e: crate::session::SessionError) -> JobError {
     match e {
-        crate::index::IndexError::Cancelled => JobError::Cancelled,
+        crate::session::SessionError::Index(crate::index::IndexError::Cancelled) => {
+            JobError::Cancelled
+        }
         other => msg(other),
     }
 }
@@ -425,20 +417,6 @@ fn fit(image: &RgbImage, side: u32) -> RgbImage {
     }
 }
 
-/// Embeds `input` with the loaded model's perspectives and soft prompts and ranks the
-/// gallery by its fusion.
-fn rank(
-    loaded: &Loaded,
-    gallery: &GalleryEmbeddings,
-    input: &EmbedInput,
-    options: &SearchOptions,
-) -> Result<Vec<Hit>, JobError> {
-    let q = embed_unit_soft(&*loaded.backbone, input, &loaded.perspectives, &loaded.soft)
-        .map_err(msg)?;
-    let scorer = FusedScorer::new(PatternConfig::default(), &loaded.fusion).map_err(msg)?;
-    search(&q, gallery, &scorer, options).map_err(msg)
-}
-
 impl Worker {
     /// Runs one job; false when the UI has gone away.
     fn run(&mut self, job: Job) -> bool {
@@ -476,7 +454,7 @@ impl Worker {
         }
     }
 
-    fn loaded(&self) -> Result<&Loaded, JobError> {
+    fn loaded(&self) -> Result<&Session, JobError> {
         self.model
             .as_ref()
             .ok_or_else(|| msg("no model is loaded yet"))
@@ -489,44 +467,32 @@ impl Worker {
     }
 
     fn load_model(&mut self, choice: &ModelChoice) -> Result<Option<String>, JobError> {
-        let device = self.device.open().map_err(msg)?;
-        let backbone: Box<dyn Backbone> = match choice {
-            ModelChoice::Demo => Box::new(DemoModel::embedded(&device).map_err(msg)?),
-            ModelChoice::Named(arg) => {
-                let mut progress = HubProgress {
-                    out: &self.out,
-                    cancel: &self.cancel,
-                    name: String::new(),
-                    total: 0,
-                    done: 0,
-                };
-                let source = resolve_model(arg.trim(), &ResolveOptions::default(), &mut progress)
-                    .map_err(|e| {
-                    if self.cancel.load(Ordering::Relaxed) {
-                        JobError::Cancelled
-                    } else {
-                        msg(e)
-                    }
-                })?;
-                match source {
-                    ModelSource::Demo => Box::new(DemoModel::embedded(&device).map_err(msg)?),
-                    ModelSource::Local(dir) => {
-                        crate::model::loader::load_folder(&dir, candle_core::DType::F32, &device)
-                            .map_err(msg)?
-                    }
-                }
-            }
+        let arg = match choice {
+            ModelChoice::Demo => "demo",
+            ModelChoice::Named(arg) => arg.trim(),
         };
-        let perspectives = backbone.default_perspectives();
-        let fusion = Fusion::for_backbone(&*backbone).map_err(msg)?;
-        let name = backbone.identity().name.clone();
-        let dim = backbone.hidden_size();
-        self.model = Some(Loaded {
-            backbone,
-            perspectives: perspectives.clone(),
-            fusion,
-            soft: Vec::new(),
-        });
+        let mut progress = HubProgress {
+            out: &self.out,
+            cancel: &self.cancel,
+            name: String::new(),
+            total: 0,
+            done: 0,
+        };
+        let options = LoadOptions {
+            device: self.device,
+            ..LoadOptions::default()
+        };
+        let session = Session::load(arg, &options, &mut progress).map_err(|e| {
+            if self.cancel.load(Ordering::Relaxed) {
+                JobError::Cancelled
+            } else {
+                msg(e)
+            }
+        })?;
+        let perspectives = session.perspectives.clone();
+        let name = session.backbone.identity().name.clone();
+        let dim = session.backbone.hidden_size();
+        self.model = Some(session);
         // Embeddings of another model mean nothing to this one.
         self.gallery = None;
         self.gallery_root = None;
@@ -559,17 +525,12 @@ impl Worker {
         let gallery = scan_gallery(dir, &cancel, &mut |n| {
             out.progress("index", n, 0, "looking for images")
         })
-        .map_err(cancelled_or)?;
-        let (embeddings, report) = embed_gallery_soft(
-            &*loaded.backbone,
-            &loaded.perspectives,
-            &loaded.soft,
-            &gallery,
-            &self.cache_dir,
-            &cancel,
-            &mut |done, total| out.progress("index", done, total, "embedding"),
-        )
-        .map_err(cancelled_or)?;
+        .map_err(|e| cancelled_or(e.into()))?;
+        let (embeddings, report) = loaded
+            .index(&gallery, &self.cache_dir, &cancel, &mut |done, total| {
+                out.progress("index", done, total, "embedding")
+            })
+            .map_err(cancelled_or)?;
         let mut skipped: Vec<(PathBuf, String)> = gallery
             .skipped
             .iter()
@@ -608,16 +569,17 @@ impl Worker {
         let loaded = self.loaded()?;
         let gallery = self.gallery()?;
         let input = query_input(&query)?;
-        let hits = rank(
-            loaded,
-            gallery,
-            &input,
-            &SearchOptions {
-                top_k,
-                first_stage,
-                first_stage_on,
-            },
-        )?;
+        let (hits, _) = loaded
+            .rank(
+                gallery,
+                &input,
+                &SearchOptions {
+                    top_k,
+                    first_stage,
+                    first_stage_on,
+                },
+            )
+            .map_err(msg)?;
         let mut items = Vec::with_capacity(hits.len());
         for (n, hit) in hits.into_iter().enumerate() {
             if self.cancel.load(Ordering::Relaxed) {
@@ -672,12 +634,7 @@ impl Worker {
         let input = query_input(&query)?;
         let path = path_of(target)?;
         let image = load_rgb(&path)?;
-        let mut explainer = Explainer::new(
-            &*loaded.backbone,
-            loaded.perspectives.clone(),
-            loaded.fusion.clone(),
-        );
-        explainer.soft_prompts = loaded.soft.clone();
+        let explainer = loaded.explainer();
         // The query is embedded once, for the maps and for the runner-up comparison.
         let q = explainer.embed_query(&input).map_err(msg)?;
         let explanation = explainer
@@ -689,14 +646,9 @@ impl Worker {
                 let rimage = load_rgb(&rpath)?;
                 // Both candidates' vectors are in the gallery already (a real model pays
                 // seconds per image on a CPU to embed them again).
-                let stored = |i: usize| -> Result<_, JobError> {
-                    let cpu = gallery.embeddings(&[i]).map_err(msg)?;
-                    let t = cpu.tensor().to_device(q.tensor().device()).map_err(msg)?;
-                    crate::agff::PerspectiveEmbeddings::assume_unit(t).map_err(msg)
-                };
-                let a = explainer.breakdown(&q, &stored(target)?).map_err(msg)?;
-                let b = explainer.breakdown(&q, &stored(j)?).map_err(msg)?;
-                let cmp = crate::explain::compare_breakdowns(a, b);
+                let cmp = loaded
+                    .compare_stored(&explainer, &q, gallery, target, j)
+                    .map_err(msg)?;
                 Some((j, rpath, Picture::from_image(&fit(&rimage, VIEW_SIDE)), cmp))
             }
             None => None,
@@ -713,15 +665,11 @@ impl Worker {
     }
 
     fn set_perspectives(&mut self, set: PerspectiveSet) -> Result<Option<String>, JobError> {
-        set.validate().map_err(msg)?;
         let model = self
             .model
             .as_mut()
             .ok_or_else(|| msg("no model is loaded yet"))?;
-        // θ has one logit a pattern whatever K is, so the fusion stays valid.
-        model.perspectives = set.clone();
-        // Tuned soft prompts belong to the old set.
-        model.soft.clear();
+        model.set_perspectives(set.clone()).map_err(msg)?;
         self.out.send(Event::PerspectivesSet(set));
         // Re-embed the open gallery: the cache holds every set it has seen, so only
         // perspectives not embedded before cost model time.
@@ -738,17 +686,18 @@ impl Worker {
         if query.trim().is_empty() {
             return Ok(None);
         }
-        let hits = rank(
-            loaded,
-            gallery,
-            &EmbedInput::text(query),
-            &SearchOptions {
-                top_k: 5,
-                // Exact up to 20,000 images, as the app's searches.
-                first_stage: Some(crate::index::DEFAULT_FIRST_STAGE),
-                first_stage_on: FirstStageOn::Global,
-            },
-        )?;
+        let (hits, _) = loaded
+            .rank(
+                gallery,
+                &EmbedInput::text(query),
+                &SearchOptions {
+                    top_k: 5,
+                    // Exact up to 20,000 images, as the app's searches.
+                    first_stage: Some(crate::index::DEFAULT_FIRST_STAGE),
+                    first_stage_on: FirstStageOn::Global,
+                },
+            )
+            .map_err(msg)?;
         Ok(Some(Ranking {
             after,
             query: query.to_owned(),
@@ -832,25 +781,11 @@ impl Worker {
     /// Uses the fusion and soft prompts a fine-tune saved from now on, and re-embeds the
     /// gallery with them.
     fn apply_fine_tune(&mut self, dir: &Path) -> Result<(), JobError> {
-        let init = crate::train::read_fusion(&dir.join("fusion.json")).map_err(msg)?;
-        let model = self
-            .model
+        self.model
             .as_mut()
-            .ok_or_else(|| msg("no model is loaded yet"))?;
-        let soft = crate::train::read_soft_prompts(
-            &dir.join("soft_prompts.safetensors"),
-            &model.perspectives,
-            model.backbone.hidden_size(),
-            model.backbone.device(),
-        )
-        .map_err(msg)?;
-        model.fusion =
-            Fusion::new(init, candle_core::DType::F32, model.backbone.device()).map_err(msg)?;
-        model.soft = if soft.iter().any(Option::is_some) {
-            soft
-        } else {
-            Vec::new()
-        };
+            .ok_or_else(|| msg("no model is loaded yet"))?
+            .apply_tuned(dir)
+            .map_err(msg)?;
         if let Some(root) = self.gallery_root.clone() {
             self.index_folder(&root)?;
         }

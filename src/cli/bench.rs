@@ -8,7 +8,8 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::agff::{
-    FusedScorer, Fusion, FusionInit, PatternConfig, PerspectiveEmbeddings, pattern_similarities,
+    Aggregator, FfPairing, FusedScorer, Fusion, FusionInit, PerspectiveEmbeddings,
+    SimilarityConfig, agff_similarities,
 };
 use crate::model::DeviceChoice;
 
@@ -31,10 +32,10 @@ pub struct FusionArgs {
     #[arg(long, default_value_t = 7)]
     pub reps: usize,
     /// Aggregator of the pattern similarities: max, mean, lme or lme:GAMMA.
-    #[arg(long, default_value = "lme")]
+    #[arg(long, default_value = "lme", value_parser = checked::<Aggregator>)]
     pub aggregator: String,
     /// FF pairing: matched or all.
-    #[arg(long, default_value = "matched")]
+    #[arg(long, default_value = "matched", value_parser = checked::<FfPairing>)]
     pub ff: String,
     /// Compute device: cpu, cuda[:N], metal[:N].
     #[arg(long, default_value = "cpu")]
@@ -44,6 +45,17 @@ pub struct FusionArgs {
     pub json: bool,
 }
 
+/// A value parser that keeps the text as typed once it parses as `T` (so a bad value is
+/// clap's usage error, exit code 2, and the report shows what the user wrote).
+fn checked<T: std::str::FromStr>(s: &str) -> Result<String, String>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse::<T>()
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
 /// One measured configuration.
 #[derive(Debug, Serialize)]
 pub struct FusionResult {
@@ -51,7 +63,7 @@ pub struct FusionResult {
     pub k: usize,
     pub queries: usize,
     pub candidates: usize,
-    /// Median seconds to score all Q×C pairs (patterns, fused score and weights) with the
+    /// Median seconds to score all Q×C pairs (similarities, fused score and weights) with the
     /// inference scorer used by search.
     pub fusion_seconds: f64,
     /// Median seconds of the plain matrix product with the same FLOP count.
@@ -133,7 +145,7 @@ pub fn fusion(args: &FusionArgs) -> anyhow::Result<()> {
         anyhow::bail!("--queries, --candidates and every --dim must be at least 1");
     }
     let device = args.device.open()?;
-    let config = PatternConfig {
+    let config = SimilarityConfig {
         aggregator: args.aggregator.parse()?,
         ff_pairing: args.ff.parse()?,
     };
@@ -158,8 +170,8 @@ pub fn fusion(args: &FusionArgs) -> anyhow::Result<()> {
             Ok(())
         })?;
         let autograd_seconds = median_seconds(args.reps, &device, || {
-            let scores = pattern_similarities(&q, &c, &config)?;
-            let fused = fusion.fuse(&scores.patterns)?;
+            let scores = agff_similarities(&q, &c, &config)?;
+            let fused = fusion.fuse(&scores.similarities)?;
             // Make sure lazy back-ends have finished the work.
             fused.scores.sum_all()?;
             Ok(())
@@ -261,9 +273,9 @@ pub struct ModelArgs {
     /// Timed repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
-    /// Weights dtype: f32, bf16 or f16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    /// Weights dtype.
+    #[arg(long, value_enum, default_value_t = super::Dtype::F32)]
+    pub dtype: super::Dtype,
     /// Compute device: cpu, cuda[:N], metal[:N].
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
@@ -302,7 +314,7 @@ pub fn model(args: &ModelArgs) -> anyhow::Result<()> {
     use crate::model::qwen3_vl::{Qwen3Vl, Qwen3VlConfig};
     use crate::model::{Backbone, EmbedInput, EmbedOptions, PerspectiveSet};
 
-    let dtype = crate::model::loader::parse_dtype(&args.dtype)?;
+    let dtype = args.dtype.dtype();
     let device = args.device.open()?;
     let backbone: Box<dyn Backbone> = match (&args.model, &args.config) {
         (_, Some(config)) => {
@@ -314,20 +326,26 @@ pub fn model(args: &ModelArgs) -> anyhow::Result<()> {
                 &device,
             )?)
         }
-        (Some(m), None) => match super::model_arg(m)? {
-            Some(dir) => crate::model::loader::load_folder(&dir, dtype, &device)?,
-            None => return Err(super::NotAvailable("bench model --model demo").into()),
-        },
+        (Some(m), None) if m.trim() == "demo" => {
+            return Err(super::NotAvailable("bench model --model demo").into());
+        }
+        (Some(m), None) => crate::session::load_backbone(
+            m,
+            &crate::session::LoadOptions {
+                dtype,
+                device: args.device,
+                ..crate::session::LoadOptions::default()
+            },
+            &mut super::progress::TerminalDownload::new(),
+        )?,
         (None, None) => anyhow::bail!("give --model or --config"),
     };
     // A deterministic noise image: content does not change the cost.
     let side = args.image_size.max(1);
-    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut rng = crate::util::rng::SplitMix64::new(0x2545_f491_4f6c_dd1d);
     let image = image::RgbImage::from_fn(side, side, |_, _| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        image::Rgb([state as u8, (state >> 8) as u8, (state >> 16) as u8])
+        let z = rng.next_u64();
+        image::Rgb([z as u8, (z >> 8) as u8, (z >> 16) as u8])
     });
     let words = [
         "a", "small", "red", "cube", "left", "of", "two", "blue", "spheres", "on", "grass",

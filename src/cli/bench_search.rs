@@ -16,7 +16,7 @@ use clap::Args;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::agff::{FusedScorer, Fusion, FusionInit, PatternConfig};
+use crate::agff::{FusedScorer, Fusion, FusionInit, SimilarityConfig};
 use crate::index::{
     FirstStageOn, GalleryEmbeddings, GalleryItem, SearchOptions, embed_gallery, first_stage,
     scan_gallery, search,
@@ -82,25 +82,21 @@ struct SearchReport {
     peak_rss_mb: Option<f64>,
 }
 
-/// SplitMix64: a seed per item, so any item is generated without the others.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+/// A seed per item, so any item is generated without the others.
+fn mix(z: u64) -> u64 {
+    crate::util::rng::mix64(z.wrapping_add(0x9e37_79b9_7f4a_7c15))
 }
 
-/// A fast stream of roughly Gaussian values (sum of two uniforms, scaled to unit variance).
-struct Noise(u64);
+/// A fast stream of roughly Gaussian values.
+struct Noise(crate::util::rng::SplitMix64);
 
 impl Noise {
+    fn new(seed: u64) -> Self {
+        Self(crate::util::rng::SplitMix64::new(seed))
+    }
+
     fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        let a = (self.0 as u32) as f32 / u32::MAX as f32;
-        let b = ((self.0 >> 32) as u32) as f32 / u32::MAX as f32;
-        (a + b - 1.0) * 2.449_489_7
+        self.0.rough_normal()
     }
 }
 
@@ -122,7 +118,7 @@ impl Synthetic {
     fn new(seed: u64, d: usize, k: usize, clusters: usize) -> Self {
         let mut centres = vec![0f32; clusters * d];
         for (c, centre) in centres.chunks_mut(d).enumerate() {
-            let mut noise = Noise(mix(seed ^ mix(u64::MAX - c as u64)) | 1);
+            let mut noise = Noise::new(mix(seed ^ mix(u64::MAX - c as u64)));
             centre.iter_mut().for_each(|x| *x = noise.next());
             normalise(centre);
         }
@@ -138,7 +134,7 @@ impl Synthetic {
     /// Writes item i's global vector and, if `out` has room, its K perspective vectors.
     fn item(&self, i: usize, out: &mut [f32]) {
         let d = self.d;
-        let mut noise = Noise(mix(self.seed ^ mix(i as u64)) | 1);
+        let mut noise = Noise::new(mix(self.seed ^ mix(i as u64)));
         let centre = &self.centres[(i % self.clusters) * d..][..d];
         let (global, fines) = out.split_at_mut(d);
         // Noise of norm ~1 around a unit centre: items of a cluster share about half
@@ -190,7 +186,7 @@ impl Synthetic {
             (mix(self.seed ^ 0xabcd ^ q as u64) % n as u64) as usize,
             &mut v,
         );
-        let mut noise = Noise(mix(self.seed ^ 0x5eed ^ q as u64) | 1);
+        let mut noise = Noise::new(mix(self.seed ^ 0x5eed ^ q as u64));
         let spread = 0.5 / (d as f32).sqrt();
         for chunk in v.chunks_mut(d) {
             chunk.iter_mut().for_each(|x| *x += spread * noise.next());
@@ -416,7 +412,7 @@ pub fn run(args: &SearchBenchArgs) -> anyhow::Result<()> {
         candle_core::DType::F32,
         &candle_core::Device::Cpu,
     )?;
-    let scorer = FusedScorer::new(PatternConfig::default(), &fusion)?;
+    let scorer = FusedScorer::new(SimilarityConfig::default(), &fusion)?;
     let mut results = Vec::new();
     for &n in &args.candidates {
         for &d in &args.dims {

@@ -6,10 +6,9 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
-use super::load_backbone;
 use crate::agff::PerspectiveEmbeddings;
 use crate::model::image_io::{open_image, to_rgb8};
-use crate::model::{DeviceChoice, EmbedInput, EmbedOptions, PerspectiveSet};
+use crate::model::{EmbedInput, EmbedOptions};
 
 /// Options of `embed`.
 #[derive(Debug, Args)]
@@ -23,15 +22,8 @@ pub struct EmbedArgs {
     /// A text to embed (repeatable; each is one item, after the images).
     #[arg(long = "text")]
     pub texts: Vec<String>,
-    /// A JSON perspective set: {"perspectives":[{"name":…,"instruction":…}]}.
-    #[arg(long)]
-    pub perspectives: Option<PathBuf>,
-    /// Weights dtype: f32, bf16 or f16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
-    /// Compute device: cpu, cuda[:N], metal[:N].
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub run: super::RunArgs,
     /// Print the prompt of every perspective branch.
     #[arg(long)]
     pub show_prompt: bool,
@@ -70,10 +62,12 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
     if args.images.is_empty() && args.texts.is_empty() {
         anyhow::bail!("nothing to embed: give at least one --image or --text");
     }
-    let model = load_backbone(&args.model, &args.dtype, &args.device)?;
-    let perspectives = match &args.perspectives {
-        Some(path) => PerspectiveSet::from_file(path)?,
-        None => model.default_perspectives(),
+    let session = args.run.session(&args.model)?;
+    let model = session.backbone.as_ref();
+    let perspectives = &session.perspectives;
+    let options = EmbedOptions {
+        soft_prompts: session.soft.clone(),
+        ..EmbedOptions::default()
     };
     let mut items: Vec<(&'static str, String, EmbedInput)> = Vec::new();
     for path in &args.images {
@@ -100,17 +94,11 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         items: Vec::new(),
     };
     for (kind, label, input) in &items {
-        let emb = model
-            .embed(input, &perspectives, &EmbedOptions::default())
+        let (unit, emb) = PerspectiveEmbeddings::embed(model, input, perspectives, &options)
             .with_context(|| format!("embedding {kind} {label:?}"))?;
-        let unit = PerspectiveEmbeddings::from_raw(emb.vectors.unsqueeze(0)?)?;
-        let vectors: Vec<Vec<f32>> = unit
-            .tensor()
-            .squeeze(0)?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec2()?;
+        let vectors: Vec<Vec<f32>> = unit.tensor().squeeze(0)?.to_vec2()?;
         let prompts = if args.show_prompt {
-            Some(model.show_prompt(input, &perspectives)?)
+            Some(model.show_prompt(input, perspectives)?)
         } else {
             None
         };

@@ -7,11 +7,9 @@ use clap::{Args, Subcommand};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use super::load_backbone;
-use crate::model::DeviceChoice;
 use crate::scenes::MmvpPattern;
 use crate::scenes::eval::PMMVP_SEED;
-use crate::scenes::eval::{Evaluator, PairReport};
+use crate::scenes::eval::{Evaluator, PairReport, Retrieval};
 
 #[derive(Debug, Subcommand)]
 pub enum EvalCommand {
@@ -22,6 +20,28 @@ pub enum EvalCommand {
     /// The pointing game on generated scenes: does each heatmap method's peak fall on the
     /// object the query names?
     Pointing(PointingArgs),
+    /// Linear probes of a demo model's frozen vision tower: per visual token, the shape,
+    /// colour, size, fill, orientation and characters of the object under it; per image,
+    /// the object count, setting and zoom. Held-out accuracy per attribute.
+    Probes(ProbesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProbesArgs {
+    /// A demo model: `demo` or a folder saved by `train --recipe demo`.
+    #[arg(long)]
+    pub model: String,
+    /// Scenes the probes are fitted on.
+    #[arg(long, default_value_t = 3000)]
+    pub train_scenes: usize,
+    /// Held-out scenes they are scored on.
+    #[arg(long, default_value_t = 1000)]
+    pub test_scenes: usize,
+    #[arg(long, default_value_t = 7_000_001)]
+    pub seed: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -39,13 +59,21 @@ pub struct PointingArgs {
 
 #[derive(Debug, Args)]
 pub struct Common {
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub run: super::RunArgs,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// An evaluator with the session's perspectives, soft prompts and fusion.
+fn evaluator(session: &crate::session::Session) -> anyhow::Result<Evaluator<'_>> {
+    Ok(Evaluator::with_setup(
+        session.backbone.as_ref(),
+        session.perspectives.clone(),
+        session.soft.clone(),
+        &session.fusion,
+    )?)
 }
 
 #[derive(Debug, Args)]
@@ -80,13 +108,6 @@ pub struct MmvpArgs {
 }
 
 #[derive(Serialize)]
-struct Retrieval {
-    scenes: usize,
-    text_to_image_r1: f64,
-    image_to_text_r1: f64,
-}
-
-#[derive(Serialize)]
 struct ModelReport {
     model: String,
     #[serde(flatten)]
@@ -105,40 +126,91 @@ fn bar(len: usize, json: bool) -> ProgressBar {
 
 pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     match cmd {
+        EvalCommand::Probes(args) => {
+            use crate::model::demo::DemoModel;
+            use crate::train::vision::{ProbeSettings, probe_vision};
+            let device = candle_core::Device::Cpu;
+            let model = if args.model == "demo" {
+                DemoModel::embedded(&device)?
+            } else {
+                DemoModel::load(std::path::Path::new(&args.model), &device)?
+            };
+            let report = probe_vision(
+                &model,
+                &ProbeSettings {
+                    train_scenes: args.train_scenes,
+                    test_scenes: args.test_scenes,
+                    seed: args.seed,
+                    ..ProbeSettings::default()
+                },
+            )?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "{}: linear probes, fitted on {} scenes, scored on {} others",
+                    args.model, report.train_scenes, report.test_scenes
+                );
+                for (name, acc) in &report.accuracy {
+                    println!(
+                        "  {name:<12} {:>6.1} %  ({} held-out rows)",
+                        100.0 * acc,
+                        report.rows[name]
+                    );
+                }
+            }
+            Ok(())
+        }
         EvalCommand::Pmmvp(args) => pmmvp(&args),
         EvalCommand::Pointing(args) => {
-            use crate::explain::{Explainer, Method, pointing_game};
-            let backbone = load_backbone(&args.model, &args.common.dtype, &args.common.device)?;
-            let fusion = crate::agff::Fusion::for_backbone(backbone.as_ref())?;
-            let explainer =
-                Explainer::new(backbone.as_ref(), backbone.default_perspectives(), fusion);
+            use crate::explain::{Method, composite_pointing_game, pointing_game};
+            let session = args.common.run.session(&args.model)?;
+            let explainer = session.explainer();
             let mut methods = serde_json::Map::new();
+            let mut composite = serde_json::Map::new();
             for method in Method::ALL {
                 let pb = bar(args.scenes, args.common.json);
                 let s = pointing_game(&explainer, method, args.scenes, args.seed, |d, _| {
                     pb.set_position(d as u64)
                 })?;
                 pb.finish_and_clear();
+                let pb = bar(args.scenes, args.common.json);
+                let c = composite_pointing_game(
+                    &explainer,
+                    method,
+                    args.scenes,
+                    args.seed ^ 0xc0,
+                    |d, _| pb.set_position(d as u64),
+                )?;
+                pb.finish_and_clear();
                 if !args.common.json {
                     println!(
-                        "{:<12} hit rate {:.3} ({} of {}; a random cell: {:.3})",
+                        "{:<12} hit rate {:.3} ({} of {}; a random cell: {:.3}); energy in the box {:.3}; 2×2 composite: quadrant hit rate {:.3} (chance {:.3}), energy {:.3}",
                         method.name(),
                         s.hit_rate,
                         s.hits,
                         s.trials,
-                        s.chance
+                        s.chance,
+                        s.energy,
+                        c.hit_rate,
+                        c.chance,
+                        c.energy
                     );
                 }
                 methods.insert(method.name().into(), serde_json::to_value(s)?);
+                composite.insert(method.name().into(), serde_json::to_value(c)?);
             }
             if args.common.json {
-                println!("{}", serde_json::json!({ "methods": methods }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "methods": methods, "composite": composite })
+                );
             }
             Ok(())
         }
         EvalCommand::Mmvp(args) => {
-            let backbone = load_backbone(&args.model, &args.common.dtype, &args.common.device)?;
-            let eval = Evaluator::new(backbone.as_ref())?;
+            let session = args.common.run.session(&args.model)?;
+            let eval = evaluator(&session)?;
             let pb = bar(1, args.common.json);
             let report = eval.mmvp_dir(&args.dir, |done, total| {
                 pb.set_length(total as u64);
@@ -157,9 +229,12 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
 
 fn pmmvp(args: &PmmvpArgs) -> anyhow::Result<()> {
     let mut reports = Vec::new();
+    if args.models.len() > 1 && args.common.run.tuned.is_some() {
+        anyhow::bail!("--tuned applies to one model: give a single --model with it");
+    }
     for model in &args.models {
-        let backbone = load_backbone(model, &args.common.dtype, &args.common.device)?;
-        let eval = Evaluator::new(backbone.as_ref())?;
+        let session = args.common.run.session(model)?;
+        let eval = evaluator(&session)?;
         let total = args.pairs * MmvpPattern::ALL.len();
         let pb = bar(total, args.common.json);
         let report = eval.pmmvp(args.pairs, args.seed, |done, _| {
@@ -168,15 +243,12 @@ fn pmmvp(args: &PmmvpArgs) -> anyhow::Result<()> {
         pb.finish_and_clear();
         let retrieval = if args.retrieval > 0 {
             let pb = bar(args.retrieval, args.common.json);
-            let (t2i, i2t) = eval.retrieval(args.retrieval, args.seed ^ 0x7e7, |d, _| {
+            let r = eval.retrieval(args.retrieval, args.seed ^ 0x7e7, |d, total| {
+                pb.set_length(total as u64);
                 pb.set_position(d as u64)
             })?;
             pb.finish_and_clear();
-            Some(Retrieval {
-                scenes: args.retrieval,
-                text_to_image_r1: t2i,
-                image_to_text_r1: i2t,
-            })
+            Some(r)
         } else {
             None
         };
@@ -202,8 +274,8 @@ fn pmmvp(args: &PmmvpArgs) -> anyhow::Result<()> {
             print_report(&r.model, &r.report);
             if let Some(t) = &r.retrieval {
                 println!(
-                    "  recall@1 over {} scenes: text→image {:.3}, image→text {:.3}",
-                    t.scenes, t.text_to_image_r1, t.image_to_text_r1
+                    "  recall@1 over {} scenes: text→image {:.3}, image→text {:.3}, short object queries {:.3}",
+                    t.scenes, t.text_to_image_r1, t.image_to_text_r1, t.object_query_r1
                 );
             }
         }
@@ -265,16 +337,16 @@ fn print_markdown(reports: &[ModelReport]) {
         }
         println!("{line}");
     }
-    for (label, pick) in [("text→image R@1", 0usize), ("image→text R@1", 1usize)] {
+    for (label, pick) in [
+        ("text→image R@1", 0usize),
+        ("image→text R@1", 1),
+        ("object query R@1", 2),
+    ] {
         let mut line = format!("| {label} |");
         for r in reports {
             match &r.retrieval {
                 Some(t) => {
-                    let v = if pick == 0 {
-                        t.text_to_image_r1
-                    } else {
-                        t.image_to_text_r1
-                    };
+                    let v = [t.text_to_image_r1, t.image_to_text_r1, t.object_query_r1][pick];
                     line.push_str(&format!(" {:.1} | |", 100.0 * v));
                 }
                 None => line.push_str(" – | |"),

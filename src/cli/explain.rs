@@ -7,15 +7,14 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
-use super::load_backbone;
-use crate::agff::{Fusion, Pattern};
-use crate::explain::{ColorMap, Comparison, Explainer, Heatmap, Method, PairBreakdown};
+use crate::agff::Similarity;
+use crate::explain::{ColorMap, Comparison, Heatmap, Method, PairBreakdown};
 use crate::model::image_io::{open_image, to_rgb8};
-use crate::model::{DeviceChoice, PerspectiveSet};
 
 /// Options of `explain`.
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
+    /// `demo`, a local folder, or a Hub repo id.
     #[arg(long)]
     pub model: String,
     /// The candidate image.
@@ -23,26 +22,22 @@ pub struct ExplainArgs {
     pub image: PathBuf,
     #[command(flatten)]
     pub query: super::QueryArgs,
-    /// attribution (default), attention or similarity.
-    #[arg(long, default_value = "attribution")]
-    pub method: String,
+    /// How the maps are computed (method.md §7).
+    #[arg(long, value_enum, default_value_t = Method::Attribution)]
+    pub method: Method,
     /// A second candidate: explain why --image scores higher or lower than it.
     #[arg(long)]
     pub versus: Option<PathBuf>,
     /// Folder for the PNG overlays (created).
     #[arg(long)]
     pub out: PathBuf,
-    /// inferno, viridis, turbo or gray.
-    #[arg(long, default_value = "inferno")]
-    pub colormap: String,
+    /// Colour map of the PNG overlays.
+    #[arg(long, value_enum, default_value_t = ColorMap::Inferno)]
+    pub colormap: ColorMap,
     #[arg(long, default_value_t = 0.6)]
     pub opacity: f32,
-    #[arg(long)]
-    pub perspectives: Option<PathBuf>,
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub run: super::RunArgs,
     #[arg(long)]
     pub json: bool,
 }
@@ -62,7 +57,7 @@ struct Report {
     image: String,
     scores: ScoresOut,
     perspective_maps: Vec<MapOut>,
-    pattern_maps: Vec<MapOut>,
+    similarity_maps: Vec<MapOut>,
     fused_map: MapOut,
     #[serde(skip_serializing_if = "Option::is_none")]
     versus: Option<VersusOut>,
@@ -71,7 +66,7 @@ struct Report {
 #[derive(Serialize)]
 struct ScoresOut {
     fused: f32,
-    patterns: std::collections::BTreeMap<&'static str, f32>,
+    similarities: std::collections::BTreeMap<&'static str, f32>,
     weights: std::collections::BTreeMap<&'static str, f32>,
     perspectives: std::collections::BTreeMap<String, f32>,
 }
@@ -81,14 +76,14 @@ struct VersusOut {
     image: String,
     scores: ScoresOut,
     fused_diff: f32,
-    pattern_diffs: std::collections::BTreeMap<&'static str, f32>,
-    pattern_contributions: std::collections::BTreeMap<&'static str, f32>,
+    similarity_diffs: std::collections::BTreeMap<&'static str, f32>,
+    similarity_contributions: std::collections::BTreeMap<&'static str, f32>,
     perspective_diffs: std::collections::BTreeMap<String, f32>,
     decided_by: &'static str,
 }
 
-fn by_pattern(v: [f32; 4]) -> std::collections::BTreeMap<&'static str, f32> {
-    Pattern::ALL
+fn by_similarity(v: [f32; 4]) -> std::collections::BTreeMap<&'static str, f32> {
+    Similarity::ALL
         .iter()
         .map(|m| (m.name(), v[m.index()]))
         .collect()
@@ -97,35 +92,18 @@ fn by_pattern(v: [f32; 4]) -> std::collections::BTreeMap<&'static str, f32> {
 fn scores_out(b: &PairBreakdown) -> ScoresOut {
     ScoresOut {
         fused: b.fused,
-        patterns: by_pattern(b.patterns),
-        weights: by_pattern(b.weights),
+        similarities: by_similarity(b.similarities),
+        weights: by_similarity(b.weights),
         perspectives: b.perspectives.iter().cloned().collect(),
     }
 }
 
 pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
-    let method = Method::parse(&args.method).ok_or_else(|| {
-        anyhow::anyhow!(
-            "unknown method {:?}: expected attribution, attention or similarity",
-            args.method
-        )
-    })?;
-    let colormap = ColorMap::ALL
-        .into_iter()
-        .find(|c| c.name() == args.colormap)
-        .ok_or_else(|| anyhow::anyhow!("unknown colour map {:?}", args.colormap))?;
-    let backbone = load_backbone(&args.model, &args.dtype, &args.device)?;
-    let perspectives = match &args.perspectives {
-        Some(p) => PerspectiveSet::from_file(p)?,
-        None => backbone.default_perspectives(),
-    };
+    let (method, colormap) = (args.method, args.colormap);
+    let session = args.run.session(&args.model)?;
     let image = to_rgb8(&open_image(&args.image)?);
-    let query = args.query.input(backbone.as_ref())?;
-    let explainer = Explainer::new(
-        backbone.as_ref(),
-        perspectives,
-        Fusion::for_backbone(backbone.as_ref())?,
-    );
+    let query = args.query.input(session.backbone.as_ref())?;
+    let explainer = session.explainer();
     let ex = explainer.explain(&query, &image, method)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -147,8 +125,8 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
         .iter()
         .map(|m| save("perspective_", m))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let pattern_maps = ex
-        .pattern_maps
+    let similarity_maps = ex
+        .similarity_maps
         .iter()
         .map(|m| save("pattern_", m))
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -157,20 +135,20 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
         Some(p) => {
             let other = to_rgb8(&open_image(p)?);
             let c: Comparison = explainer.compare(&query, &image, &other)?;
-            let decided = Pattern::ALL
+            let decided = Similarity::ALL
                 .iter()
                 .max_by(|x, y| {
-                    c.pattern_contributions[x.index()]
+                    c.similarity_contributions[x.index()]
                         .abs()
-                        .total_cmp(&c.pattern_contributions[y.index()].abs())
+                        .total_cmp(&c.similarity_contributions[y.index()].abs())
                 })
                 .map_or("GG", |m| m.name());
             Some(VersusOut {
                 image: p.display().to_string(),
                 scores: scores_out(&c.b),
                 fused_diff: c.fused_diff,
-                pattern_diffs: by_pattern(c.pattern_diffs),
-                pattern_contributions: by_pattern(c.pattern_contributions),
+                similarity_diffs: by_similarity(c.similarity_diffs),
+                similarity_contributions: by_similarity(c.similarity_contributions),
                 perspective_diffs: c.perspective_diffs.iter().cloned().collect(),
                 decided_by: decided,
             })
@@ -182,7 +160,7 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
         image: args.image.display().to_string(),
         scores: scores_out(&ex.scores),
         perspective_maps,
-        pattern_maps,
+        similarity_maps,
         fused_map,
         versus,
     };
@@ -191,7 +169,7 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("fused score {:.4} ({})", report.scores.fused, method.name());
-    for (m, s) in &report.scores.patterns {
+    for (m, s) in &report.scores.similarities {
         println!("  {m}: s = {s:.4}, a = {:.3}", report.scores.weights[m]);
     }
     for (p, s) in &report.scores.perspectives {
@@ -202,10 +180,10 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
             "versus {}: {:+.4} (decided by {})",
             v.image, v.fused_diff, v.decided_by
         );
-        for (m, d) in &v.pattern_contributions {
+        for (m, d) in &v.similarity_contributions {
             println!(
                 "  {m}: Δs = {:+.4}, contribution {d:+.4}",
-                v.pattern_diffs[m]
+                v.similarity_diffs[m]
             );
         }
     }

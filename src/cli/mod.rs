@@ -6,6 +6,7 @@ mod bench_search;
 mod embed;
 mod eval;
 mod explain;
+mod progress;
 mod scenes;
 mod search;
 mod train;
@@ -75,31 +76,63 @@ pub struct GuiArgs {
 #[error("`agff-lens {0}` is not available yet in this version")]
 pub struct NotAvailable(pub &'static str);
 
-/// Resolves a `--model` argument: `None` for the embedded demo model, else a local folder
-/// (a Hub repo id is downloaded, or found in the Hugging Face cache, first).
-pub(crate) fn model_arg(arg: &str) -> anyhow::Result<Option<std::path::PathBuf>> {
-    use crate::model::hub::{IndicatifProgress, ModelSource, ResolveOptions, resolve_model};
-    let mut progress = IndicatifProgress::new();
-    match resolve_model(arg, &ResolveOptions::default(), &mut progress)? {
-        ModelSource::Demo => Ok(None),
-        ModelSource::Local(dir) => Ok(Some(dir)),
+/// Weights dtype of a model (`--dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Dtype {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Dtype {
+    /// candle's dtype.
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Dtype::F32 => candle_core::DType::F32,
+            Dtype::Bf16 => candle_core::DType::BF16,
+            Dtype::F16 => candle_core::DType::F16,
+        }
     }
 }
 
-/// Loads the backbone a `--model` argument names: the embedded demo model, a saved demo
-/// model folder, or a Hugging Face folder / repo id.
-pub(crate) fn load_backbone(
-    arg: &str,
-    dtype: &str,
-    device: &crate::model::DeviceChoice,
-) -> anyhow::Result<Box<dyn crate::model::Backbone>> {
-    let device = device.open()?;
-    match model_arg(arg)? {
-        None => Ok(Box::new(crate::model::demo::DemoModel::embedded(&device)?)),
-        Some(dir) => {
-            let dtype = crate::model::loader::parse_dtype(dtype)?;
-            Ok(crate::model::loader::load_folder(&dir, dtype, &device)?)
+/// How a model runs and what it embeds with: shared by every command that takes a model.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Weights dtype.
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    pub dtype: Dtype,
+    /// Compute device: cpu, cuda[:N], metal[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::model::DeviceChoice,
+    /// A JSON perspective set: {"perspectives":[{"name":…,"instruction":…}]} (default: the
+    /// model's own).
+    #[arg(long, conflicts_with = "tuned")]
+    pub perspectives: Option<std::path::PathBuf>,
+    /// A fine-tune's output folder (`train --model M --data D --out DIR`, or the app's
+    /// saved run): embed and score with its perspectives, soft prompts and fusion.
+    #[arg(long)]
+    pub tuned: Option<std::path::PathBuf>,
+}
+
+impl RunArgs {
+    /// Loads `model` (terminal progress bars for a download) and applies `--perspectives`
+    /// or `--tuned`.
+    pub(crate) fn session(&self, model: &str) -> anyhow::Result<crate::session::Session> {
+        let options = crate::session::LoadOptions {
+            dtype: self.dtype.dtype(),
+            device: self.device,
+            ..crate::session::LoadOptions::default()
+        };
+        let mut progress = progress::TerminalDownload::new();
+        let mut session = crate::session::Session::load(model, &options, &mut progress)?;
+        if let Some(path) = &self.perspectives {
+            session.set_perspectives(crate::model::PerspectiveSet::from_file(path)?)?;
         }
+        if let Some(dir) = &self.tuned {
+            session.apply_tuned(dir)?;
+        }
+        Ok(session)
     }
 }
 
@@ -127,6 +160,9 @@ impl QueryArgs {
         use crate::model::image_io::{open_image, to_rgb8};
         match (&self.query, &self.query_image) {
             (Some(text), _) => {
+                if text.trim().is_empty() {
+                    anyhow::bail!("the query is empty: type what to look for");
+                }
                 let unknown = backbone.unknown_words(text);
                 if !unknown.is_empty() {
                     eprintln!(

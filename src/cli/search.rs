@@ -7,13 +7,10 @@ use clap::Args;
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use super::load_backbone;
-use crate::agff::{FusedScorer, Fusion, Pattern, PatternConfig};
+use crate::agff::Similarity;
 use crate::index::{
-    FirstStageOn, SearchOptions, default_cache_dir, embed_gallery, embed_unit, first_stage_recall,
-    scan_gallery, search,
+    FirstStageOn, SearchOptions, default_cache_dir, first_stage_recall, scan_gallery,
 };
-use crate::model::{DeviceChoice, PerspectiveSet};
 
 /// Options of `search`.
 #[derive(Debug, Args)]
@@ -37,19 +34,14 @@ pub struct SearchArgs {
     /// What the first stage ranks by: `global` (<g_q, g_c>) or `matched` (the best
     /// matched perspective similarity max_p <q_p, c_p>, (1+K)× the cost, closer to the
     /// fused score).
-    #[arg(long, default_value = "global")]
+    #[arg(long, value_enum, default_value_t = FirstStageOn::Global)]
     pub first_stage_on: FirstStageOn,
-    /// A JSON perspective set (default: the model's own).
-    #[arg(long)]
-    pub perspectives: Option<PathBuf>,
     /// Embedding cache folder (default: $AGFF_LENS_CACHE, $XDG_CACHE_HOME/agff-lens or
     /// ~/.cache/agff-lens).
     #[arg(long)]
     pub cache: Option<PathBuf>,
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub run: super::RunArgs,
     #[arg(long)]
     pub json: bool,
 }
@@ -58,7 +50,8 @@ pub struct SearchArgs {
 struct ResultOut {
     path: String,
     score: f32,
-    patterns: BTreeMap<&'static str, f32>,
+    /// s_GG, s_FG, s_GF, s_FF (method.md §2).
+    similarities: BTreeMap<&'static str, f32>,
     weights: BTreeMap<&'static str, f32>,
     /// Matched per-perspective similarity `<q_p, c_p>` by perspective name.
     perspectives: BTreeMap<String, f32>,
@@ -93,11 +86,8 @@ struct FirstStageOut {
 }
 
 pub fn run(args: &SearchArgs) -> anyhow::Result<()> {
-    let backbone = load_backbone(&args.model, &args.dtype, &args.device)?;
-    let perspectives = match &args.perspectives {
-        Some(p) => PerspectiveSet::from_file(p)?,
-        None => backbone.default_perspectives(),
-    };
+    let session = args.run.session(&args.model)?;
+    let perspectives = &session.perspectives;
     let never = || false;
     let gallery = scan_gallery(&args.gallery, &never, &mut |_| {})?;
     if gallery.items.is_empty() {
@@ -109,14 +99,9 @@ pub fn run(args: &SearchArgs) -> anyhow::Result<()> {
         ProgressBar::new(gallery.items.len() as u64)
     };
     let cache_dir = args.cache.clone().unwrap_or_else(default_cache_dir);
-    let (embeddings, report) = embed_gallery(
-        backbone.as_ref(),
-        &perspectives,
-        &gallery,
-        &cache_dir,
-        &never,
-        &mut |done, _| bar.set_position(done as u64),
-    )?;
+    let (embeddings, report) = session.index(&gallery, &cache_dir, &never, &mut |done, _| {
+        bar.set_position(done as u64)
+    })?;
     bar.finish_and_clear();
     if let Some(problem) = &report.cache_problem {
         eprintln!(
@@ -125,16 +110,14 @@ pub fn run(args: &SearchArgs) -> anyhow::Result<()> {
             problem.reason
         );
     }
-    let input = args.query.input(backbone.as_ref())?;
-    let query = embed_unit(backbone.as_ref(), &input, &perspectives)?;
-    let fusion = Fusion::for_backbone(backbone.as_ref())?;
-    let scorer = FusedScorer::new(PatternConfig::default(), &fusion)?;
+    let input = args.query.input(session.backbone.as_ref())?;
     let options = SearchOptions {
         top_k: args.top,
         first_stage: (args.first_stage > 0).then_some(args.first_stage),
         first_stage_on: args.first_stage_on,
     };
-    let hits = search(&query, &embeddings, &scorer, &options)?;
+    let (hits, query) = session.rank(&embeddings, &input, &options)?;
+    let scorer = session.scorer()?;
     let first_stage = match options.first_stage {
         Some(keep) if keep < embeddings.len() => Some(FirstStageOut {
             keep,
@@ -155,11 +138,11 @@ pub fn run(args: &SearchArgs) -> anyhow::Result<()> {
         .map(|h| ResultOut {
             path: embeddings.items[h.index].path.display().to_string(),
             score: h.score,
-            patterns: Pattern::ALL
+            similarities: Similarity::ALL
                 .iter()
-                .map(|m| (m.name(), h.patterns[m.index()]))
+                .map(|m| (m.name(), h.similarities[m.index()]))
                 .collect(),
-            weights: Pattern::ALL
+            weights: Similarity::ALL
                 .iter()
                 .map(|m| (m.name(), h.weights[m.index()]))
                 .collect(),
@@ -214,10 +197,10 @@ pub fn run(args: &SearchArgs) -> anyhow::Result<()> {
             rank + 1,
             r.score,
             r.path,
-            r.patterns["GG"],
-            r.patterns["FG"],
-            r.patterns["GF"],
-            r.patterns["FF"]
+            r.similarities["GG"],
+            r.similarities["FG"],
+            r.similarities["GF"],
+            r.similarities["FF"]
         );
     }
     Ok(())

@@ -8,8 +8,8 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::load_backbone;
 use crate::model::{DeviceChoice, PerspectiveSet};
+use crate::session::defaults;
 use crate::train::{
     DataSource, TrainControl, TrainEvent, TrainSettings, TrainSummary, fine_tune,
     load_caption_dataset, train_demo,
@@ -41,20 +41,20 @@ pub struct TrainArgs {
     /// Where checkpoints go (created).
     #[arg(long)]
     pub out: PathBuf,
-    /// Optimisation steps.
-    #[arg(long, default_value_t = 1800)]
-    pub steps: u64,
-    /// Pairs per batch.
-    #[arg(long, default_value_t = 32)]
-    pub batch: usize,
+    /// Optimisation steps [default: 1800 for a recipe, 60 for a fine-tune].
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Pairs per batch [default: 32 for a recipe, 16 for a fine-tune].
+    #[arg(long)]
+    pub batch: Option<usize>,
     /// Peak learning rate (AdamW, linear warm-up then cosine).
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, default_value_t = defaults::LR)]
     pub lr: f64,
-    /// Warm-up steps.
-    #[arg(long, default_value_t = 100)]
-    pub warmup: u64,
+    /// Warm-up steps [default: a tenth of the steps, at most 100].
+    #[arg(long)]
+    pub warmup: Option<u64>,
     /// EGA strength α (0: plain InfoNCE).
-    #[arg(long = "ega-alpha", default_value_t = 1.0)]
+    #[arg(long = "ega-alpha", default_value_t = defaults::EGA_ALPHA)]
     pub alpha: f64,
     /// InfoNCE temperature τ [default: 0.05 for a recipe, which trains from scratch and
     /// learns faster with a softer start; 0.02, the method's default, for a fine-tune].
@@ -71,6 +71,16 @@ pub struct TrainArgs {
     /// Stop each model after this many minutes (0: no limit).
     #[arg(long, default_value_t = 0.0)]
     pub minutes: f64,
+    /// Steps of the vision tower's dense pre-training before a recipe's contrastive
+    /// stage (0: none; the tower then learns from captions alone).
+    #[arg(long, default_value_t = 0)]
+    pub vision_steps: u64,
+    /// Stop the pre-training after this many minutes (0: no limit).
+    #[arg(long, default_value_t = 0.0)]
+    pub vision_minutes: f64,
+    /// Go on training the pre-trained tower in the contrastive stage (default: frozen).
+    #[arg(long)]
+    pub tune_vision: bool,
     /// Continue the run saved in --out.
     #[arg(long)]
     pub resume: bool,
@@ -80,8 +90,9 @@ pub struct TrainArgs {
     /// Keep the fusion θ, ρ fixed.
     #[arg(long)]
     pub freeze_fusion: bool,
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    /// Weights dtype of a fine-tuned model.
+    #[arg(long, value_enum, default_value_t = super::Dtype::F32)]
+    pub dtype: super::Dtype,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
     /// No progress bar; one line per checkpoint.
@@ -93,23 +104,42 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
+    /// The run's settings: the shared defaults of a recipe or a fine-tune
+    /// ([`crate::session::defaults`]), then what was given.
     fn settings(&self) -> TrainSettings {
+        let recipe = self.recipe.is_some();
+        let steps = self.steps.unwrap_or(if recipe {
+            defaults::RECIPE_STEPS
+        } else {
+            defaults::FINE_TUNE_STEPS
+        });
+        let base = if recipe {
+            TrainSettings {
+                steps,
+                batch: defaults::RECIPE_BATCH,
+                warmup: defaults::warmup(steps),
+                tau: defaults::RECIPE_TAU,
+                ..TrainSettings::default()
+            }
+        } else {
+            defaults::fine_tune(steps)
+        };
         TrainSettings {
-            steps: self.steps,
-            batch: self.batch,
+            batch: self.batch.unwrap_or(base.batch),
             lr: self.lr,
-            warmup: self.warmup.min(self.steps),
+            warmup: self.warmup.unwrap_or(base.warmup).min(steps),
             alpha: self.alpha,
-            tau: self
-                .tau
-                .unwrap_or(if self.recipe.is_some() { 0.05 } else { 0.02 }),
+            tau: self.tau.unwrap_or(base.tau),
             seed: self.seed,
             checkpoint_every: self.checkpoint_every,
             k: self.k,
             train_fusion: !self.freeze_fusion,
             time_budget_s: (self.minutes * 60.0).round() as u64,
             tiny: self.tiny,
-            ..TrainSettings::default()
+            vision_steps: self.vision_steps,
+            vision_budget_s: (self.vision_minutes * 60.0).round() as u64,
+            freeze_vision: !self.tune_vision,
+            ..base
         }
     }
 }
@@ -143,7 +173,15 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             Ok(())
         }
         (None, Some(model)) => {
-            let backbone = load_backbone(model, &args.dtype, &args.device)?;
+            let backbone = crate::session::load_backbone(
+                model,
+                &crate::session::LoadOptions {
+                    dtype: args.dtype.dtype(),
+                    device: args.device,
+                    ..crate::session::LoadOptions::default()
+                },
+                &mut super::progress::TerminalDownload::new(),
+            )?;
             let perspectives = match &args.perspectives {
                 Some(p) => PerspectiveSet::from_file(p)?,
                 None => backbone.default_perspectives(),
@@ -157,8 +195,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
                 Some(path) => DataSource::Pairs(load_caption_dataset(Path::new(path))?),
                 None => anyhow::bail!("--model needs --data"),
             };
-            let mut settings = args.settings();
-            settings.weight_decay = 0.0;
+            let settings = args.settings();
             let s = with_progress(args, "fine-tune", |control, tx| {
                 fine_tune(
                     backbone.as_ref(),
@@ -211,7 +248,7 @@ where
         let bar = if args.quiet {
             ProgressBar::hidden()
         } else {
-            ProgressBar::new(args.steps)
+            ProgressBar::new(args.settings().steps)
         };
         bar.set_style(
             ProgressStyle::with_template(
@@ -242,6 +279,19 @@ where
                 }
                 TrainEvent::Paused => {}
                 TrainEvent::Finished(_) => bar.finish(),
+                TrainEvent::Stage { name, total_steps } => {
+                    bar.set_length(total_steps);
+                    bar.set_position(0);
+                    bar.set_prefix(format!("{label}/{name}"));
+                    bar.reset_elapsed();
+                }
+                TrainEvent::Note(line) => {
+                    if args.quiet {
+                        eprintln!("{label}: {line}");
+                    } else {
+                        bar.println(format!("{label}: {line}"));
+                    }
+                }
             }
         }
         let result = worker

@@ -4,7 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 /// A perceptual colour map.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
+)]
 pub enum ColorMap {
     #[default]
     Inferno,

@@ -24,12 +24,14 @@ use serde::{Deserialize, Serialize};
 pub use colormap::ColorMap;
 
 use crate::agff::{
-    FusedScorer, Fusion, Pattern, PatternConfig, PerspectiveEmbeddings, pattern_similarities,
+    FusedScorer, Fusion, PerspectiveEmbeddings, Similarity, SimilarityConfig, agff_similarities,
 };
 use crate::model::{Backbone, EmbedInput, EmbedOptions, ModelError, PerspectiveSet};
 
 /// How a map is computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
+)]
 pub enum Method {
     #[default]
     Attribution,
@@ -146,7 +148,7 @@ impl Heatmap {
 pub struct PairBreakdown {
     pub fused: f32,
     /// s_m by pattern name.
-    pub patterns: [f32; 4],
+    pub similarities: [f32; 4],
     /// a_m.
     pub weights: [f32; 4],
     /// Matched `<q_p, c_p>` per perspective.
@@ -159,7 +161,7 @@ pub struct Explanation {
     pub method: Method,
     pub scores: PairBreakdown,
     pub perspective_maps: Vec<Heatmap>,
-    pub pattern_maps: Vec<Heatmap>,
+    pub similarity_maps: Vec<Heatmap>,
     pub fused_map: Heatmap,
 }
 
@@ -171,10 +173,10 @@ pub struct Comparison {
     /// s(A) − s(B).
     pub fused_diff: f32,
     /// Per pattern: s_m(A) − s_m(B).
-    pub pattern_diffs: [f32; 4],
+    pub similarity_diffs: [f32; 4],
     /// Per pattern: mean weight ā_m·(s_m(A) − s_m(B)); these add up to about the fused
     /// difference (exactly, to first order), so they say which pattern decided.
-    pub pattern_contributions: [f32; 4],
+    pub similarity_contributions: [f32; 4],
     /// Per perspective: `<q_p, A_p> − <q_p, B_p>`.
     pub perspective_diffs: Vec<(String, f32)>,
 }
@@ -184,7 +186,7 @@ pub struct Explainer<'a> {
     pub backbone: &'a dyn Backbone,
     pub perspectives: PerspectiveSet,
     pub fusion: Fusion,
-    pub pattern_config: PatternConfig,
+    pub similarity_config: SimilarityConfig,
     /// Last layers averaged for attention maps.
     pub attention_layers: usize,
     /// Soft-prompt vectors to embed with (e.g. a fine-tune's; empty: the backbone's own).
@@ -197,7 +199,7 @@ impl<'a> Explainer<'a> {
             backbone,
             perspectives,
             fusion,
-            pattern_config: PatternConfig::default(),
+            similarity_config: SimilarityConfig::default(),
             attention_layers: 2,
             soft_prompts: Vec::new(),
         }
@@ -209,10 +211,9 @@ impl<'a> Explainer<'a> {
             soft_prompts: self.soft_prompts.clone(),
             ..EmbedOptions::default()
         };
-        let e = self.backbone.embed(query, &self.perspectives, &options)?;
-        Ok(PerspectiveEmbeddings::from_raw(
-            e.vectors.detach().to_dtype(DType::F32)?.unsqueeze(0)?,
-        )?)
+        let (q, _) =
+            PerspectiveEmbeddings::embed(self.backbone, query, &self.perspectives, &options)?;
+        Ok(PerspectiveEmbeddings::assume_unit(q.tensor().detach())?)
     }
 
     /// Scores of a pair from unit embeddings (no maps).
@@ -221,7 +222,7 @@ impl<'a> Explainer<'a> {
         query: &PerspectiveEmbeddings,
         candidate: &PerspectiveEmbeddings,
     ) -> Result<PairBreakdown, ExplainError> {
-        let scorer = FusedScorer::new(self.pattern_config, &self.fusion)?;
+        let scorer = FusedScorer::new(self.similarity_config, &self.fusion)?;
         let table = scorer.score(query, candidate)?;
         let pair = table
             .get(0, 0)
@@ -231,7 +232,7 @@ impl<'a> Explainer<'a> {
         let matched = (q * c)?.sum(D::Minus1)?.to_vec1::<f32>()?;
         Ok(PairBreakdown {
             fused: pair.fused,
-            patterns: pair.patterns,
+            similarities: pair.similarities,
             weights: pair.weights,
             perspectives: self
                 .perspectives
@@ -292,15 +293,16 @@ impl<'a> Explainer<'a> {
             },
             track_visual_inputs: method == Method::Attribution,
         };
-        let e = self.backbone.embed(
+        let (c, e) = PerspectiveEmbeddings::embed(
+            self.backbone,
             &EmbedInput::image(image.clone()),
             &self.perspectives,
             &options,
         )?;
         let visual = e.visual.clone().ok_or(ExplainError::NoVisualTokens)?;
         let (rows, cols) = visual.grid;
-        let c = PerspectiveEmbeddings::from_raw(e.vectors.to_dtype(DType::F32)?.unsqueeze(0)?)?;
-        let scores = self.breakdown(q, &PerspectiveEmbeddings::from_raw(c.tensor().detach())?)?;
+        let scores =
+            self.breakdown(q, &PerspectiveEmbeddings::assume_unit(c.tensor().detach())?)?;
         let names: Vec<String> = self
             .perspectives
             .perspectives
@@ -315,7 +317,7 @@ impl<'a> Explainer<'a> {
             values,
         };
 
-        let (perspective_maps, pattern_maps, fused_map) = match method {
+        let (perspective_maps, similarity_maps, fused_map) = match method {
             Method::Attribution => {
                 let inputs = visual.inputs.clone();
                 let qt = q.tensor().i(0)?;
@@ -331,13 +333,13 @@ impl<'a> Explainer<'a> {
                         .to_vec1::<f32>()?)
                 };
                 let mut per = Vec::with_capacity(p);
-                let pats = pattern_similarities(q, &c, &self.pattern_config)?.patterns;
+                let pats = agff_similarities(q, &c, &self.similarity_config)?.similarities;
                 let mut pm = Vec::with_capacity(4);
                 for (i, name) in names.iter().enumerate().filter(|_| !fused_only) {
                     let s = (qt.i(i)? * ct.i(i)?)?.sum_all()?;
                     per.push(heat(name, attribute(&s)?));
                 }
-                for m in Pattern::ALL.into_iter().filter(|_| !fused_only) {
+                for m in Similarity::ALL.into_iter().filter(|_| !fused_only) {
                     let s = pats.i((0, 0, m.index()))?;
                     pm.push(heat(m.name(), attribute(&s)?));
                 }
@@ -390,7 +392,7 @@ impl<'a> Explainer<'a> {
                 } else {
                     [&global, &global, &fine, &fine]
                 };
-                let pm: Vec<Heatmap> = Pattern::ALL
+                let pm: Vec<Heatmap> = Similarity::ALL
                     .iter()
                     .zip(sides)
                     .map(|(m, idx)| heat(m.name(), mean_of(idx)))
@@ -408,7 +410,7 @@ impl<'a> Explainer<'a> {
             method,
             scores,
             perspective_maps,
-            pattern_maps,
+            similarity_maps,
             fused_map,
         })
     }
@@ -432,9 +434,9 @@ impl<'a> Explainer<'a> {
 
 /// The differences between two candidates' breakdowns for one query.
 pub fn compare_breakdowns(a: PairBreakdown, b: PairBreakdown) -> Comparison {
-    let pattern_diffs: [f32; 4] = std::array::from_fn(|m| a.patterns[m] - b.patterns[m]);
-    let pattern_contributions: [f32; 4] =
-        std::array::from_fn(|m| 0.5 * (a.weights[m] + b.weights[m]) * pattern_diffs[m]);
+    let similarity_diffs: [f32; 4] = std::array::from_fn(|m| a.similarities[m] - b.similarities[m]);
+    let similarity_contributions: [f32; 4] =
+        std::array::from_fn(|m| 0.5 * (a.weights[m] + b.weights[m]) * similarity_diffs[m]);
     let perspective_diffs = a
         .perspectives
         .iter()
@@ -443,8 +445,8 @@ pub fn compare_breakdowns(a: PairBreakdown, b: PairBreakdown) -> Comparison {
         .collect();
     Comparison {
         fused_diff: a.fused - b.fused,
-        pattern_diffs,
-        pattern_contributions,
+        similarity_diffs,
+        similarity_contributions,
         perspective_diffs,
         a,
         b,
@@ -460,6 +462,28 @@ pub struct PointingScore {
     /// The hit rate a uniformly random cell would get on the same trials: the mean share
     /// of the grid's cell centres inside the target box. What `hit_rate` beats.
     pub chance: f64,
+    /// Energy-based pointing: the mean share of the map's positive mass on cells whose
+    /// centre lies in the target box (a uniform map scores `chance`).
+    pub energy: f64,
+}
+
+/// The share of `map`'s positive mass on cells whose centre lies in `bbox` (pixels of a
+/// `width × height` image); 0 for a map with no positive cell.
+pub fn energy_in_box(map: &Heatmap, width: u32, height: u32, bbox: [f32; 4]) -> f64 {
+    let cx = |c: usize| (c as f32 + 0.5) * width as f32 / map.cols.max(1) as f32;
+    let cy = |r: usize| (r as f32 + 0.5) * height as f32 / map.rows.max(1) as f32;
+    let mut inside = 0.0;
+    let mut total = 0.0;
+    for r in 0..map.rows {
+        for c in 0..map.cols {
+            let v = f64::from(map.values[r * map.cols + c].max(0.0));
+            total += v;
+            if in_box(cx(c), cy(r), bbox) {
+                inside += v;
+            }
+        }
+    }
+    if total > 0.0 { inside / total } else { 0.0 }
 }
 
 /// Whether `(x, y)` lies in `bbox = [x0, y0, x1, y1]` (edges included).
@@ -479,10 +503,66 @@ pub fn cells_in_box(rows: usize, cols: usize, width: u32, height: u32, bbox: [f3
         .count()
 }
 
+/// A pointing-game query: a scene with an object whose colour and shape are unique in it
+/// (two or more objects), the query naming it ("a red circle") and the object's index.
+fn pointing_query(
+    rng: &mut crate::scenes::SceneRng,
+) -> Option<(crate::scenes::Scene, String, usize)> {
+    let scene = crate::scenes::Scene::random(rng);
+    if scene.objects.len() < 2 {
+        return None;
+    }
+    let unique: Vec<usize> = (0..scene.objects.len())
+        .filter(|&i| {
+            let o = &scene.objects[i];
+            scene
+                .objects
+                .iter()
+                .filter(|p| p.colour == o.colour && p.shape == o.shape)
+                .count()
+                == 1
+        })
+        .collect();
+    if unique.is_empty() {
+        return None;
+    }
+    let index = unique[rng.below(unique.len())];
+    let target = &scene.objects[index];
+    let query = format!("a {} {}", target.colour.name(), target.shape.name());
+    Some((scene, query, index))
+}
+
+/// Adds one trial to `score`: a hit when the map's largest cell has its centre in `bbox`;
+/// also its chance rate and energy share. Returns the chance rate of the trial.
+fn score_trial(
+    score: &mut PointingScore,
+    map: &Heatmap,
+    width: u32,
+    height: u32,
+    bbox: [f32; 4],
+) -> f64 {
+    let (x, y) = map.peak_in_pixels(width, height);
+    score.trials += 1;
+    if in_box(x, y, bbox) {
+        score.hits += 1;
+    }
+    score.energy += energy_in_box(map, width, height, bbox);
+    let cells = (map.rows * map.cols).max(1);
+    cells_in_box(map.rows, map.cols, width, height, bbox) as f64 / cells as f64
+}
+
+fn finish(score: &mut PointingScore, chance_sum: f64) {
+    let trials = score.trials.max(1) as f64;
+    score.hit_rate = score.hits as f64 / trials;
+    score.chance = chance_sum / trials;
+    score.energy /= trials;
+}
+
 /// The pointing game on generated scenes: for scenes with two or more objects, a text
 /// query names one object whose colour and shape are unique in the scene ("a red
 /// circle"); a hit is when the fused-score map's largest cell has its centre inside that
-/// object's box.
+/// object's box. Also reports the energy-based variant (share of the map's positive mass
+/// in the box).
 pub fn pointing_game(
     explainer: &Explainer,
     method: Method,
@@ -490,51 +570,91 @@ pub fn pointing_game(
     seed: u64,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<PointingScore, ExplainError> {
+    let mut rng = crate::scenes::SceneRng::new(seed);
+    let mut score = PointingScore::default();
+    let mut chance_sum = 0.0;
+    let mut tries = 0;
+    while score.trials < scenes && tries < scenes * 50 {
+        tries += 1;
+        let Some((scene, query, target)) = pointing_query(&mut rng) else {
+            continue;
+        };
+        let bbox = scene.objects[target].bbox;
+        let image = scene.render();
+        let ex = explainer.explain_fused(&EmbedInput::text(query), &image, method)?;
+        let (w, h) = image.dimensions();
+        chance_sum += score_trial(&mut score, &ex.fused_map, w, h, bbox);
+        progress(score.trials, scenes);
+    }
+    finish(&mut score, chance_sum);
+    Ok(score)
+}
+
+/// The composite pointing game (as in Grad-ECLIP's and FIxLIP's evaluations): four
+/// scenes tiled 2×2 into one image of a scene's size (each scene at half size), the query
+/// naming an object of one of them, found as in [`pointing_game`]; a hit is when the
+/// map's largest cell lies in that scene's quadrant (chance 0.25). `energy` is the share of
+/// positive mass in the quadrant.
+pub fn composite_pointing_game(
+    explainer: &Explainer,
+    method: Method,
+    trials: usize,
+    seed: u64,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<PointingScore, ExplainError> {
     use crate::scenes::{Scene, SceneRng};
     let mut rng = SceneRng::new(seed);
     let mut score = PointingScore::default();
     let mut chance_sum = 0.0;
-    let mut made = 0;
     let mut tries = 0;
-    while made < scenes && tries < scenes * 50 {
+    while score.trials < trials && tries < trials * 50 {
         tries += 1;
-        let scene = Scene::random(&mut rng);
-        if scene.objects.len() < 2 {
+        let Some((scene, query, target)) = pointing_query(&mut rng) else {
             continue;
-        }
-        let unique: Vec<usize> = (0..scene.objects.len())
-            .filter(|&i| {
-                let o = &scene.objects[i];
-                scene
-                    .objects
-                    .iter()
-                    .filter(|p| p.colour == o.colour && p.shape == o.shape)
-                    .count()
-                    == 1
+        };
+        let named = &scene.objects[target];
+        let quadrant = rng.below(4);
+        // The other three scenes hold no object the query also names.
+        let mut distractor = || loop {
+            let s = Scene::random(&mut rng);
+            if !s
+                .objects
+                .iter()
+                .any(|o| o.colour == named.colour && o.shape == named.shape)
+            {
+                return s;
+            }
+        };
+        let tiles: Vec<image::RgbImage> = (0..4)
+            .map(|q| {
+                if q == quadrant {
+                    scene.render()
+                } else {
+                    distractor().render()
+                }
             })
             .collect();
-        if unique.is_empty() {
-            continue;
+        let (w, h) = tiles[0].dimensions();
+        let (hw, hh) = (w / 2, h / 2);
+        let mut image = image::RgbImage::new(w, h);
+        for (q, tile) in tiles.iter().enumerate() {
+            let small =
+                image::imageops::resize(tile, hw, hh, image::imageops::FilterType::Triangle);
+            let (x, y) = ((q as u32 % 2) * hw, (q as u32 / 2) * hh);
+            image::imageops::replace(&mut image, &small, i64::from(x), i64::from(y));
         }
-        let target = &scene.objects[unique[rng.below(unique.len())]];
-        let query = format!("a {} {}", target.colour.name(), target.shape.name());
-        let image = scene.render();
+        let (x0, y0) = ((quadrant as u32 % 2) * hw, (quadrant as u32 / 2) * hh);
+        let quad = [
+            x0 as f32,
+            y0 as f32,
+            (x0 + hw) as f32 - 0.01,
+            (y0 + hh) as f32 - 0.01,
+        ];
         let ex = explainer.explain_fused(&EmbedInput::text(query), &image, method)?;
-        let map = &ex.fused_map;
-        let (w, h) = image.dimensions();
-        let (x, y) = map.peak_in_pixels(w, h);
-        score.trials += 1;
-        if in_box(x, y, target.bbox) {
-            score.hits += 1;
-        }
-        let cells = (map.rows * map.cols).max(1);
-        chance_sum += cells_in_box(map.rows, map.cols, w, h, target.bbox) as f64 / cells as f64;
-        made += 1;
-        progress(made, scenes);
+        chance_sum += score_trial(&mut score, &ex.fused_map, w, h, quad);
+        progress(score.trials, trials);
     }
-    let trials = score.trials.max(1) as f64;
-    score.hit_rate = score.hits as f64 / trials;
-    score.chance = chance_sum / trials;
+    finish(&mut score, chance_sum);
     Ok(score)
 }
 
@@ -605,25 +725,27 @@ mod tests {
     fn comparison_contributions_add_up_to_the_fused_difference_to_first_order() {
         let a = PairBreakdown {
             fused: 0.61,
-            patterns: [0.6, 0.5, 0.62, 0.4],
+            similarities: [0.6, 0.5, 0.62, 0.4],
             weights: [0.3, 0.1, 0.5, 0.1],
             perspectives: vec![("global".into(), 0.6)],
         };
         let b = PairBreakdown {
             fused: 0.58,
-            patterns: [0.59, 0.5, 0.57, 0.45],
+            similarities: [0.59, 0.5, 0.57, 0.45],
             weights: [0.35, 0.1, 0.4, 0.15],
             perspectives: vec![("global".into(), 0.59)],
         };
         let c = compare_breakdowns(a, b);
         assert!((c.fused_diff - 0.03).abs() < 1e-6);
-        assert!((c.pattern_diffs[2] - 0.05).abs() < 1e-6);
+        assert!((c.similarity_diffs[2] - 0.05).abs() < 1e-6);
         // GF decided: the largest contribution.
         let best = (0..4)
-            .max_by(|&x, &y| c.pattern_contributions[x].total_cmp(&c.pattern_contributions[y]))
+            .max_by(|&x, &y| {
+                c.similarity_contributions[x].total_cmp(&c.similarity_contributions[y])
+            })
             .unwrap();
         assert_eq!(best, 2);
-        assert!((c.pattern_contributions[2] - 0.45 * 0.05).abs() < 1e-6);
+        assert!((c.similarity_contributions[2] - 0.45 * 0.05).abs() < 1e-6);
         assert!((c.perspective_diffs[0].1 - 0.01).abs() < 1e-6);
     }
 }

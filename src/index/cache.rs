@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -256,20 +255,8 @@ impl EmbeddingCache {
             }
         }
         let checksum = blake3::hash(&body);
-        let tmp = self
-            .path
-            .with_extension(format!("tmp{}", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&body)?;
-            f.write_all(checksum.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        };
-        if let Err(e) = write() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(IndexError::io(&self.path, e));
-        }
+        body.extend_from_slice(checksum.as_bytes());
+        crate::util::write_atomic(&self.path, &body).map_err(|e| IndexError::io(&self.path, e))?;
         self.dirty = false;
         Ok(())
     }

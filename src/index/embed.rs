@@ -83,13 +83,8 @@ pub fn embed_unit_soft(
         soft_prompts: soft.to_vec(),
         ..EmbedOptions::default()
     };
-    let e = backbone.embed(input, perspectives, &options)?;
-    let unit = PerspectiveEmbeddings::from_raw(e.vectors.unsqueeze(0)?)?;
-    Ok(unit
-        .tensor()
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?)
+    let (unit, _) = PerspectiveEmbeddings::embed(backbone, input, perspectives, &options)?;
+    Ok(unit.tensor().flatten_all()?.to_vec1::<f32>()?)
 }
 
 /// Embeds every gallery image not yet in the cache, saving the cache as it goes (so a

@@ -9,7 +9,7 @@ use super::embed::GalleryEmbeddings;
 use crate::agff::{FusedScorer, PerspectiveEmbeddings};
 
 /// What the first stage ranks candidates by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum FirstStageOn {
     /// The global similarity `<g_q, g_c>`: one dot product of d per candidate.
     #[default]
@@ -18,17 +18,6 @@ pub enum FirstStageOn {
     /// per candidate. It bounds GG and (for a max-like aggregator) FF from the same
     /// perspectives, so it tracks the fused score when a fine perspective dominates it.
     Matched,
-}
-
-impl std::str::FromStr for FirstStageOn {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "global" => Ok(Self::Global),
-            "matched" => Ok(Self::Matched),
-            other => Err(format!("unknown first stage `{other}` (global, matched)")),
-        }
-    }
 }
 
 /// The default first stage: keep this many candidates, so galleries up to this size are
@@ -63,8 +52,8 @@ pub struct Hit {
     pub index: usize,
     pub score: f32,
     /// s_GG, s_FG, s_GF, s_FF.
-    pub patterns: [f32; 4],
-    /// a_m for the same patterns.
+    pub similarities: [f32; 4],
+    /// a_m for the same similarities.
     pub weights: [f32; 4],
     /// `<query perspective a, candidate perspective b>`, row-major `(1+K)×(1+K)`.
     pub perspective_sims: Vec<f32>,
@@ -175,7 +164,7 @@ pub fn search(
             Hit {
                 index,
                 score: row[j].fused,
-                patterns: row[j].patterns,
+                similarities: row[j].similarities,
                 weights: row[j].weights,
                 perspective_sims: sims,
             }
@@ -256,7 +245,11 @@ mod tests {
             first_stage(&query, &g, Some(5), FirstStageOn::Global).len(),
             2
         );
-        assert_eq!("matched".parse(), Ok(FirstStageOn::Matched));
-        assert!("best".parse::<FirstStageOn>().is_err());
+        use clap::ValueEnum;
+        assert_eq!(
+            FirstStageOn::from_str("matched", false),
+            Ok(FirstStageOn::Matched)
+        );
+        assert!(FirstStageOn::from_str("best", false).is_err());
     }
 }

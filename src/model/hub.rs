@@ -28,14 +28,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::error::Error as StdError;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hf_hub::progress::{DownloadEvent, ProgressEvent, ProgressHandler};
 use hf_hub::{HFClient, HFClientSync, HFError, HFRepositorySync, RepoTypeModel};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 
 use super::error::{ModelError, Result};
@@ -91,91 +89,6 @@ impl DownloadProgress for NoProgress {
     fn file_started(&mut self, _name: &str, _bytes: Option<u64>) {}
     fn advanced(&mut self, _bytes: u64) {}
     fn file_done(&mut self, _name: &str) {}
-}
-
-/// A terminal progress bar per file on stderr (hidden when stderr is not a terminal), for the
-/// CLI. Files that were already cached leave no bar behind.
-#[derive(Debug, Default)]
-pub struct IndicatifProgress {
-    bar: Option<ProgressBar>,
-    moved: u64,
-    cancel: Option<Arc<AtomicBool>>,
-}
-
-impl IndicatifProgress {
-    /// Bars that never cancel.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Bars that cancel the download once `flag` is set (from a Ctrl-C handler, say).
-    pub fn with_cancel_flag(flag: Arc<AtomicBool>) -> Self {
-        Self {
-            bar: None,
-            moved: 0,
-            cancel: Some(flag),
-        }
-    }
-}
-
-impl DownloadProgress for IndicatifProgress {
-    fn file_started(&mut self, name: &str, bytes: Option<u64>) {
-        if let Some(old) = self.bar.take() {
-            old.finish_and_clear();
-        }
-        let bar = match bytes {
-            Some(total) => ProgressBar::new(total).with_style(
-                ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            ),
-            None => {
-                let bar = ProgressBar::new_spinner().with_style(
-                    ProgressStyle::with_template("{spinner} {msg} {bytes} {bytes_per_sec}")
-                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                );
-                bar.enable_steady_tick(Duration::from_millis(120));
-                bar
-            }
-        };
-        bar.set_message(name.to_owned());
-        self.moved = 0;
-        self.bar = Some(bar);
-    }
-
-    fn advanced(&mut self, bytes: u64) {
-        self.moved += bytes;
-        if let Some(bar) = &self.bar {
-            bar.inc(bytes);
-        }
-    }
-
-    fn file_done(&mut self, _name: &str) {
-        if let Some(bar) = self.bar.take() {
-            if self.moved > 0 {
-                bar.finish();
-            } else {
-                bar.finish_and_clear();
-            }
-        }
-    }
-
-    fn cancelled(&self) -> bool {
-        self.cancel
-            .as_ref()
-            .is_some_and(|flag| flag.load(Ordering::Relaxed))
-    }
-}
-
-impl Drop for IndicatifProgress {
-    fn drop(&mut self) {
-        // A bar still open means the download stopped half way: leave it where it stopped.
-        if let Some(bar) = self.bar.take() {
-            bar.abandon();
-        }
-    }
 }
 
 /// Resolves `arg` (the `--model` argument) to the demo backbone or a model folder on disk,
@@ -1069,7 +982,8 @@ mod tests {
     use std::collections::HashMap;
     use std::io::{BufRead, BufReader, Write};
     use std::net::{SocketAddr, TcpListener, TcpStream};
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
@@ -2049,23 +1963,5 @@ mod tests {
             err.contains("tokenizer.json was not found on the Hub"),
             "{err}"
         );
-    }
-
-    /// What this machine does when the real Hub is out of reach; needs no network to pass
-    /// (it only prints), but does try to reach huggingface.co, hence ignored by default.
-    #[test]
-    #[ignore = "tries to reach huggingface.co"]
-    fn real_hub_when_unreachable() {
-        let cache = TempDir::new("real-hub");
-        let t = Instant::now();
-        let result = resolve_model(
-            "Qwen/Qwen3-VL-2B-Instruct",
-            &online(cache.path()),
-            &mut NoProgress,
-        );
-        eprintln!("after {:?}: {result:?}", t.elapsed());
-        if let Err(e) = result {
-            eprintln!("{e}");
-        }
     }
 }

@@ -204,24 +204,12 @@ mod tests {
     use crate::model::testing::{largest, max_abs_diff as max_diff};
     use candle_core::{Device, Var};
 
-    /// A fixed pseudo-normal tensor (a Box–Muller transform over a simple LCG), so a
-    /// failing run can be reproduced: `Tensor::randn` on the CPU is not seedable.
+    /// A fixed pseudo-normal tensor, so a failing run can be reproduced:
+    /// `Tensor::randn` on the CPU is not seedable.
     fn normal(mean: f32, std: f32, shape: &[usize], seed: u64) -> Tensor {
         let n: usize = shape.iter().product();
-        let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        let mut uniform = || {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((state >> 40) as f64 + 0.5) / (1u64 << 24) as f64
-        };
-        let values: Vec<f32> = (0..n)
-            .map(|_| {
-                let (u1, u2) = (uniform(), uniform());
-                let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
-                mean + std * z as f32
-            })
-            .collect();
+        let mut rng = crate::util::rng::SplitMix64::new(seed);
+        let values: Vec<f32> = (0..n).map(|_| mean + std * rng.normal() as f32).collect();
         Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
     }
 

@@ -8,6 +8,36 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ModelError, Result};
 
+/// The additive attention mask of one packed sequence
+/// `[pad | prefix | suffix_0 | … | suffix_K]` (method.md §1): the prefix is causal; each
+/// perspective's suffix sees the whole prefix and its own earlier tokens, never another
+/// suffix; left-padding positions see only themselves and are seen by nobody.
+///
+/// Returns the row-major `[T, T]` mask, `T = pad + prefix + Σ lengths`, with 0 where a
+/// query position may attend to a key and `masked` (−∞, or a large negative number where
+/// a finite value is needed) where it may not. The one mask builder of both backbones.
+pub fn branch_mask(pad: usize, prefix: usize, lengths: &[usize], masked: f32) -> Vec<f32> {
+    let lp = pad + prefix;
+    let total = lp + lengths.iter().sum::<usize>();
+    let mut mask = vec![masked; total * total];
+    for q in 0..pad {
+        mask[q * total + q] = 0.0;
+    }
+    for q in pad..lp {
+        mask[q * total + pad..=q * total + q].fill(0.0);
+    }
+    let mut start = lp;
+    for &len in lengths {
+        for q in start..start + len {
+            let row = &mut mask[q * total..(q + 1) * total];
+            row[pad..lp].fill(0.0);
+            row[start..=q].fill(0.0);
+        }
+        start += len;
+    }
+    mask
+}
+
 /// One perspective.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Perspective {
@@ -106,6 +136,23 @@ impl PerspectiveSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn branch_mask_is_causal_in_the_prefix_and_keeps_branches_apart() {
+        // pad 1, prefix 2, suffixes of 2 and 1: T = 6.
+        let m = branch_mask(1, 2, &[2, 1], f32::NEG_INFINITY);
+        let allowed =
+            |q: usize| -> Vec<usize> { (0..6).filter(|&k| m[q * 6 + k] == 0.0).collect() };
+        assert_eq!(allowed(0), [0]); // padding: itself only
+        assert_eq!(allowed(1), [1]);
+        assert_eq!(allowed(2), [1, 2]);
+        assert_eq!(allowed(3), [1, 2, 3]); // branch 0, first token
+        assert_eq!(allowed(4), [1, 2, 3, 4]);
+        assert_eq!(allowed(5), [1, 2, 5]); // branch 1 never sees branch 0
+        // Nobody attends to padding but padding itself.
+        assert!((1..6).all(|q| m[q * 6] == f32::NEG_INFINITY));
+        assert!(m.iter().all(|&v| v == 0.0 || v == f32::NEG_INFINITY));
+    }
 
     #[test]
     fn reads_both_file_shapes_and_rejects_duplicates() {

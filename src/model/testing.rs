@@ -2,18 +2,10 @@
 
 use candle_core::{Device, Tensor};
 
-/// Fixed pseudo-random values in [-1, 1) from an LCG, so that a failing run reproduces
+/// Fixed pseudo-random values in [-1, 1), so that a failing run reproduces
 /// (`Tensor::randn` on the CPU is not seedable).
 pub fn uniform(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    crate::util::rng::SplitMix64::new(seed).uniform_pm1(n)
 }
 
 /// [`uniform`] values as a CPU tensor of `shape`.

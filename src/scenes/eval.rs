@@ -8,7 +8,9 @@ use candle_core::{DType, Tensor};
 use serde::Serialize;
 
 use super::{MmvpPattern, MmvpTally, Scene, SceneRng, ScenesError, mmvp_pair_correct, pmmvp_pairs};
-use crate::agff::{FusedScorer, Fusion, Pattern, PatternConfig, PerspectiveEmbeddings, ScoreTable};
+use crate::agff::{
+    FusedScorer, Fusion, PerspectiveEmbeddings, ScoreTable, Similarity, SimilarityConfig,
+};
 use crate::model::{Backbone, EmbedInput, EmbedOptions, PerspectiveSet};
 
 /// Default seed of the P-MMVP pairs (the training stream uses other seeds).
@@ -18,6 +20,8 @@ pub const PMMVP_SEED: u64 = 20_260_226;
 pub struct Evaluator<'a> {
     pub backbone: &'a dyn Backbone,
     pub perspectives: PerspectiveSet,
+    /// Soft prompts of a fine-tune, one per perspective (empty: the backbone's own).
+    pub soft: Vec<Option<Tensor>>,
     pub scorer: FusedScorer,
 }
 
@@ -107,26 +111,41 @@ impl<'a> Evaluator<'a> {
         perspectives: PerspectiveSet,
     ) -> Result<Self, ScenesError> {
         let fusion = Fusion::for_backbone(backbone).map_err(eval_err)?;
-        let scorer = FusedScorer::new(PatternConfig::default(), &fusion).map_err(eval_err)?;
+        Self::with_setup(backbone, perspectives, Vec::new(), &fusion)
+    }
+
+    /// Scores with the given perspectives, soft prompts and fusion (a fine-tune's).
+    pub fn with_setup(
+        backbone: &'a dyn Backbone,
+        perspectives: PerspectiveSet,
+        soft: Vec<Option<Tensor>>,
+        fusion: &Fusion,
+    ) -> Result<Self, ScenesError> {
+        let scorer = FusedScorer::new(SimilarityConfig::default(), fusion).map_err(eval_err)?;
         Ok(Self {
             backbone,
             perspectives,
+            soft,
             scorer,
         })
     }
 
     /// Unit perspective embeddings `[n, 1+K, d]` of the inputs, one forward each.
     pub fn embed(&self, inputs: &[EmbedInput]) -> Result<PerspectiveEmbeddings, ScenesError> {
-        let mut rows = Vec::with_capacity(inputs.len());
-        for input in inputs {
-            let e = self
-                .backbone
-                .embed(input, &self.perspectives, &EmbedOptions::default())
-                .map_err(|e| ScenesError::Eval(e.to_string()))?;
-            rows.push(e.vectors.to_dtype(DType::F32).map_err(eval_err)?);
-        }
-        let t = Tensor::stack(&rows, 0).map_err(eval_err)?;
-        PerspectiveEmbeddings::from_raw(t).map_err(eval_err)
+        let options = EmbedOptions {
+            soft_prompts: self.soft.clone(),
+            ..EmbedOptions::default()
+        };
+        let rows = inputs
+            .iter()
+            .map(|input| {
+                PerspectiveEmbeddings::embed(self.backbone, input, &self.perspectives, &options)
+                    .map(|(unit, _)| unit)
+                    .map_err(eval_err)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<&PerspectiveEmbeddings> = rows.iter().collect();
+        PerspectiveEmbeddings::cat(&refs).map_err(eval_err)
     }
 
     /// Scores every text query against every image candidate.
@@ -157,7 +176,13 @@ impl<'a> Evaluator<'a> {
             let value = |s: usize, i: usize| -> f32 {
                 table
                     .get(s, i)
-                    .map(|p| if m == 0 { p.fused } else { p.patterns[m - 1] })
+                    .map(|p| {
+                        if m == 0 {
+                            p.fused
+                        } else {
+                            p.similarities[m - 1]
+                        }
+                    })
                     .unwrap_or(f32::NAN)
             };
             *slot = mmvp_pair_correct([[value(0, 0), value(0, 1)], [value(1, 0), value(1, 1)]]);
@@ -235,23 +260,38 @@ impl<'a> Evaluator<'a> {
         &self,
         n: usize,
         seed: u64,
-        mut progress: impl FnMut(usize, usize),
-    ) -> Result<(f64, f64), ScenesError> {
+        progress: impl FnMut(usize, usize),
+    ) -> Result<Retrieval, ScenesError> {
         let mut rng = SceneRng::new(seed);
         let scenes: Vec<Scene> = (0..n).map(|_| Scene::random(&mut rng)).collect();
         let captions: Vec<String> = scenes.iter().map(Scene::caption).collect();
-        let mut image_rows = Vec::with_capacity(n);
-        let mut text_rows = Vec::with_capacity(n);
-        for (i, s) in scenes.iter().enumerate() {
-            image_rows.push(self.embed(&[EmbedInput::image(s.render())])?);
-            text_rows.push(self.embed(&[EmbedInput::text(captions[i].clone())])?);
-            progress(i + 1, n);
-        }
-        let refs: Vec<&PerspectiveEmbeddings> = image_rows.iter().collect();
-        let images = PerspectiveEmbeddings::cat(&refs).map_err(eval_err)?;
-        let refs: Vec<&PerspectiveEmbeddings> = text_rows.iter().collect();
-        let texts = PerspectiveEmbeddings::cat(&refs).map_err(eval_err)?;
-        let recall = |table: &ScoreTable| -> f64 {
+        // One short object query per scene, from one of its objects' metadata.
+        let mut qrng = SceneRng::new(seed ^ 0x000b_1ec7);
+        let objects: Vec<usize> = scenes.iter().map(|s| qrng.below(s.objects.len())).collect();
+        let object_queries: Vec<String> = scenes
+            .iter()
+            .zip(&objects)
+            .map(|(s, &o)| object_query(&s.objects[o]))
+            .collect();
+        let (images, progress) = self.embed_each(
+            scenes.iter().map(|s| EmbedInput::image(s.render())),
+            n * 3,
+            0,
+            progress,
+        )?;
+        let (texts, progress) = self.embed_each(
+            captions.iter().map(|c| EmbedInput::text(c.clone())),
+            n * 3,
+            n,
+            progress,
+        )?;
+        let (queries, _) = self.embed_each(
+            object_queries.iter().map(|c| EmbedInput::text(c.clone())),
+            n * 3,
+            2 * n,
+            progress,
+        )?;
+        let recall = |table: &ScoreTable, right: &dyn Fn(usize, usize) -> bool| -> f64 {
             let mut hits = 0;
             for q in 0..table.queries {
                 let best = table
@@ -260,16 +300,74 @@ impl<'a> Evaluator<'a> {
                     .enumerate()
                     .max_by(|a, b| a.1.fused.total_cmp(&b.1.fused))
                     .map(|(j, _)| j);
-                if best.is_some_and(|j| j == q || captions[j] == captions[q]) {
+                if best.is_some_and(|j| right(q, j)) {
                     hits += 1;
                 }
             }
             hits as f64 / table.queries.max(1) as f64
         };
-        let t2i = recall(&self.score(&texts, &images)?);
-        let i2t = recall(&self.score(&images, &texts)?);
-        Ok((t2i, i2t))
+        let same_caption = |q: usize, j: usize| j == q || captions[j] == captions[q];
+        let has_object = |q: usize, j: usize| {
+            let want = &scenes[q].objects[objects[q]];
+            scenes[j].objects.iter().any(|o| {
+                o.shape == want.shape
+                    && o.colour == want.colour
+                    && o.size == want.size
+                    && o.filled == want.filled
+            })
+        };
+        Ok(Retrieval {
+            scenes: n,
+            text_to_image_r1: recall(&self.score(&texts, &images)?, &same_caption),
+            image_to_text_r1: recall(&self.score(&images, &texts)?, &same_caption),
+            object_query_r1: recall(&self.score(&queries, &images)?, &has_object),
+        })
     }
+
+    /// Unit embeddings of `inputs`, one forward each, stacked; progress counts from
+    /// `offset` towards `total`. Returns the progress callback for the next call.
+    fn embed_each<P: FnMut(usize, usize)>(
+        &self,
+        inputs: impl Iterator<Item = EmbedInput>,
+        total: usize,
+        offset: usize,
+        mut progress: P,
+    ) -> Result<(PerspectiveEmbeddings, P), ScenesError> {
+        let mut rows = Vec::new();
+        for (i, input) in inputs.enumerate() {
+            rows.push(self.embed(&[input])?);
+            progress(offset + i + 1, total);
+        }
+        let refs: Vec<&PerspectiveEmbeddings> = rows.iter().collect();
+        Ok((
+            PerspectiveEmbeddings::cat(&refs).map_err(eval_err)?,
+            progress,
+        ))
+    }
+}
+
+/// Recall@1 figures over held-out scenes (fractions 0–1).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Retrieval {
+    pub scenes: usize,
+    /// A scene's global caption finds that scene (or one with the same caption) first.
+    pub text_to_image_r1: f64,
+    /// A scene finds its own caption (or an identical one) first.
+    pub image_to_text_r1: f64,
+    /// A short object query built from one object of each scene ("a small filled green
+    /// cross") ranks first a scene that holds such an object (shape, colour, size, fill).
+    pub object_query_r1: f64,
+}
+
+/// "a small filled green cross": size, fill, colour and shape of one object.
+pub fn object_query(o: &super::SceneObject) -> String {
+    format!(
+        "a {} {} {} {}",
+        o.size.name(),
+        if o.filled { "filled" } else { "outlined" },
+        o.colour.name(),
+        o.shape.name()
+    )
 }
 
 fn eval_err(e: impl std::fmt::Display) -> ScenesError {
@@ -313,9 +411,9 @@ fn report(tallies: &[MmvpTally], separation: &BTreeMap<&str, SeparationSum>) -> 
 pub fn method_names() -> [&'static str; METHODS] {
     [
         "fused",
-        Pattern::GG.name(),
-        Pattern::FG.name(),
-        Pattern::GF.name(),
-        Pattern::FF.name(),
+        Similarity::GG.name(),
+        Similarity::FG.name(),
+        Similarity::GF.name(),
+        Similarity::FF.name(),
     ]
 }

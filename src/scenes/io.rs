@@ -7,8 +7,8 @@
 //! That script assigns categories by row order, 15 pairs each, in [`MmvpPattern::ALL`] order;
 //! [`export_mmvp`] therefore writes pairs grouped by pattern in that order.
 
-use super::rng::derive_seed;
 use super::{FineCaption, MmvpPattern, Scene, ScenePair, SceneRng, ScenesError};
+use crate::util::rng::derive_seed;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -67,7 +67,7 @@ pub fn write_scenes(dir: &Path, count: usize, seed: u64) -> Result<usize, Scenes
         jsonl.push('\n');
     }
     let path = dir.join("scenes.jsonl");
-    std::fs::write(&path, jsonl).map_err(io_err(&path))?;
+    crate::util::write_atomic(&path, jsonl.as_bytes()).map_err(io_err(&path))?;
     Ok(count)
 }
 

@@ -2,11 +2,11 @@
 //! true of each image, and MMVP's pair scoring.
 
 use super::caption::{colour_shape, count_word, key, label_phrase, with_article};
-use super::rng::derive_seed;
 use super::{
     Colour, Orientation, Placed, Scene, SceneRng, SceneSpec, Setting, Shape, Size, Zoom, font,
     layout, random_jitter, random_object, relation, shuffled_cells,
 };
+use crate::util::rng::derive_seed;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 

@@ -6,7 +6,7 @@
 //! background texture, seen close up ([`Zoom::Near`]) or from afar ([`Zoom::Far`], horizon
 //! visible), with 1–5 non-overlapping objects placed on a jittered grid.
 //!
-//! - [`rng`]: the PRNG; [`font`]: a 5×7 bitmap font for labels;
+//! - [`font`]: a 5×7 bitmap font for labels (randomness: [`crate::util::rng`]);
 //! - [`render`]: supersampled signed-distance rendering;
 //! - [`caption`]: the caption grammar and [`vocabulary`];
 //! - [`mmvp`]: P-MMVP pairs, [`differing_patterns`] and MMVP scoring;
@@ -16,19 +16,20 @@ pub mod caption;
 pub mod eval;
 pub mod font;
 pub mod io;
+pub mod labels;
 pub mod mmvp;
 pub mod render;
-pub mod rng;
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+/// The scenes' generator: the crate's one seeded RNG.
+pub use crate::util::rng::SplitMix64 as SceneRng;
 pub use caption::{FineCaption, vocabulary};
 pub use io::{MmvpItem, export_mmvp, read_mmvp_dir, write_scenes};
 pub use mmvp::{
     MmvpPattern, MmvpTally, ScenePair, differing_patterns, mmvp_pair_correct, pmmvp_pairs,
 };
-pub use rng::SceneRng;
 
 /// Side of a rendered scene in pixels (images are `SCENE_SIZE`×`SCENE_SIZE` RGB).
 pub const SCENE_SIZE: u32 = 96;
@@ -420,6 +421,18 @@ impl Scene {
     /// A random scene: 1–5 objects (1–3 close up), no overlaps, every attribute varied;
     /// sometimes several identical objects (captioned with a count word).
     pub fn random(rng: &mut SceneRng) -> Scene {
+        Self::random_with_labels(rng, 0.5)
+    }
+
+    /// A random scene as [`Scene::random`] draws it, except that every large filled
+    /// square or circle carries a character: the vision tower's dense pre-training and
+    /// its probes see characters twice as often.
+    pub fn random_labelled(rng: &mut SceneRng) -> Scene {
+        Self::random_with_labels(rng, 1.0)
+    }
+
+    /// `label_p`: the chance a large filled square or circle carries a character.
+    fn random_with_labels(rng: &mut SceneRng, label_p: f32) -> Scene {
         let seed = rng.next_u64();
         let setting = rng.of(&Setting::ALL);
         let zoom = rng.of(&Zoom::ALL);
@@ -429,7 +442,7 @@ impl Scene {
         for &(col, row) in cells.iter().take(count) {
             let obj = match items.last() {
                 Some(prev) if rng.chance(0.25) => prev.obj.clone(),
-                _ => random_object(rng, 0.5),
+                _ => random_object(rng, label_p),
             };
             let jitter = random_jitter(rng);
             items.push(Placed {

@@ -184,7 +184,7 @@ impl DataSource {
 }
 
 fn seed_for(seed: u64, step: u64) -> u64 {
-    crate::scenes::rng::derive_seed(seed, step.wrapping_add(1))
+    crate::util::rng::derive_seed(seed, step.wrapping_add(1))
 }
 
 /// A batch of scenes: a share of minimal pairs (two scenes that differ in one MMVP

@@ -13,6 +13,7 @@
 
 mod data;
 mod optim;
+pub mod vision;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,8 +25,8 @@ use candle_core::{D, DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::agff::{
-    AgffError, EgaConfig, Fusion, FusionInit, PatternConfig, PerspectiveEmbeddings, ega_objective,
-    pattern_similarities,
+    AgffError, EgaConfig, Fusion, FusionInit, PerspectiveEmbeddings, SimilarityConfig,
+    agff_similarities, ega_objective,
 };
 use crate::model::demo::{DemoConfig, DemoModel};
 use crate::model::{Backbone, EmbedInput, EmbedOptions, ModelError, PerspectiveSet};
@@ -107,6 +108,16 @@ pub struct TrainSettings {
     /// (0: run to `steps`). The schedule still spans `steps`.
     #[serde(default)]
     pub stop_at: u64,
+    /// Steps of the vision tower's dense pre-training before the contrastive stage of the
+    /// demo recipe (0: none, the tower learns from captions alone); see [`vision`].
+    #[serde(default)]
+    pub vision_steps: u64,
+    /// Seconds the pre-training may take at most (0: no limit).
+    #[serde(default)]
+    pub vision_budget_s: u64,
+    /// Keep the (pre-trained) tower fixed in the contrastive stage, as LiT does.
+    #[serde(default)]
+    pub freeze_vision: bool,
 }
 
 impl Default for TrainSettings {
@@ -128,6 +139,9 @@ impl Default for TrainSettings {
             time_budget_s: 0,
             tiny: false,
             stop_at: 0,
+            vision_steps: 0,
+            vision_budget_s: 0,
+            freeze_vision: true,
         }
     }
 }
@@ -211,7 +225,7 @@ pub struct StepReport {
     pub lr: f64,
     pub grad_norm: f64,
     /// Fusion weights w = softmax(θ) and β after the step.
-    pub pattern_weights: [f32; 4],
+    pub similarity_weights: [f32; 4],
     pub beta: f64,
     /// The batch's fused text→image score matrix, row-major `[B, B]`.
     pub similarity: Vec<f32>,
@@ -229,11 +243,24 @@ pub struct StepReport {
 /// What a training run reports while it goes.
 #[derive(Debug, Clone)]
 pub enum TrainEvent {
-    Started { total_steps: u64, resumed_from: u64 },
+    Started {
+        total_steps: u64,
+        resumed_from: u64,
+    },
     Step(Box<StepReport>),
-    Checkpoint { step: u64, dir: PathBuf },
+    Checkpoint {
+        step: u64,
+        dir: PathBuf,
+    },
     Paused,
     Finished(TrainSummary),
+    /// A run of several stages begins one (its steps are counted from 0).
+    Stage {
+        name: String,
+        total_steps: u64,
+    },
+    /// A line worth showing as it is (for example the probes' accuracies).
+    Note(String),
 }
 
 /// How a run ended.
@@ -274,15 +301,15 @@ fn batch_loss(
     fusion: &Fusion,
     settings: &TrainSettings,
 ) -> Result<BatchLoss, TrainError> {
-    let cfg = PatternConfig::default();
+    let cfg = SimilarityConfig::default();
     let ega = EgaConfig {
         alpha: settings.alpha,
         tau: settings.tau,
     };
     let q = PerspectiveEmbeddings::from_raw(text.clone())?;
     let c = PerspectiveEmbeddings::from_raw(image.clone())?;
-    let t2i = fusion.fuse(&pattern_similarities(&q, &c, &cfg)?.patterns)?;
-    let i2t = fusion.fuse(&pattern_similarities(&c, &q, &cfg)?.patterns)?;
+    let t2i = fusion.fuse(&agff_similarities(&q, &c, &cfg)?.similarities)?;
+    let i2t = fusion.fuse(&agff_similarities(&c, &q, &cfg)?.similarities)?;
     let a = ega_objective(&t2i.scores, &ega)?;
     let b = ega_objective(&i2t.scores, &ega)?;
     let objective = ((&a.objective + &b.objective)? * 0.5)?;
@@ -324,7 +351,7 @@ fn batch_loss(
             accuracy,
             lr: 0.0,
             grad_norm: 0.0,
-            pattern_weights: fusion.pattern_weights()?,
+            similarity_weights: fusion.similarity_weights()?,
             beta: fusion.beta()?,
             similarity: s.flatten_all()?.to_vec1::<f32>()?,
             batch: n,
@@ -378,7 +405,7 @@ fn optimise(
     report.step = step;
     report.lr = lr;
     report.grad_norm = norm;
-    report.pattern_weights = fusion.pattern_weights()?;
+    report.similarity_weights = fusion.similarity_weights()?;
     report.beta = fusion.beta()?;
     Ok(report)
 }
@@ -426,9 +453,23 @@ fn write_state(dir: &Path, state: &TrainerState) -> Result<(), TrainError> {
     let path = dir.join(STATE_FILE);
     let text = serde_json::to_string_pretty(state)
         .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
-    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-    std::fs::write(&tmp, text).map_err(|e| TrainError::io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| TrainError::io(&path, e))
+    write(&path, text.as_bytes())
+}
+
+/// [`crate::util::write_atomic`] with the trainer's error.
+fn write(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    crate::util::write_atomic(path, bytes).map_err(|e| TrainError::io(path, e))
+}
+
+/// The files a fine-tune writes into its output folder; `Session::apply_tuned` (and so
+/// `--tuned DIR` and the app) reads them back.
+pub mod tuned_files {
+    /// The trained soft prompts, `soft.<perspective>` → `[m, d]` (absent when none).
+    pub const SOFT_PROMPTS: &str = "soft_prompts.safetensors";
+    /// The perspective set the run trained.
+    pub const PERSPECTIVES: &str = "perspectives.json";
+    /// `{"theta": [4], "beta", "step"}`.
+    pub const FUSION: &str = "fusion.json";
 }
 
 fn read_state(dir: &Path) -> Result<Option<TrainerState>, TrainError> {
@@ -487,10 +528,14 @@ pub fn train_demo(
             )
         }
     };
+    if state.is_none() && settings.vision_steps > 0 {
+        pretrain_stage(&mut model, settings, out, control, &events)?;
+    }
     let perspectives = model.config().perspectives.clone();
     let fusion = Fusion::new(fusion_init, DType::F32, &device)?;
+    let frozen = |name: &str| settings.freeze_vision && name.starts_with("vision.");
     let mut vars: Vec<(String, Var, bool)> = model
-        .make_trainable()?
+        .make_trainable_where(|name| !frozen(name))?
         .into_iter()
         .map(|(name, var)| {
             let decay = var.rank() == 2 && !name.ends_with(".pos") && !name.starts_with("soft.");
@@ -518,7 +563,9 @@ pub fn train_demo(
         let (theta, beta) = fusion_values(&fusion)?;
         model.set_fusion(theta, beta);
         model.set_provenance(format!(
-            "agff-lens train --recipe demo: {} of {} steps, batch {}, lr {}, α {}, τ {}, K {}, seed {}",
+            "agff-lens train --recipe demo: vision tower pre-trained {} steps{}; {} of {} contrastive steps, batch {}, lr {}, α {}, τ {}, K {}, seed {}",
+            settings.vision_steps,
+            if settings.freeze_vision { ", then frozen" } else { "" },
             step,
             settings.steps,
             settings.batch,
@@ -604,6 +651,72 @@ pub fn train_demo(
     };
     emit(&events, TrainEvent::Finished(summary.clone()));
     Ok(summary)
+}
+
+/// Stage 1 of the demo recipe: the tower's dense pre-training (into `out/vision`), then
+/// its linear probes, reported as a [`TrainEvent::Note`] and saved as
+/// `out/vision/probes.json`. A pre-training that finished before (its `vision.json`
+/// exists) is loaded instead of run again.
+fn pretrain_stage(
+    model: &mut DemoModel,
+    settings: &TrainSettings,
+    out: &Path,
+    control: &TrainControl,
+    events: &Option<SyncSender<TrainEvent>>,
+) -> Result<(), TrainError> {
+    let dir = out.join("vision");
+    if dir.join("vision.json").is_file() {
+        let done = DemoModel::load(&dir, &Device::Cpu)?;
+        model.copy_params_from(&done, |name| name.starts_with("vision."))?;
+        emit(
+            events,
+            TrainEvent::Note(format!(
+                "vision tower: pre-trained before, loaded from {}",
+                dir.display()
+            )),
+        );
+        return Ok(());
+    }
+    emit(
+        events,
+        TrainEvent::Stage {
+            name: "vision".into(),
+            total_steps: settings.vision_steps,
+        },
+    );
+    let vs = vision::VisionSettings {
+        steps: settings.vision_steps,
+        seed: settings.seed,
+        time_budget_s: settings.vision_budget_s,
+        ..vision::VisionSettings::default()
+    };
+    let summary = vision::pretrain_vision(model, &vs, &dir, control, events)?;
+    let probes = vision::probe_vision(model, &vision::ProbeSettings::default())?;
+    let path = dir.join("probes.json");
+    let text = serde_json::to_string_pretty(&probes)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
+    write(&path, text.as_bytes())?;
+    let line = probes
+        .accuracy
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.3}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    emit(
+        events,
+        TrainEvent::Note(format!(
+            "vision tower: {} steps in {:.1} s; linear probes on {} held-out scenes: {line}",
+            summary.steps_done, summary.seconds, probes.test_scenes
+        )),
+    );
+    emit(
+        events,
+        TrainEvent::Stage {
+            name: "contrastive".into(),
+            total_steps: settings.steps,
+        },
+    );
+    Ok(())
 }
 
 /// Side of the batch thumbnails in step reports.
@@ -741,6 +854,8 @@ pub fn fine_tune(
         soft_prompts: soft,
         ..EmbedOptions::default()
     };
+    // Each file is replaced atomically: the app reads them back as soon as the run ends,
+    // and a reader never sees half a file.
     let save = |step: u64| -> Result<(), TrainError> {
         let mut map = std::collections::HashMap::new();
         for (p, v) in perspectives.perspectives.iter().zip(&soft_vars) {
@@ -748,18 +863,20 @@ pub fn fine_tune(
                 map.insert(format!("soft.{}", p.name), v.as_tensor().detach());
             }
         }
-        let path = out.join("soft_prompts.safetensors");
+        let path = out.join(tuned_files::SOFT_PROMPTS);
         if !map.is_empty() {
-            candle_core::safetensors::save(&map, &path)?;
+            let bytes = safetensors::serialize(&map, None)
+                .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
+            write(&path, &bytes)?;
         }
-        let ppath = out.join("perspectives.json");
+        let ppath = out.join(tuned_files::PERSPECTIVES);
         let text = serde_json::to_string_pretty(perspectives)
             .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
-        std::fs::write(&ppath, text).map_err(|e| TrainError::io(&ppath, e))?;
+        write(&ppath, text.as_bytes())?;
         let (theta, beta) = fusion_values(&fusion)?;
-        let fpath = out.join("fusion.json");
+        let fpath = out.join(tuned_files::FUSION);
         let text = serde_json::json!({"theta": theta, "beta": beta, "step": step}).to_string();
-        std::fs::write(&fpath, text).map_err(|e| TrainError::io(&fpath, e))
+        write(&fpath, text.as_bytes())
     };
 
     emit(

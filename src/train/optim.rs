@@ -110,10 +110,9 @@ impl AdamW {
             "step".into(),
             Tensor::new(&[self.step as f64], &candle_core::Device::Cpu)?,
         );
-        let tmp = path.with_extension("tmp");
-        candle_core::safetensors::save(&map, &tmp)?;
-        std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))?;
-        Ok(())
+        let bytes = safetensors::serialize(&map, None)
+            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
+        super::write(path, &bytes)
     }
 
     /// Restores what [`AdamW::save`] wrote.

@@ -21,13 +21,32 @@ pub const EMB: &str = "<emb>";
 /// The special tokens, at the start of every demo vocabulary in this order.
 pub const SPECIALS: [&str; 6] = [PAD, UNK, BOS, IMG, SOFT, EMB];
 
+/// How the vision tower turns pixels into tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stem {
+    /// One linear map of each `patch × patch` block (ViT's patch embedding).
+    #[default]
+    Linear,
+    /// Three 3×3 convolutions of stride 2 (padding 1, GELU between them), so `patch`
+    /// must be 8: every token sees a 15-pixel neighbourhood, overlapping its neighbours'.
+    /// Channels: `stem_channels[0]`, `stem_channels[1]`, then `vision_width`.
+    Conv,
+}
+
 /// Shape of the demo MLLM: a small ViT, a projector and a small causal language model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DemoConfig {
     /// Images are resized to `image_size × image_size`.
     pub image_size: usize,
-    /// Patch side in pixels: `(image_size/patch)²` visual tokens.
+    /// Pixels per visual token along a side: `(image_size/patch)²` visual tokens.
     pub patch: usize,
+    /// The pixel stem (older configs without the key use the linear one).
+    #[serde(default)]
+    pub stem: Stem,
+    /// Channels of the first two convolutions of a [`Stem::Conv`].
+    #[serde(default = "default_stem_channels")]
+    pub stem_channels: [usize; 2],
     pub vision_width: usize,
     pub vision_layers: usize,
     pub vision_heads: usize,
@@ -58,6 +77,10 @@ fn default_beta() -> f64 {
     0.05
 }
 
+fn default_stem_channels() -> [usize; 2] {
+    [32, 64]
+}
+
 impl DemoConfig {
     /// The default shape over the given words (the scene grammar's vocabulary).
     pub fn new(words: &[&str], perspectives: PerspectiveSet) -> Self {
@@ -74,7 +97,9 @@ impl DemoConfig {
         }
         Self {
             image_size: 96,
-            patch: 12,
+            patch: 8,
+            stem: Stem::Conv,
+            stem_channels: default_stem_channels(),
             vision_width: 96,
             vision_layers: 2,
             vision_heads: 4,
@@ -82,7 +107,7 @@ impl DemoConfig {
             layers: 3,
             heads: 4,
             mlp: 256,
-            max_positions: 192,
+            max_positions: 256,
             vocab,
             perspectives,
             fusion_theta: [0.0; 4],
@@ -121,6 +146,15 @@ impl DemoConfig {
                 "image_size {} is not a multiple of patch {}",
                 self.image_size, self.patch
             ));
+        }
+        if self.stem == Stem::Conv && self.patch != 8 {
+            return Err(format!(
+                "a conv stem (three stride-2 convolutions) needs patch 8, not {}",
+                self.patch
+            ));
+        }
+        if self.stem_channels.contains(&0) {
+            return Err("stem_channels must be positive".into());
         }
         if self.vision_heads == 0 || !self.vision_width.is_multiple_of(self.vision_heads) {
             return Err("vision_width must be a multiple of vision_heads".into());

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{D, DType, Device, IndexOp, Tensor, Var};
 use image::RgbImage;
 
-pub use config::{BOS, DemoConfig, EMB, IMG, PAD, SOFT, SPECIALS, UNK, Vocab};
+pub use config::{BOS, DemoConfig, EMB, IMG, PAD, SOFT, SPECIALS, Stem, UNK, Vocab};
 
 use super::backbone::{
     Backbone, BranchTokens, EmbedInput, EmbedOptions, Embedding, ModelIdentity, TrainedFusion,
@@ -29,6 +29,7 @@ use super::backbone::{
 use super::error::{ModelError, Result};
 use super::ops;
 use super::perspective::PerspectiveSet;
+use crate::util::rng::SplitMix64;
 
 /// The committed demo weights (made by `agff-lens train --recipe demo`; see the README).
 static EMBEDDED_WEIGHTS: &[u8] = include_bytes!("../../../assets/demo/model.safetensors");
@@ -89,7 +90,8 @@ impl DemoModel {
             path: PathBuf::from("(new demo config)"),
             reason,
         })?;
-        let mut rng = NormalRng(seed ^ 0x9e37_79b9_7f4a_7c15);
+        // The generator the first committed weights were made with (normal init).
+        let mut rng = SplitMix64::new(seed ^ 0x9e37_79b9_7f4a_7c15);
         let mut params = BTreeMap::new();
         for (name, shape) in param_shapes(&config) {
             let t = init_param(&name, &shape, &config, &mut rng, device)?;
@@ -205,15 +207,19 @@ impl DemoModel {
                 source,
             })?;
         let weights_path = dir.join(WEIGHTS_FILE);
-        let tmp = dir.join(format!("{WEIGHTS_FILE}.tmp"));
         let map: HashMap<String, Tensor> = self
             .params
             .iter()
             .map(|(k, v)| (k.clone(), v.detach()))
             .collect();
-        candle_core::safetensors::save(&map, &tmp)?;
-        std::fs::rename(&tmp, &weights_path).map_err(|e| ModelError::io(&weights_path, e))?;
-        std::fs::write(&config_path, text).map_err(|e| ModelError::io(&config_path, e))?;
+        let bytes = safetensors::serialize(&map, None).map_err(|e| ModelError::BadWeights {
+            path: weights_path.clone(),
+            reason: e.to_string(),
+        })?;
+        crate::util::write_atomic(&weights_path, &bytes)
+            .map_err(|e| ModelError::io(&weights_path, e))?;
+        crate::util::write_atomic(&config_path, text.as_bytes())
+            .map_err(|e| ModelError::io(&config_path, e))?;
         Ok(())
     }
 
@@ -243,13 +249,57 @@ impl DemoModel {
     /// Turns every parameter into a trainable [`Var`] (the model then computes with the
     /// variables' tensors, so optimiser updates are seen by the next forward pass).
     pub fn make_trainable(&mut self) -> Result<Vec<(String, Var)>> {
+        self.make_trainable_where(|_| true)
+    }
+
+    /// Turns the parameters whose name satisfies `trainable` into [`Var`]s (returned) and
+    /// the others into plain tensors that track no gradient, so a frozen part costs no
+    /// backward pass.
+    pub fn make_trainable_where(
+        &mut self,
+        trainable: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(String, Var)>> {
         let mut vars = Vec::new();
         for (name, t) in self.params.iter_mut() {
-            let var = Var::from_tensor(&t.detach())?;
-            *t = var.as_tensor().clone();
-            vars.push((name.clone(), var));
+            if trainable(name) {
+                let var = Var::from_tensor(&t.detach())?;
+                *t = var.as_tensor().clone();
+                vars.push((name.clone(), var));
+            } else {
+                *t = t.detach();
+            }
         }
         Ok(vars)
+    }
+
+    /// Copies the parameters whose name satisfies `which` from `other` (same shapes).
+    pub fn copy_params_from(
+        &mut self,
+        other: &DemoModel,
+        which: impl Fn(&str) -> bool,
+    ) -> Result<()> {
+        for (name, t) in self.params.iter_mut() {
+            if !which(name) {
+                continue;
+            }
+            let src = other.p(name)?;
+            if src.dims() != t.dims() {
+                return Err(bad(format!(
+                    "{name}: shape {:?} does not fit {:?}",
+                    src.dims(),
+                    t.dims()
+                )));
+            }
+            *t = src.detach();
+        }
+        Ok(())
+    }
+
+    /// Detaches every parameter from its [`Var`] (after training).
+    pub fn freeze(&mut self) {
+        for t in self.params.values_mut() {
+            *t = t.detach();
+        }
     }
 
     fn p(&self, name: &str) -> Result<&Tensor> {
@@ -261,14 +311,13 @@ impl DemoModel {
             })
     }
 
-    /// Resizes (if needed) and cuts images into patches: `[B, N, patch²·3]` in [-1, 1].
-    pub fn patchify(&self, images: &[&RgbImage]) -> Result<Tensor> {
+    /// The images as the stem reads them, resized to `image_size` if needed, values in
+    /// [-1, 1]: `[B, N, patch²·3]` patches for a [`Stem::Linear`], `[B, S, S, 3]` pixels
+    /// (channels last) for a [`Stem::Conv`].
+    pub fn pixels(&self, images: &[&RgbImage]) -> Result<Tensor> {
         let size = self.config.image_size;
-        let patch = self.config.patch;
-        let grid = self.config.grid();
-        let per = patch * patch * 3;
-        let mut data = vec![0f32; images.len() * grid * grid * per];
-        for (b, img) in images.iter().enumerate() {
+        let mut data = Vec::with_capacity(images.len() * size * size * 3);
+        for img in images {
             let resized;
             let img = if img.width() as usize == size && img.height() as usize == size {
                 *img
@@ -281,41 +330,55 @@ impl DemoModel {
                 );
                 &resized
             };
-            let raw = img.as_raw();
-            let base = b * grid * grid * per;
-            for gy in 0..grid {
-                for gx in 0..grid {
-                    let cell = base + (gy * grid + gx) * per;
-                    for py in 0..patch {
-                        let y = gy * patch + py;
-                        for px in 0..patch {
-                            let x = gx * patch + px;
-                            for c in 0..3 {
-                                let v = raw[(y * size + x) * 3 + c] as f32;
-                                data[cell + (py * patch + px) * 3 + c] = v / 127.5 - 1.0;
-                            }
-                        }
-                    }
-                }
+            data.extend(img.as_raw().iter().map(|&v| f32::from(v) / 127.5 - 1.0));
+        }
+        let x = Tensor::from_vec(data, (images.len(), size, size, 3), &self.device)?;
+        match self.config.stem {
+            Stem::Conv => Ok(x),
+            Stem::Linear => {
+                let (p, g) = (self.config.patch, self.config.grid());
+                // [B, gy, py, gx, px, 3] → [B, gy, gx, py, px, 3]
+                Ok(x.reshape((images.len(), g, p, g, p, 3))?
+                    .permute((0, 1, 3, 2, 4, 5))?
+                    .contiguous()?
+                    .reshape((images.len(), g * g, p * p * 3))?)
             }
         }
-        Ok(Tensor::from_vec(
-            data,
-            (images.len(), grid * grid, per),
-            &self.device,
-        )?)
     }
 
-    /// Vision tower and projector: patches `[B, N, patch²·3]` → visual tokens
-    /// `[B, N, hidden]`, the language model's inputs at the visual positions.
-    pub fn encode_patches(&self, patches: &Tensor) -> Result<Tensor> {
+    /// The stem: [`DemoModel::pixels`] → `[B, N, vision_width]` token features (before
+    /// the position embedding).
+    fn stem(&self, pixels: &Tensor) -> Result<Tensor> {
+        match self.config.stem {
+            Stem::Linear => Ok(ops::linear(
+                pixels,
+                self.p("vision.patch.weight")?,
+                Some(self.p("vision.patch.bias")?),
+            )?),
+            Stem::Conv => {
+                let mut x = pixels.clone();
+                for i in 0..3 {
+                    x = conv3x3_stride2(
+                        &x,
+                        self.p(&format!("vision.stem.{i}.weight"))?,
+                        self.p(&format!("vision.stem.{i}.bias"))?,
+                    )?;
+                    if i < 2 {
+                        x = x.gelu()?;
+                    }
+                }
+                let (b, h, w, c) = x.dims4()?;
+                Ok(x.reshape((b, h * w, c))?)
+            }
+        }
+    }
+
+    /// The vision tower: [`DemoModel::pixels`] → `[B, N, vision_width]` final-normed
+    /// tokens, row-major over the `grid × grid` layout. These are what the tower's dense
+    /// pre-training and the linear probes read (`train::vision`).
+    pub fn vision_tokens(&self, pixels: &Tensor) -> Result<Tensor> {
         let c = &self.config;
-        let mut x = ops::linear(
-            patches,
-            self.p("vision.patch.weight")?,
-            Some(self.p("vision.patch.bias")?),
-        )?
-        .broadcast_add(self.p("vision.pos")?)?;
+        let mut x = self.stem(pixels)?.broadcast_add(self.p("vision.pos")?)?;
         for i in 0..c.vision_layers {
             let pre = format!("vision.blocks.{i}");
             let h = ops::layer_norm(
@@ -351,12 +414,18 @@ impl DemoModel {
             )?;
             x = (x + h)?;
         }
-        let x = ops::layer_norm(
+        Ok(ops::layer_norm(
             &x,
             self.p("vision.norm.weight")?,
             self.p("vision.norm.bias")?,
             1e-5,
-        )?;
+        )?)
+    }
+
+    /// Vision tower and projector: [`DemoModel::pixels`] → visual tokens
+    /// `[B, N, hidden]`, the language model's inputs at the visual positions.
+    pub fn encode_pixels(&self, pixels: &Tensor) -> Result<Tensor> {
+        let x = self.vision_tokens(pixels)?;
         let x = ops::linear(
             &x,
             self.p("projector.fc1.weight")?,
@@ -565,8 +634,9 @@ impl DemoModel {
         )?;
 
         // Positions and the block mask.
+        let branch_lengths: Vec<usize> = branch_ranges.iter().map(|&(_, n)| n).collect();
         let mut pos = vec![0u32; b * t];
-        let mut mask = vec![NEG; b * t * t];
+        let mut mask = Vec::with_capacity(b * t * t);
         for (r, &len) in lens.iter().enumerate() {
             let pad = prefix_len - len;
             for i in pad..prefix_len {
@@ -577,29 +647,12 @@ impl DemoModel {
                     pos[r * t + prefix_len + start + j] = (len + j) as u32;
                 }
             }
-            let m = &mut mask[r * t * t..(r + 1) * t * t];
-            for i in 0..t {
-                // Padding attends to itself only (never attended to).
-                if i < pad {
-                    m[i * t + i] = 0.0;
-                    continue;
-                }
-                let prefix_end = if i < prefix_len { i + 1 } else { prefix_len };
-                for v in &mut m[i * t + pad..i * t + prefix_end] {
-                    *v = 0.0;
-                }
-                if i >= prefix_len {
-                    let s = i - prefix_len;
-                    if let Some(&(start, _)) = branch_ranges
-                        .iter()
-                        .find(|&&(start, n)| s >= start && s < start + n)
-                    {
-                        for v in &mut m[i * t + prefix_len + start..=i * t + i] {
-                            *v = 0.0;
-                        }
-                    }
-                }
-            }
+            mask.extend(crate::model::perspective::branch_mask(
+                pad,
+                len,
+                &branch_lengths,
+                NEG,
+            ));
         }
         let pos = Tensor::from_vec(pos, b * t, &self.device)?;
         let pos_emb = self
@@ -700,8 +753,7 @@ impl DemoModel {
         perspectives: &PerspectiveSet,
         soft: &[Option<Tensor>],
     ) -> Result<Tensor> {
-        let patches = self.patchify(images)?;
-        let visual = self.encode_patches(&patches)?;
+        let visual = self.encode_pixels(&self.pixels(images)?)?;
         let rows = (0..images.len())
             .map(|i| {
                 Ok(PrefixItem {
@@ -745,16 +797,61 @@ fn digest(weights: &[u8], config: &[u8]) -> String {
     h.finalize().to_hex().to_string()
 }
 
+/// A 3×3 convolution of stride 2 and padding 1 on channels-last `[B, H, W, C]` (H, W
+/// even), as an explicit im2col and one matrix product, so its backward pass is the
+/// matrix product's: `weight` is `[C_out, 9·C]` with the inputs ordered (dy, dx, c),
+/// `bias` `[C_out]`. Returns `[B, H/2, W/2, C_out]`.
+pub fn conv3x3_stride2(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let (b, h, w, c) = x.dims4()?;
+    if h % 2 != 0 || w % 2 != 0 {
+        return Err(bad(format!(
+            "a stride-2 convolution needs an even size, got {h}×{w}"
+        )));
+    }
+    let (ho, wo) = (h / 2, w / 2);
+    let xp = x.pad_with_zeros(1, 1, 1)?.pad_with_zeros(2, 1, 1)?;
+    let mut taps = Vec::with_capacity(9);
+    for dy in 0..3 {
+        // Rows dy, dy+2, …, dy+2(ho-1) of the padded input.
+        let rows = xp
+            .narrow(1, dy, 2 * ho)?
+            .reshape((b, ho, 2, w + 2, c))?
+            .narrow(2, 0, 1)?
+            .squeeze(2)?;
+        for dx in 0..3 {
+            taps.push(
+                rows.narrow(2, dx, 2 * wo)?
+                    .reshape((b, ho, wo, 2, c))?
+                    .narrow(3, 0, 1)?
+                    .squeeze(3)?,
+            );
+        }
+    }
+    let cols = Tensor::cat(&taps, 3)?;
+    Ok(ops::linear(&cols, weight, Some(bias))?)
+}
+
 /// Every parameter's name and shape.
 pub fn param_shapes(c: &DemoConfig) -> Vec<(String, Vec<usize>)> {
     let mut v: Vec<(String, Vec<usize>)> = Vec::new();
     let vw = c.vision_width;
     let n = c.grid() * c.grid();
-    v.push((
-        "vision.patch.weight".into(),
-        vec![vw, c.patch * c.patch * 3],
-    ));
-    v.push(("vision.patch.bias".into(), vec![vw]));
+    match c.stem {
+        Stem::Linear => {
+            v.push((
+                "vision.patch.weight".into(),
+                vec![vw, c.patch * c.patch * 3],
+            ));
+            v.push(("vision.patch.bias".into(), vec![vw]));
+        }
+        Stem::Conv => {
+            let [c1, c2] = c.stem_channels;
+            for (i, (out, inp)) in [(c1, 3), (c2, c1), (vw, c2)].into_iter().enumerate() {
+                v.push((format!("vision.stem.{i}.weight"), vec![out, 9 * inp]));
+                v.push((format!("vision.stem.{i}.bias"), vec![out]));
+            }
+        }
+    }
     v.push(("vision.pos".into(), vec![n, vw]));
     for i in 0..c.vision_layers {
         let p = format!("vision.blocks.{i}");
@@ -798,34 +895,11 @@ pub fn param_shapes(c: &DemoConfig) -> Vec<(String, Vec<usize>)> {
     v
 }
 
-/// Deterministic normal samples (SplitMix64 + Box–Muller), so a seed gives the same
-/// initial weights on every machine.
-struct NormalRng(u64);
-
-impl NormalRng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-
-    fn normal(&mut self) -> f32 {
-        let (u, v) = (self.uniform(), self.uniform());
-        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
-    }
-}
-
 fn init_param(
     name: &str,
     shape: &[usize],
     c: &DemoConfig,
-    rng: &mut NormalRng,
+    rng: &mut SplitMix64,
     device: &Device,
 ) -> Result<Tensor> {
     let is_norm = name.contains("norm") && name.ends_with(".weight");
@@ -851,7 +925,7 @@ fn init_param(
         (1.0 / fan_in).sqrt()
     };
     let n: usize = shape.iter().product();
-    let data: Vec<f32> = (0..n).map(|_| rng.normal() * std as f32).collect();
+    let data: Vec<f32> = (0..n).map(|_| (rng.normal() * std) as f32).collect();
     Ok(Tensor::from_vec(data, shape, device)?)
 }
 
@@ -927,8 +1001,7 @@ impl Backbone for DemoModel {
         let mut visual_inputs = None;
         let visual = match &input.image {
             Some(img) => {
-                let patches = self.patchify(&[img])?;
-                let v = self.encode_patches(&patches)?.i(0)?;
+                let v = self.encode_pixels(&self.pixels(&[img])?)?.i(0)?;
                 let v = if options.track_visual_inputs {
                     Var::from_tensor(&v.detach())?.as_tensor().clone()
                 } else {
@@ -1015,6 +1088,73 @@ mod tests {
         RgbImage::from_fn(24, 24, |x, y| {
             image::Rgb([(x as u8).wrapping_mul(seed), (y as u8) * 9, seed])
         })
+    }
+
+    #[test]
+    fn conv_stem_equals_candles_conv2d() {
+        // [B, H, W, C] channels last against candle's NCHW conv2d with the same kernel.
+        let (b, h, w, c, o) = (2, 6, 8, 3, 5);
+        let x: Vec<f32> = (0..b * h * w * c)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        let x = Tensor::from_vec(x, (b, h, w, c), &Device::Cpu).unwrap();
+        let k: Vec<f32> = (0..o * 9 * c)
+            .map(|i| ((i * 13 % 17) as f32 - 8.0) / 9.0)
+            .collect();
+        let weight = Tensor::from_vec(k, (o, 9 * c), &Device::Cpu).unwrap();
+        let bias = Tensor::new(&[0.1f32, -0.2, 0.3, 0.0, 0.5], &Device::Cpu).unwrap();
+        let ours = conv3x3_stride2(&x, &weight, &bias).unwrap();
+        assert_eq!(ours.dims(), &[b, h / 2, w / 2, o]);
+        // Our weight's inputs are ordered (dy, dx, c); candle's kernel is [o, c, dy, dx].
+        let kernel = weight
+            .reshape((o, 3, 3, c))
+            .unwrap()
+            .permute((0, 3, 1, 2))
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let nchw = x.permute((0, 3, 1, 2)).unwrap().contiguous().unwrap();
+        let theirs = nchw
+            .conv2d(&kernel, 1, 2, 1, 1)
+            .unwrap()
+            .broadcast_add(&bias.reshape((1, o, 1, 1)).unwrap())
+            .unwrap()
+            .permute((0, 2, 3, 1))
+            .unwrap();
+        let d = max_diff(&ours, &theirs);
+        assert!(d < 1e-5, "conv differs by {d}");
+        // An odd size is an error, not a panic.
+        let odd = Tensor::zeros((1, 5, 4, 3), DType::F32, &Device::Cpu).unwrap();
+        assert!(conv3x3_stride2(&odd, &weight, &bias).is_err());
+    }
+
+    #[test]
+    fn linear_stem_configs_still_load_and_cut_patches_row_major() {
+        let words = ["a", "red"];
+        let mut c = DemoConfig::new(&words, DemoConfig::default_perspectives(1));
+        c.stem = Stem::Linear;
+        c.image_size = 24;
+        c.patch = 12;
+        c.vision_width = 8;
+        c.vision_heads = 2;
+        c.hidden = 8;
+        c.heads = 2;
+        c.mlp = 8;
+        c.layers = 1;
+        c.max_positions = 40;
+        let m = DemoModel::random(c, 1, &Device::Cpu).unwrap();
+        let img = image(9);
+        let p = m.pixels(&[&img]).unwrap();
+        assert_eq!(p.dims(), &[1, 4, 12 * 12 * 3]);
+        // Patch 1 is the top-right block; its first value is pixel (12, 0), red channel.
+        let v = p.i((0, 1, 0)).unwrap().to_scalar::<f32>().unwrap();
+        let expect = f32::from(img.get_pixel(12, 0)[0]) / 127.5 - 1.0;
+        assert!((v - expect).abs() < 1e-6);
+        // A config written before the stem existed reads as the linear stem.
+        let mut json: serde_json::Value = serde_json::to_value(m.config()).unwrap();
+        json.as_object_mut().unwrap().remove("stem");
+        let back: DemoConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(back.stem, Stem::Linear);
     }
 
     #[test]

@@ -741,25 +741,11 @@ impl Qwen3Vl {
     }
 }
 
-/// The additive mask of a packed sequence `[prefix (lp) | suffix lengths…]`: the prefix is
-/// causal; each suffix sees the whole prefix and its own earlier tokens, never another
-/// suffix.
+/// The additive mask of a packed sequence `[prefix (lp) | suffix lengths…]`
+/// ([`crate::model::perspective::branch_mask`]) as a `[T, T]` tensor.
 fn branch_mask(lp: usize, lengths: &[usize], device: &Device) -> Result<Tensor> {
     let total = lp + lengths.iter().sum::<usize>();
-    let mut mask = vec![f32::NEG_INFINITY; total * total];
-    for q in 0..lp {
-        mask[q * total..q * total + q + 1].fill(0.0);
-    }
-    let mut start = lp;
-    for &len in lengths {
-        for i in 0..len {
-            let q = start + i;
-            let row = &mut mask[q * total..(q + 1) * total];
-            row[..lp].fill(0.0);
-            row[start..=q].fill(0.0);
-        }
-        start += len;
-    }
+    let mask = crate::model::perspective::branch_mask(0, lp, lengths, f32::NEG_INFINITY);
     Ok(Tensor::from_vec(mask, (total, total), device)?)
 }
 

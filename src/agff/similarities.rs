@@ -115,19 +115,19 @@ impl std::str::FromStr for FfPairing {
 
 /// Settings of the pattern similarities.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct PatternConfig {
+pub struct SimilarityConfig {
     pub aggregator: Aggregator,
     pub ff_pairing: FfPairing,
 }
 
 /// The pattern similarities of every (query, candidate) pair.
 #[derive(Debug, Clone)]
-pub struct PatternScores {
+pub struct SimilarityScores {
     /// `[Q, C, 1+K, 1+K]`: `<query perspective a, candidate perspective b>` for every pair
     /// of perspectives (0 = global), the per-perspective similarities shown to users.
     pub perspective_sims: Tensor,
-    /// `[Q, C, 4]`: s_GG, s_FG, s_GF, s_FF in [`super::Pattern::ALL`] order.
-    pub patterns: Tensor,
+    /// `[Q, C, 4]`: s_GG, s_FG, s_GF, s_FF in [`super::Similarity::ALL`] order.
+    pub similarities: Tensor,
 }
 
 /// Computes the four pattern similarities for every (query, candidate) pair.
@@ -137,11 +137,11 @@ pub struct PatternScores {
 ///
 /// With K = 0 there are no fine-grained embeddings: FG, GF and FF are then set equal to
 /// GG, so the fused score is exactly s_GG (a global-only model).
-pub fn pattern_similarities(
+pub fn agff_similarities(
     query: &PerspectiveEmbeddings,
     candidates: &PerspectiveEmbeddings,
-    config: &PatternConfig,
-) -> Result<PatternScores> {
+    config: &SimilarityConfig,
+) -> Result<SimilarityScores> {
     config.aggregator.validate()?;
     let (nq, nc, k) = (query.len(), candidates.len(), query.k());
     let p = k + 1;
@@ -152,7 +152,7 @@ pub fn pattern_similarities(
         .contiguous()?;
 
     let gg = sims.narrow(2, 0, 1)?.narrow(3, 0, 1)?.reshape((nq, nc))?;
-    let patterns = if k == 0 {
+    let similarities = if k == 0 {
         Tensor::stack(&[&gg, &gg, &gg, &gg], 2)?
     } else {
         let agg = config.aggregator;
@@ -175,9 +175,9 @@ pub fn pattern_similarities(
         let ff = agg.reduce_last(&ff_terms)?;
         Tensor::stack(&[&gg, &fg, &gf, &ff], 2)?
     };
-    Ok(PatternScores {
+    Ok(SimilarityScores {
         perspective_sims: sims,
-        patterns,
+        similarities,
     })
 }
 

@@ -1,0 +1,312 @@
+//! The workflow that joins the layers, written once for the desktop app's worker and for
+//! every CLI command: load a model by name, apply a fine-tune's output, index a gallery
+//! through the embedding cache, search it with the model's fusion, explain a result.
+//!
+//! A [`Session`] is one loaded model with the perspectives, soft prompts and fusion it
+//! embeds and scores with. Everything here blocks: the app calls it from its worker thread,
+//! the CLI from `main`. Progress and cancellation come in as callbacks, download progress
+//! through [`DownloadProgress`], which the CLI (terminal bars) and the app (its progress
+//! line) implement.
+//!
+//! The defaults that both front ends share (a fine-tune's settings, the demo gallery) live
+//! in [`defaults`], so the app and the CLI cannot drift apart.
+
+use std::path::Path;
+
+use candle_core::{DType, Tensor};
+
+use crate::agff::{FusedScorer, Fusion, PerspectiveEmbeddings, SimilarityConfig};
+use crate::explain::{Comparison, Explainer, compare_breakdowns};
+use crate::index::{
+    EmbedReport, Gallery, GalleryEmbeddings, Hit, IndexError, SearchOptions, embed_gallery_soft,
+    embed_unit_soft, search,
+};
+use crate::model::demo::DemoModel;
+use crate::model::hub::{DownloadProgress, ModelSource, ResolveOptions, resolve_model};
+use crate::model::{Backbone, DeviceChoice, EmbedInput, ModelError, PerspectiveSet};
+use crate::train::{TrainError, tuned_files};
+
+/// Settings both front ends default to (the app's settings panel and the CLI's flags).
+pub mod defaults {
+    /// A fine-tune's InfoNCE temperature τ: the method's default (method.md §4).
+    pub const FINE_TUNE_TAU: f64 = 0.02;
+    /// A from-scratch recipe's τ (softer, so a random model learns faster).
+    pub const RECIPE_TAU: f64 = 0.05;
+    /// EGA strength α (method.md §5).
+    pub const EGA_ALPHA: f64 = 1.0;
+    /// Peak learning rate (AdamW, linear warm-up then cosine decay).
+    pub const LR: f64 = 3e-3;
+    /// Optimisation steps of a fine-tune (short enough to watch in the app).
+    pub const FINE_TUNE_STEPS: u64 = 60;
+    /// Pairs per batch of a fine-tune.
+    pub const FINE_TUNE_BATCH: usize = 16;
+    /// Optimisation steps and pairs per batch of a from-scratch recipe.
+    pub const RECIPE_STEPS: u64 = 1800;
+    pub const RECIPE_BATCH: usize = 32;
+
+    /// Warm-up steps of a run of `steps` steps: a tenth, at most 100, at least 1.
+    pub fn warmup(steps: u64) -> u64 {
+        (steps / 10).clamp(1, 100)
+    }
+
+    /// A fine-tune's settings: soft prompts and fusion, no weight decay, one checkpoint at
+    /// the end.
+    pub fn fine_tune(steps: u64) -> crate::train::TrainSettings {
+        crate::train::TrainSettings {
+            steps,
+            batch: FINE_TUNE_BATCH,
+            lr: LR,
+            warmup: warmup(steps),
+            alpha: EGA_ALPHA,
+            tau: FINE_TUNE_TAU,
+            weight_decay: 0.0,
+            checkpoint_every: steps.max(1),
+            ..crate::train::TrainSettings::default()
+        }
+    }
+}
+
+/// What went wrong in a workflow step; each variant keeps its layer's error.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Device(#[from] crate::model::DeviceError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Agff(#[from] crate::agff::AgffError),
+    #[error(transparent)]
+    Explain(#[from] crate::explain::ExplainError),
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// A fine-tune's output folder that does not fit the model.
+    #[error("{path}: {reason}")]
+    Tuned {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("{0}")]
+    Input(String),
+}
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub dtype: DType,
+    pub device: DeviceChoice,
+    /// How a Hub repo id is resolved (offline, revision, cache folder).
+    pub resolve: ResolveOptions,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: DType::F32,
+            device: DeviceChoice::Cpu,
+            resolve: ResolveOptions::default(),
+        }
+    }
+}
+
+/// Loads the backbone `arg` names: `demo` (embedded in the binary), a folder saved by
+/// `train --recipe demo`, a Hugging Face folder, or a Hub repo id (downloaded into the
+/// Hugging Face cache first, reporting to `progress`).
+///
+/// # Errors
+/// The device cannot be opened, the argument names nothing loadable, or the weights are
+/// missing or do not fit the config (each error names the file).
+pub fn load_backbone(
+    arg: &str,
+    options: &LoadOptions,
+    progress: &mut dyn DownloadProgress,
+) -> Result<Box<dyn Backbone>, SessionError> {
+    let device = options.device.open()?;
+    match resolve_model(arg, &options.resolve, progress)? {
+        ModelSource::Demo => Ok(Box::new(DemoModel::embedded(&device)?)),
+        ModelSource::Local(dir) => Ok(crate::model::loader::load_folder(
+            &dir,
+            options.dtype,
+            &device,
+        )?),
+    }
+}
+
+/// One loaded model and what it embeds and scores with.
+pub struct Session {
+    pub backbone: Box<dyn Backbone>,
+    /// The perspectives every embedding uses (the model's own unless changed).
+    pub perspectives: PerspectiveSet,
+    /// The fusion θ, β of the scores (the model's trained one unless a fine-tune's).
+    pub fusion: Fusion,
+    /// Soft prompts of a fine-tune, one per perspective (empty: the backbone's own).
+    pub soft: Vec<Option<Tensor>>,
+}
+
+impl Session {
+    /// A session on `backbone` with its default perspectives and trained fusion.
+    pub fn new(backbone: Box<dyn Backbone>) -> Result<Self, SessionError> {
+        let perspectives = backbone.default_perspectives();
+        let fusion = Fusion::for_backbone(backbone.as_ref())?;
+        Ok(Self {
+            backbone,
+            perspectives,
+            fusion,
+            soft: Vec::new(),
+        })
+    }
+
+    /// [`load_backbone`] then [`Session::new`].
+    pub fn load(
+        arg: &str,
+        options: &LoadOptions,
+        progress: &mut dyn DownloadProgress,
+    ) -> Result<Self, SessionError> {
+        Self::new(load_backbone(arg, options, progress)?)
+    }
+
+    /// Embeds with `set` from now on; soft prompts of a fine-tune belong to the old set
+    /// and are dropped. The fusion stays (θ has one logit per similarity, whatever K is).
+    pub fn set_perspectives(&mut self, set: PerspectiveSet) -> Result<(), SessionError> {
+        set.validate().map_err(SessionError::Input)?;
+        self.perspectives = set;
+        self.soft.clear();
+        Ok(())
+    }
+
+    /// Applies a fine-tune's output folder: its perspectives (`perspectives.json`, if
+    /// present), soft prompts (`soft_prompts.safetensors`, if present) and fusion
+    /// (`fusion.json`, required).
+    ///
+    /// # Errors
+    /// [`SessionError::Tuned`] naming the file when the folder has no fusion, or a file
+    /// is unreadable or does not fit the model (soft-prompt shapes against its width).
+    pub fn apply_tuned(&mut self, dir: &Path) -> Result<(), SessionError> {
+        let tuned = |path: &Path, reason: String| SessionError::Tuned {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if !dir.is_dir() {
+            return Err(tuned(dir, "no such folder (a fine-tune's --out)".into()));
+        }
+        let fusion_path = dir.join(tuned_files::FUSION);
+        if !fusion_path.is_file() {
+            return Err(tuned(
+                dir,
+                format!(
+                    "not a fine-tune's output: it has no {}",
+                    tuned_files::FUSION
+                ),
+            ));
+        }
+        let perspectives_path = dir.join(tuned_files::PERSPECTIVES);
+        let perspectives = if perspectives_path.is_file() {
+            PerspectiveSet::from_file(&perspectives_path)
+                .map_err(|e| tuned(&perspectives_path, e.to_string()))?
+        } else {
+            self.perspectives.clone()
+        };
+        let init = crate::train::read_fusion(&fusion_path)?;
+        let soft = crate::train::read_soft_prompts(
+            &dir.join(tuned_files::SOFT_PROMPTS),
+            &perspectives,
+            self.backbone.hidden_size(),
+            self.backbone.device(),
+        )?;
+        self.fusion = Fusion::new(init, DType::F32, self.backbone.device())?;
+        self.perspectives = perspectives;
+        self.soft = if soft.iter().any(Option::is_some) {
+            soft
+        } else {
+            Vec::new()
+        };
+        Ok(())
+    }
+
+    /// The scorer of this session's fusion.
+    pub fn scorer(&self) -> Result<FusedScorer, SessionError> {
+        Ok(FusedScorer::new(SimilarityConfig::default(), &self.fusion)?)
+    }
+
+    /// One input's unit perspective vectors `[(1+K)·d]`, flattened.
+    pub fn embed_unit(&self, input: &EmbedInput) -> Result<Vec<f32>, SessionError> {
+        Ok(embed_unit_soft(
+            self.backbone.as_ref(),
+            input,
+            &self.perspectives,
+            &self.soft,
+        )?)
+    }
+
+    /// Embeds every image of `gallery` not in the cache under `cache_dir` (the cache key
+    /// holds the model, the perspectives and the soft prompts), `progress(done, total)`.
+    pub fn index(
+        &self,
+        gallery: &Gallery,
+        cache_dir: &Path,
+        cancel: &dyn Fn() -> bool,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<(GalleryEmbeddings, EmbedReport), SessionError> {
+        Ok(embed_gallery_soft(
+            self.backbone.as_ref(),
+            &self.perspectives,
+            &self.soft,
+            gallery,
+            cache_dir,
+            cancel,
+            progress,
+        )?)
+    }
+
+    /// Embeds `input` and ranks `gallery` by the fused score; also returns the query's
+    /// unit vectors (for [`crate::index::first_stage_recall`], say).
+    pub fn rank(
+        &self,
+        gallery: &GalleryEmbeddings,
+        input: &EmbedInput,
+        options: &SearchOptions,
+    ) -> Result<(Vec<Hit>, Vec<f32>), SessionError> {
+        let query = self.embed_unit(input)?;
+        let hits = search(&query, gallery, &self.scorer()?, options)?;
+        Ok((hits, query))
+    }
+
+    /// An explainer with this session's perspectives, fusion and soft prompts.
+    pub fn explainer(&self) -> Explainer<'_> {
+        let mut explainer = Explainer::new(
+            self.backbone.as_ref(),
+            self.perspectives.clone(),
+            self.fusion.clone(),
+        );
+        explainer.soft_prompts = self.soft.clone();
+        explainer
+    }
+
+    /// Why gallery item `a` scores as it does against `b` for the embedded query `q`,
+    /// from the gallery's stored vectors (no image is embedded again).
+    pub fn compare_stored(
+        &self,
+        explainer: &Explainer<'_>,
+        q: &PerspectiveEmbeddings,
+        gallery: &GalleryEmbeddings,
+        a: usize,
+        b: usize,
+    ) -> Result<Comparison, SessionError> {
+        let stored = |i: usize| -> Result<PerspectiveEmbeddings, SessionError> {
+            if i >= gallery.len() {
+                return Err(SessionError::Input(format!(
+                    "result {i} is not in the gallery any more"
+                )));
+            }
+            let cpu = gallery.embeddings(&[i])?;
+            let t = cpu.tensor().to_device(q.tensor().device())?;
+            Ok(PerspectiveEmbeddings::assume_unit(t)?)
+        };
+        let ba = explainer.breakdown(q, &stored(a)?)?;
+        let bb = explainer.breakdown(q, &stored(b)?)?;
+        Ok(compare_breakdowns(ba, bb))
+    }
+}

@@ -1,0 +1,532 @@
+//! Teaching the demo model's vision tower to see before it learns words: supervised dense
+//! pre-training from the scene renderer's metadata, and linear probes that check it.
+//!
+//! The caption-contrastive loss alone is satisfied early by cheap cues (setting, zoom,
+//! colour) and then gives shape almost no gradient (README, "The demo model"). The
+//! renderer knows every object under every visual token, so the tower is first trained as
+//! an ordinary supervised vision model, as many MLLMs start from a pre-trained tower (LiT,
+//! Zhai et al. 2022, locks it; so does our demo recipe by default): one linear head per
+//! [`Attribute`] reads the tower's final-normed tokens (`DemoModel::vision_tokens`), the
+//! token heads each token, the image heads the mean over tokens; the loss is the sum over
+//! attributes of each one's mean cross-entropy.
+//!
+//! The probes then freeze the tower, fit fresh linear classifiers on the tokens of
+//! scenes from one seed and score them on scenes from another, on object tokens only
+//! (shape also on background tokens). They answer "does the tower see it?" before an
+//! hour of contrastive training is spent on a tower that does not.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::SyncSender;
+use std::time::Instant;
+
+use candle_core::{D, DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use super::{AdamW, StepReport, TrainControl, TrainError, TrainEvent, emit};
+use crate::model::demo::DemoModel;
+use crate::model::ops;
+use crate::scenes::labels::{Attribute, TokenLabels, token_labels};
+use crate::scenes::{Scene, SceneRng};
+
+/// Settings of the tower's dense pre-training.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VisionSettings {
+    pub steps: u64,
+    /// Scenes per step.
+    pub batch: usize,
+    pub lr: f64,
+    pub warmup: u64,
+    pub weight_decay: f64,
+    pub clip: f64,
+    /// Seed of the scene stream.
+    pub seed: u64,
+    /// Stop after this many seconds (0: no limit).
+    pub time_budget_s: u64,
+}
+
+impl Default for VisionSettings {
+    fn default() -> Self {
+        Self {
+            steps: 2000,
+            batch: 32,
+            lr: 1e-3,
+            warmup: 100,
+            weight_decay: 0.05,
+            clip: 1.0,
+            seed: 0,
+            time_budget_s: 0,
+        }
+    }
+}
+
+impl VisionSettings {
+    /// Learning rate at `step` (1-based): linear warm-up, then cosine decay to 10%.
+    fn lr_at(&self, step: u64) -> f64 {
+        super::TrainSettings {
+            steps: self.steps,
+            lr: self.lr,
+            warmup: self.warmup,
+            ..super::TrainSettings::default()
+        }
+        .lr_at(step)
+    }
+}
+
+/// One linear head per attribute, `weight [classes, width]`, `bias [classes]`.
+struct Heads {
+    heads: Vec<(Attribute, Var, Var)>,
+}
+
+impl Heads {
+    fn new(width: usize, device: &Device) -> Result<Self, TrainError> {
+        let heads = Attribute::ALL
+            .iter()
+            .map(|&a| {
+                Ok((
+                    a,
+                    Var::zeros((a.classes(), width), DType::F32, device)?,
+                    Var::zeros(a.classes(), DType::F32, device)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, TrainError>>()?;
+        Ok(Self { heads })
+    }
+
+    fn vars(&self) -> Vec<(String, Var, bool)> {
+        self.heads
+            .iter()
+            .flat_map(|(a, w, b)| {
+                [
+                    (format!("head.{}.weight", a.name()), w.clone(), true),
+                    (format!("head.{}.bias", a.name()), b.clone(), false),
+                ]
+            })
+            .collect()
+    }
+}
+
+/// The rows of one attribute in a batch: indices into the flattened tokens
+/// (`b·N + t`) or images (`b`), and their classes.
+fn rows_of(labels: &[TokenLabels], attribute: Attribute, tokens: usize) -> (Vec<u32>, Vec<u32>) {
+    let mut rows = Vec::new();
+    let mut classes = Vec::new();
+    for (b, l) in labels.iter().enumerate() {
+        for &(t, c) in l.of(attribute) {
+            rows.push(if attribute.per_image() {
+                b as u32
+            } else {
+                (b * tokens + t) as u32
+            });
+            classes.push(c);
+        }
+    }
+    (rows, classes)
+}
+
+/// The features of an attribute's rows: token features `[B·N, W]` or mean-pooled image
+/// features `[B, W]`.
+fn features(tokens: &Tensor, attribute: Attribute) -> Result<Tensor, TrainError> {
+    let (b, n, w) = tokens.dims3()?;
+    Ok(if attribute.per_image() {
+        tokens.mean(1)?
+    } else {
+        tokens.reshape((b * n, w))?
+    })
+}
+
+/// Labels of a batch of scenes for `model`'s token grid.
+fn batch_labels(model: &DemoModel, scenes: &[Scene]) -> Vec<TokenLabels> {
+    let c = model.config();
+    scenes
+        .iter()
+        .map(|s| token_labels(s, c.image_size, c.grid()))
+        .collect()
+}
+
+/// The scenes of pre-training step `step` (a pure function of the seed and the step).
+fn step_scenes(seed: u64, step: u64, n: usize) -> Vec<Scene> {
+    let mut rng = SceneRng::new(crate::util::rng::derive_seed(seed ^ 0x5ee, step + 1));
+    (0..n).map(|_| Scene::random_labelled(&mut rng)).collect()
+}
+
+fn accuracy(logits: &Tensor, classes: &[u32]) -> Result<f64, TrainError> {
+    let argmax = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    let hits = argmax.iter().zip(classes).filter(|(a, b)| a == b).count();
+    Ok(hits as f64 / classes.len().max(1) as f64)
+}
+
+/// What pre-training reports at the end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VisionSummary {
+    pub steps_done: u64,
+    pub seconds: f64,
+    /// Training accuracy of each head over the last 20 steps.
+    pub head_accuracy: BTreeMap<String, f64>,
+    pub final_loss: f64,
+}
+
+/// Trains `model`'s vision tower (stem, positions, blocks, final norm) with the dense
+/// heads for `settings.steps` steps; the rest of the model is untouched. Streams
+/// [`TrainEvent::Step`] reports (loss: the mean cross-entropy over the attributes present;
+/// accuracy: the shape head's) and writes `model.safetensors`/`config.json` plus `vision.json` into `out` at
+/// the end. A non-finite loss or gradient stops it with [`TrainError::Diverged`].
+pub fn pretrain_vision(
+    model: &mut DemoModel,
+    settings: &VisionSettings,
+    out: &Path,
+    control: &TrainControl,
+    events: &Option<SyncSender<TrainEvent>>,
+) -> Result<VisionSummary, TrainError> {
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    let device = crate::model::Backbone::device(model).clone();
+    let width = model.config().vision_width;
+    let tokens_per_image = model.config().grid() * model.config().grid();
+    let heads = Heads::new(width, &device)?;
+    let mut vars: Vec<(String, Var, bool)> = model
+        .make_trainable_where(|name| name.starts_with("vision."))?
+        .into_iter()
+        .map(|(name, var)| {
+            let decay = var.rank() == 2 && !name.ends_with(".pos");
+            (name, var, decay)
+        })
+        .collect();
+    vars.extend(heads.vars());
+    let mut optim = AdamW::new(vars, settings.weight_decay);
+    emit(
+        events,
+        TrainEvent::Started {
+            total_steps: settings.steps,
+            resumed_from: 0,
+        },
+    );
+    let started = Instant::now();
+    let mut recent: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut last_loss = f64::NAN;
+    let mut step = 0;
+    while step < settings.steps {
+        if control.stop.load(Ordering::Relaxed)
+            || (settings.time_budget_s > 0 && started.elapsed().as_secs() >= settings.time_budget_s)
+        {
+            break;
+        }
+        let t0 = Instant::now();
+        let scenes = step_scenes(settings.seed, step, settings.batch);
+        let images: Vec<image::RgbImage> = scenes.iter().map(Scene::render).collect();
+        let refs: Vec<&image::RgbImage> = images.iter().collect();
+        let labels = batch_labels(model, &scenes);
+        let tokens = model.vision_tokens(&model.pixels(&refs)?)?;
+        let mut total: Option<Tensor> = None;
+        let mut terms = 0usize;
+        let mut shape_acc = 0.0;
+        for (attribute, w, b) in &heads.heads {
+            let (rows, classes) = rows_of(&labels, *attribute, tokens_per_image);
+            if rows.is_empty() {
+                continue;
+            }
+            let x = features(&tokens, *attribute)?
+                .index_select(&Tensor::new(rows.as_slice(), &device)?, 0)?;
+            let logits = ops::linear(&x, w.as_tensor(), Some(b.as_tensor()))?;
+            let target = Tensor::new(classes.as_slice(), &device)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &target)?;
+            let acc = accuracy(&logits, &classes)?;
+            if *attribute == Attribute::Shape {
+                shape_acc = acc;
+            }
+            let r = recent.entry(attribute.name().to_string()).or_default();
+            r.push(acc);
+            if r.len() > 20 {
+                r.remove(0);
+            }
+            total = Some(match total {
+                Some(t) => (t + loss)?,
+                None => loss,
+            });
+            terms += 1;
+        }
+        let Some(total) = total else {
+            return Err(TrainError::Data(
+                "a pre-training batch had no labels".into(),
+            ));
+        };
+        // The objective is the sum over attributes; the report is the mean over those this
+        // batch has labels for (a batch without a labelled object has no character term),
+        // so that reports of different batches compare.
+        let loss_value = total.to_scalar::<f32>()? as f64 / terms.max(1) as f64;
+        let diverged = |what: &str| TrainError::Diverged {
+            step: step + 1,
+            what: what.into(),
+            kept: format!("nothing was saved to {}", out.display()),
+        };
+        if !loss_value.is_finite() {
+            return Err(diverged("the pre-training loss"));
+        }
+        let grads = total.backward()?;
+        let norm = optim.grad_norm(&grads)?;
+        if !norm.is_finite() {
+            return Err(diverged("the gradient norm"));
+        }
+        step += 1;
+        let lr = settings.lr_at(step);
+        let scale = if norm > settings.clip {
+            settings.clip / norm
+        } else {
+            1.0
+        };
+        optim.step(&grads, lr, scale)?;
+        last_loss = loss_value;
+        emit(
+            events,
+            TrainEvent::Step(Box::new(StepReport {
+                step,
+                total_steps: settings.steps,
+                loss: loss_value,
+                accuracy: shape_acc,
+                lr,
+                grad_norm: norm,
+                similarity_weights: [0.25; 4],
+                beta: 0.0,
+                similarity: Vec::new(),
+                batch: settings.batch,
+                hard_negatives: Vec::new(),
+                captions: Vec::new(),
+                thumbnails: Vec::new(),
+                seconds: t0.elapsed().as_secs_f64(),
+            })),
+        );
+    }
+    model.freeze();
+    let summary = VisionSummary {
+        steps_done: step,
+        seconds: started.elapsed().as_secs_f64(),
+        head_accuracy: recent
+            .into_iter()
+            .map(|(k, v)| (k, v.iter().sum::<f64>() / v.len().max(1) as f64))
+            .collect(),
+        final_loss: last_loss,
+    };
+    model.save(out)?;
+    let path = out.join("vision.json");
+    let text = serde_json::json!({"settings": settings, "summary": summary}).to_string();
+    super::write(&path, text.as_bytes())?;
+    emit(
+        events,
+        TrainEvent::Checkpoint {
+            step,
+            dir: out.to_path_buf(),
+        },
+    );
+    Ok(summary)
+}
+
+/// Linear-probe accuracy per attribute (fraction in [0, 1]) on held-out scenes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ProbeReport {
+    /// Per attribute: held-out accuracy.
+    pub accuracy: BTreeMap<String, f64>,
+    /// Per attribute: held-out rows scored (tokens, or images for per-image attributes).
+    pub rows: BTreeMap<String, usize>,
+    pub train_scenes: usize,
+    pub test_scenes: usize,
+}
+
+/// Settings of the probes.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeSettings {
+    pub train_scenes: usize,
+    pub test_scenes: usize,
+    /// Seed of the probe scenes (training scenes use `seed`, test scenes `seed + 1`).
+    pub seed: u64,
+    /// Full-batch Adam steps per probe.
+    pub steps: usize,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        Self {
+            train_scenes: 3000,
+            test_scenes: 1000,
+            seed: 7_000_001,
+            steps: 300,
+        }
+    }
+}
+
+/// The frozen tower's tokens `[S, N, W]` and labels of `count` scenes of `seed`.
+fn probe_data(
+    model: &DemoModel,
+    seed: u64,
+    count: usize,
+) -> Result<(Tensor, Vec<TokenLabels>), TrainError> {
+    let mut rng = SceneRng::new(seed);
+    let scenes: Vec<Scene> = (0..count)
+        .map(|_| Scene::random_labelled(&mut rng))
+        .collect();
+    let labels = batch_labels(model, &scenes);
+    let mut chunks = Vec::new();
+    for part in scenes.chunks(64) {
+        let images: Vec<image::RgbImage> = part.iter().map(Scene::render).collect();
+        let refs: Vec<&image::RgbImage> = images.iter().collect();
+        chunks.push(model.vision_tokens(&model.pixels(&refs)?)?.detach());
+    }
+    Ok((Tensor::cat(&chunks, 0)?, labels))
+}
+
+/// Fits a linear softmax classifier on `(x, y)` with full-batch Adam.
+fn fit_probe(
+    x: &Tensor,
+    y: &[u32],
+    classes: usize,
+    steps: usize,
+) -> Result<(Tensor, Tensor), TrainError> {
+    let device = x.device().clone();
+    let w = Var::zeros((classes, x.dim(1)?), DType::F32, &device)?;
+    let b = Var::zeros(classes, DType::F32, &device)?;
+    let mut optim = AdamW::new(
+        vec![
+            ("w".into(), w.clone(), true),
+            ("b".into(), b.clone(), false),
+        ],
+        1e-4,
+    );
+    let target = Tensor::new(y, &device)?;
+    for step in 0..steps {
+        let logits = ops::linear(x, w.as_tensor(), Some(b.as_tensor()))?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &target)?;
+        let grads = loss.backward()?;
+        // A short cosine schedule from 0.05.
+        let t = step as f64 / steps.max(1) as f64;
+        let lr = 0.05 * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()));
+        optim.step(&grads, lr, 1.0)?;
+    }
+    Ok((w.as_tensor().detach(), b.as_tensor().detach()))
+}
+
+/// Linear probes of `model`'s frozen vision tower, one per [`Attribute`]: fitted on
+/// `settings.train_scenes` scenes, scored on `settings.test_scenes` others.
+pub fn probe_vision(
+    model: &DemoModel,
+    settings: &ProbeSettings,
+) -> Result<ProbeReport, TrainError> {
+    let n = model.config().grid() * model.config().grid();
+    let (train_x, train_l) = probe_data(model, settings.seed, settings.train_scenes)?;
+    let (test_x, test_l) = probe_data(model, settings.seed + 1, settings.test_scenes)?;
+    let device = train_x.device().clone();
+    let mut report = ProbeReport {
+        train_scenes: settings.train_scenes,
+        test_scenes: settings.test_scenes,
+        ..ProbeReport::default()
+    };
+    for attribute in Attribute::ALL {
+        let (rows, y) = rows_of(&train_l, attribute, n);
+        let (test_rows, test_y) = rows_of(&test_l, attribute, n);
+        if rows.is_empty() || test_rows.is_empty() {
+            continue;
+        }
+        let x = features(&train_x, attribute)?
+            .index_select(&Tensor::new(rows.as_slice(), &device)?, 0)?;
+        let (w, b) = fit_probe(&x, &y, attribute.classes(), settings.steps)?;
+        let tx = features(&test_x, attribute)?
+            .index_select(&Tensor::new(test_rows.as_slice(), &device)?, 0)?;
+        let logits = ops::linear(&tx, &w, Some(&b))?;
+        let name = attribute.name().to_string();
+        report
+            .accuracy
+            .insert(name.clone(), accuracy(&logits, &test_y)?);
+        report.rows.insert(name, test_y.len());
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::demo::DemoConfig;
+
+    fn tiny_model() -> DemoModel {
+        let words = crate::scenes::vocabulary();
+        let mut c = DemoConfig::new(&words, DemoConfig::default_perspectives(1));
+        c.stem_channels = [8, 16];
+        c.vision_width = 32;
+        c.vision_layers = 1;
+        c.hidden = 32;
+        c.layers = 1;
+        c.mlp = 64;
+        DemoModel::random(c, 3, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn pretraining_moves_only_the_tower_and_lowers_the_loss() {
+        let mut model = tiny_model();
+        let before = model.params().clone();
+        let settings = VisionSettings {
+            steps: 30,
+            batch: 8,
+            lr: 3e-3,
+            warmup: 2,
+            ..VisionSettings::default()
+        };
+        let dir = std::env::temp_dir().join(format!("agff-vision-{}", std::process::id()));
+        let (tx, rx) = std::sync::mpsc::sync_channel(64);
+        let summary = pretrain_vision(
+            &mut model,
+            &settings,
+            &dir,
+            &TrainControl::default(),
+            &Some(tx),
+        )
+        .unwrap();
+        assert_eq!(summary.steps_done, 30);
+        let losses: Vec<f64> = rx
+            .try_iter()
+            .filter_map(|e| match e {
+                TrainEvent::Step(r) => Some(r.loss),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(losses.len(), 30);
+        let first: f64 = losses[..5].iter().sum();
+        let last: f64 = losses[25..].iter().sum();
+        assert!(last < first, "loss did not fall: {losses:?}");
+        for (name, t) in model.params() {
+            let moved = crate::model::testing::max_abs_diff(t, &before[name]) > 0.0;
+            assert_eq!(moved, name.starts_with("vision."), "{name}");
+        }
+        // Saved and loadable.
+        let back = DemoModel::load(&dir, &Device::Cpu).unwrap();
+        let d = crate::model::testing::max_abs_diff(
+            &back.params()["vision.stem.0.weight"],
+            &model.params()["vision.stem.0.weight"],
+        );
+        assert_eq!(d, 0.0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn probes_score_every_attribute_and_beat_chance_on_zoom() {
+        let model = tiny_model();
+        let report = probe_vision(
+            &model,
+            &ProbeSettings {
+                train_scenes: 60,
+                test_scenes: 40,
+                seed: 9,
+                steps: 60,
+            },
+        )
+        .unwrap();
+        for a in Attribute::ALL {
+            let acc = report.accuracy.get(a.name()).copied();
+            assert!(
+                acc.is_some_and(|x| (0.0..=1.0).contains(&x)),
+                "{}: {acc:?}",
+                a.name()
+            );
+        }
+        // Even a random tower's mean token separates a near from a far scene (the
+        // horizon and the object sizes differ).
+        assert!(report.accuracy["zoom"] > 0.6, "{:?}", report.accuracy);
+        assert_eq!(report.rows["count"], 40);
+    }
+}
