@@ -70,7 +70,11 @@ fn brute_force_similarities(q: &[Vec<f64>], c: &[Vec<f64>], cfg: &SimilarityConf
 }
 
 #[test]
-fn pattern_similarities_equal_brute_force_loops() {
+fn similarities_equal_brute_force_loops() {
+    agff_lens::test_devices!(dev => { similarities_equal_brute_force_on(&dev) });
+}
+
+fn similarities_equal_brute_force_on(dev: &Device) {
     let mut rng = Rng::new(7);
     let aggregators = [
         Aggregator::Max,
@@ -86,8 +90,9 @@ fn pattern_similarities_equal_brute_force_loops() {
         (4, 16, 3, 7),
         (6, 2, 1, 4),
     ] {
-        let q = PerspectiveEmbeddings::from_raw(rng.tensor(&[nq, k + 1, d])).unwrap();
-        let c = PerspectiveEmbeddings::from_raw(rng.tensor(&[nc, k + 1, d])).unwrap();
+        let on = |t: Tensor| t.to_device(dev).unwrap();
+        let q = PerspectiveEmbeddings::from_raw(on(rng.tensor(&[nq, k + 1, d]))).unwrap();
+        let c = PerspectiveEmbeddings::from_raw(on(rng.tensor(&[nc, k + 1, d]))).unwrap();
         let (qv, cv) = (vec3(q.tensor()), vec3(c.tensor()));
         for aggregator in aggregators {
             for ff_pairing in [FfPairing::Matched, FfPairing::All] {
@@ -133,7 +138,7 @@ fn pattern_similarities_equal_brute_force_loops() {
 }
 
 #[test]
-fn pattern_similarities_reject_mismatched_batches() {
+fn similarities_reject_mismatched_batches() {
     let mut rng = Rng::new(1);
     let q = PerspectiveEmbeddings::from_raw(rng.tensor(&[2, 3, 4])).unwrap();
     let wider = PerspectiveEmbeddings::from_raw(rng.tensor(&[2, 3, 5])).unwrap();

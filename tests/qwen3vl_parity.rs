@@ -30,8 +30,17 @@ fn load(model: &str, dtype: DType) -> Qwen3Vl {
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a.to_dtype(DType::F32).unwrap();
-    let b = b.to_dtype(DType::F32).unwrap();
+    // Outputs of any device are compared on the CPU, where the references are.
+    let a = a
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let b = b
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
     assert_eq!(a.dims(), b.dims());
     (a - b)
         .unwrap()
@@ -121,12 +130,17 @@ fn preprocessing_matches_the_transformers_image_processor() {
 
 #[test]
 fn hidden_states_and_embeddings_match_transformers() {
+    agff_lens::test_devices!(dev => { hidden_states_match_on(&dev) });
+}
+
+/// The parity checks on one device (references are on the CPU; outputs are compared there).
+fn hidden_states_match_on(dev: &Device) {
     let mut models: HashMap<String, Qwen3Vl> = HashMap::new();
     for case in cases() {
         let model_name = case["model"].as_str().unwrap().to_string();
-        let model = models
-            .entry(model_name.clone())
-            .or_insert_with(|| load(&model_name, DType::F32));
+        let model = models.entry(model_name.clone()).or_insert_with(|| {
+            Qwen3Vl::load(&fixtures().join(&model_name), DType::F32, dev).unwrap()
+        });
         let r = reference(case["file"].as_str().unwrap());
         let label = format!("{model_name}/{}", case["case"]);
         let input_ids = ids(&r["input_ids"]);

@@ -80,6 +80,35 @@ impl DeviceChoice {
     }
 }
 
+/// Every device this build can run on here: the CPU, then CUDA device 0 and Metal
+/// device 0 when their features are compiled in and the device opens. The parity and core
+/// tests run on each ([`crate::test_devices!`]).
+pub fn available_devices() -> Vec<Device> {
+    let mut out = vec![Device::Cpu];
+    for choice in [DeviceChoice::Cuda(0), DeviceChoice::Metal(0)] {
+        if let Ok(device) = choice.open() {
+            out.push(device);
+        }
+    }
+    out
+}
+
+/// Runs a block once per device of [`available_devices`], with the device bound to the
+/// given name: `test_devices!(dev => { ... })`. A failure names the device.
+#[macro_export]
+macro_rules! test_devices {
+    ($dev:ident => $body:block) => {
+        for $dev in $crate::model::device::available_devices() {
+            let name = format!("{:?}", $dev.location());
+            let run = || $body;
+            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+                eprintln!("failed on device {name}");
+                std::panic::resume_unwind(panic);
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +131,16 @@ mod tests {
         assert!("tpu".parse::<DeviceChoice>().is_err());
         assert!("cuda:x".parse::<DeviceChoice>().is_err());
         assert!("cpu:1".parse::<DeviceChoice>().is_err());
+    }
+
+    #[test]
+    fn the_cpu_is_always_available_and_first() {
+        let devices = available_devices();
+        assert!(matches!(devices.first(), Some(Device::Cpu)));
+        // Without a GPU back-end compiled in, the CPU is all there is.
+        if !cfg!(any(feature = "cuda", feature = "metal")) {
+            assert_eq!(devices.len(), 1);
+        }
     }
 
     #[test]

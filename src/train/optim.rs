@@ -140,3 +140,53 @@ impl AdamW {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use candle_nn::Optimizer;
+
+    /// Our AdamW (kept by name, so checkpoints can save it) takes the same steps as
+    /// candle-nn's: decoupled weight decay, bias-corrected moments, the same β and ε.
+    #[test]
+    fn matches_candle_nn_adamw() {
+        let dev = Device::Cpu;
+        let init = crate::util::rng::SplitMix64::new(5).uniform_pm1(12);
+        let target = crate::util::rng::SplitMix64::new(6).uniform_pm1(12);
+        let target = Tensor::from_vec(target, (3, 4), &dev).unwrap();
+        let ours_var = Var::from_vec(init.clone(), (3, 4), &dev).unwrap();
+        let theirs_var = Var::from_vec(init, (3, 4), &dev).unwrap();
+        let (lr, wd) = (0.05, 0.1);
+        let mut ours = AdamW::new(vec![("w".into(), ours_var.clone(), true)], wd);
+        let mut theirs = candle_nn::AdamW::new(
+            vec![theirs_var.clone()],
+            candle_nn::ParamsAdamW {
+                lr,
+                beta1: ours.beta1,
+                beta2: ours.beta2,
+                eps: ours.eps,
+                weight_decay: wd,
+            },
+        )
+        .unwrap();
+        let loss = |w: &Var| {
+            (w.as_tensor() - &target)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+        };
+        for _ in 0..25 {
+            ours.step(&loss(&ours_var).backward().unwrap(), lr, 1.0)
+                .unwrap();
+            theirs.step(&loss(&theirs_var).backward().unwrap()).unwrap();
+        }
+        let d = crate::model::testing::max_abs_diff(ours_var.as_tensor(), theirs_var.as_tensor());
+        assert!(d < 1e-6, "AdamW differs from candle-nn's by {d}");
+        // And it did move towards the target.
+        let moved = crate::model::testing::max_abs_diff(ours_var.as_tensor(), &target);
+        assert!(moved < 0.9, "{moved}");
+    }
+}
