@@ -27,7 +27,7 @@ fn scoring(c: &mut Criterion) {
             b.iter(|| {
                 let p = agff_similarities(&q, &cands, &config).expect("similarities");
                 fusion.fuse(&p.similarities).expect("fuse")
-            })
+            });
         });
     }
     group.finish();
@@ -47,7 +47,7 @@ fn ega_step(c: &mut Criterion) {
             let s = fusion.fuse(&p.similarities).expect("fuse").scores;
             let out = ega_objective(&s, &EgaConfig::default()).expect("ega");
             out.objective.backward().expect("backward")
-        })
+        });
     });
 }
 

@@ -482,7 +482,10 @@ fn contrastive_losses_reject_bad_input() {
     let nan = Tensor::new(&[[f64::NAN, 0.0], [0.0, 0.0]], &DEV).unwrap();
     let err = ega_objective(&nan, &EgaConfig::default()).unwrap_err();
     assert!(err.to_string().contains("not finite"), "{err}");
-    assert_eq!(Similarity::ALL.map(|p| p.name()), ["GG", "FG", "GF", "FF"]);
+    assert_eq!(
+        Similarity::ALL.map(Similarity::name),
+        ["GG", "FG", "GF", "FF"]
+    );
 }
 
 #[test]

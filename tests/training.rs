@@ -51,9 +51,15 @@ fn held_out_loss(dir: &Path) -> f64 {
     let scenes: Vec<_> = (0..16)
         .map(|_| agff_lens::scenes::Scene::random(&mut rng))
         .collect();
-    let images: Vec<_> = scenes.iter().map(|s| s.render()).collect();
+    let images: Vec<_> = scenes
+        .iter()
+        .map(agff_lens::scenes::Scene::render)
+        .collect();
     let refs: Vec<&image::RgbImage> = images.iter().collect();
-    let captions: Vec<String> = scenes.iter().map(|s| s.caption()).collect();
+    let captions: Vec<String> = scenes
+        .iter()
+        .map(agff_lens::scenes::Scene::caption)
+        .collect();
     let texts: Vec<&str> = captions.iter().map(String::as_str).collect();
     let c = PerspectiveEmbeddings::from_raw(model.embed_images(&refs, &p, &[]).unwrap()).unwrap();
     let (t, _) = model.embed_texts(&texts, &p, &[]).unwrap();
@@ -264,9 +270,15 @@ fn the_committed_demo_weights_load_embed_a_scene_and_match_captions() {
     let scenes: Vec<_> = (0..10)
         .map(|_| agff_lens::scenes::Scene::random(&mut rng))
         .collect();
-    let images: Vec<_> = scenes.iter().map(|s| s.render()).collect();
+    let images: Vec<_> = scenes
+        .iter()
+        .map(agff_lens::scenes::Scene::render)
+        .collect();
     let refs: Vec<&image::RgbImage> = images.iter().collect();
-    let captions: Vec<String> = scenes.iter().map(|s| s.caption()).collect();
+    let captions: Vec<String> = scenes
+        .iter()
+        .map(agff_lens::scenes::Scene::caption)
+        .collect();
     let texts: Vec<&str> = captions.iter().map(String::as_str).collect();
     let img = agff_lens::agff::PerspectiveEmbeddings::from_raw(
         model.embed_images(&refs, &p, &[]).unwrap(),

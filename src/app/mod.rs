@@ -392,7 +392,7 @@ impl LensApp {
                     done,
                     total,
                     what,
-                })
+                });
             }
             Event::ModelLoaded {
                 name,

@@ -523,12 +523,12 @@ impl Worker {
         let cancel = || self.cancel.load(Ordering::Relaxed);
         let out = &self.out;
         let gallery = scan_gallery(dir, &cancel, &mut |n| {
-            out.progress("index", n, 0, "looking for images")
+            out.progress("index", n, 0, "looking for images");
         })
         .map_err(|e| cancelled_or(e.into()))?;
         let (embeddings, report) = loaded
             .index(&gallery, &self.cache_dir, &cancel, &mut |done, total| {
-                out.progress("index", done, total, "embedding")
+                out.progress("index", done, total, "embedding");
             })
             .map_err(cancelled_or)?;
         let mut skipped: Vec<(PathBuf, String)> = gallery

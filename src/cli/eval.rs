@@ -171,7 +171,7 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
             for method in Method::ALL {
                 let pb = bar(args.scenes, args.common.json);
                 let s = pointing_game(&explainer, method, args.scenes, args.seed, |d, _| {
-                    pb.set_position(d as u64)
+                    pb.set_position(d as u64);
                 })?;
                 pb.finish_and_clear();
                 let pb = bar(args.scenes, args.common.json);
@@ -238,14 +238,14 @@ fn pmmvp(args: &PmmvpArgs) -> anyhow::Result<()> {
         let total = args.pairs * MmvpPattern::ALL.len();
         let pb = bar(total, args.common.json);
         let report = eval.pmmvp(args.pairs, args.seed, |done, _| {
-            pb.set_position(done as u64)
+            pb.set_position(done as u64);
         })?;
         pb.finish_and_clear();
         let retrieval = if args.retrieval > 0 {
             let pb = bar(args.retrieval, args.common.json);
             let r = eval.retrieval(args.retrieval, args.seed ^ 0x7e7, |d, total| {
                 pb.set_length(total as u64);
-                pb.set_position(d as u64)
+                pb.set_position(d as u64);
             })?;
             pb.finish_and_clear();
             Some(r)

@@ -100,7 +100,7 @@ pub fn run(args: &SearchArgs) -> anyhow::Result<()> {
     };
     let cache_dir = args.cache.clone().unwrap_or_else(default_cache_dir);
     let (embeddings, report) = session.index(&gallery, &cache_dir, &never, &mut |done, _| {
-        bar.set_position(done as u64)
+        bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
     if let Some(problem) = &report.cache_problem {

@@ -625,7 +625,7 @@ pub fn composite_pointing_game(
                 return s;
             }
         };
-        let tiles: Vec<image::RgbImage> = (0..4)
+        let tiles: Vec<RgbImage> = (0..4)
             .map(|q| {
                 if q == quadrant {
                     scene.render()
@@ -636,7 +636,7 @@ pub fn composite_pointing_game(
             .collect();
         let (w, h) = tiles[0].dimensions();
         let (hw, hh) = (w / 2, h / 2);
-        let mut image = image::RgbImage::new(w, h);
+        let mut image = RgbImage::new(w, h);
         for (q, tile) in tiles.iter().enumerate() {
             let small =
                 image::imageops::resize(tile, hw, hh, image::imageops::FilterType::Triangle);

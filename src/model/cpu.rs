@@ -227,7 +227,7 @@ pub fn add_rows(dst: &mut [f32], row: &[f32]) {
     dst.par_chunks_mut(row_chunk(n)).for_each(|c| {
         c.chunks_mut(n).for_each(|r| {
             r.iter_mut().zip(row).for_each(|(d, &b)| *d += b);
-        })
+        });
     });
 }
 

@@ -736,7 +736,7 @@ fn batch_thumbnails(batch: &[data::Example]) -> Vec<image::RgbImage> {
 }
 
 /// The fusion a fine-tune saved (`fusion.json` in its output folder).
-pub fn read_fusion(path: &Path) -> Result<crate::agff::FusionInit, TrainError> {
+pub fn read_fusion(path: &Path) -> Result<FusionInit, TrainError> {
     #[derive(Deserialize)]
     struct Saved {
         theta: [f64; 4],
@@ -752,7 +752,7 @@ pub fn read_fusion(path: &Path) -> Result<crate::agff::FusionInit, TrainError> {
             path.display()
         )));
     }
-    Ok(crate::agff::FusionInit {
+    Ok(FusionInit {
         theta: saved.theta,
         beta: saved.beta,
     })

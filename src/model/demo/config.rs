@@ -84,7 +84,7 @@ fn default_stem_channels() -> [usize; 2] {
 impl DemoConfig {
     /// The default shape over the given words (the scene grammar's vocabulary).
     pub fn new(words: &[&str], perspectives: PerspectiveSet) -> Self {
-        let mut vocab: Vec<String> = SPECIALS.iter().map(|s| s.to_string()).collect();
+        let mut vocab: Vec<String> = SPECIALS.iter().map(ToString::to_string).collect();
         let mut extra: Vec<&str> = words.to_vec();
         for p in &perspectives.perspectives {
             extra.extend(p.instruction.split_whitespace());

@@ -260,7 +260,7 @@ impl DemoModel {
         trainable: impl Fn(&str) -> bool,
     ) -> Result<Vec<(String, Var)>> {
         let mut vars = Vec::new();
-        for (name, t) in self.params.iter_mut() {
+        for (name, t) in &mut self.params {
             if trainable(name) {
                 let var = Var::from_tensor(&t.detach())?;
                 *t = var.as_tensor().clone();
@@ -278,7 +278,7 @@ impl DemoModel {
         other: &DemoModel,
         which: impl Fn(&str) -> bool,
     ) -> Result<()> {
-        for (name, t) in self.params.iter_mut() {
+        for (name, t) in &mut self.params {
             if !which(name) {
                 continue;
             }

@@ -570,7 +570,7 @@ impl Qwen3Vl {
                     let mut at = lp;
                     for ((_, e), &len) in suffixes.iter().zip(&lengths) {
                         parts.push(e.clone());
-                        for comp in positions.iter_mut() {
+                        for comp in &mut positions {
                             comp.extend((0..len as i64).map(|i| prefix.next_position + i));
                         }
                         offsets.push(at);

@@ -100,7 +100,7 @@ pub fn position_ids(len: usize, image: Option<(usize, usize, usize)>) -> ([Vec<i
                 next += gh.max(gw) as i64;
             }
             _ => {
-                for comp in ids.iter_mut() {
+                for comp in &mut ids {
                     comp.push(next);
                 }
                 next += 1;
