@@ -6,6 +6,9 @@
 //! (layout, painting into shapes, tessellation) after a mouse-wheel step over the results
 //! grid; the median and the 95th percentile are printed. With `--render`, each frame is
 //! also rasterised by lavapipe, which a real GPU does off the UI thread's critical path.
+//! With `--map`, the frames are of the embedding map instead (all points projected by PCA,
+//! coloured by the query's fused score), zooming in to thumbnails and back out while
+//! panning.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -49,6 +52,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 fn main() {
     let render = std::env::args().any(|a| a == "--render");
+    let map = std::env::args().any(|a| a == "--map");
     let scenes: usize = std::env::var("AGFF_BENCH_SCENES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -67,6 +71,7 @@ fn main() {
                     demo_scenes: scenes,
                     persist: false,
                     device: Default::default(),
+                    ..AppOptions::default()
                 },
             )
         });
@@ -91,12 +96,24 @@ fn main() {
     for _ in 0..10 {
         h.step();
     }
+    if map {
+        {
+            let app = h.state_mut();
+            app.tab = agff_lens::app::Tab::Map;
+            agff_lens::app::map_view::request(app);
+        }
+        wait(&mut h, "the projection", |a| a.map.is_some() && !a.busy());
+        for _ in 0..10 {
+            h.step();
+        }
+    }
     let grid = egui::pos2(300.0, 400.0);
     let mut times = Vec::new();
     for frame in 0..400 {
         h.hover_at(grid);
-        // Scroll down for 200 frames, then back up.
+        // Scroll down for 200 frames, then back up (on the map: zoom in, then out).
         let dy = if frame < 200 { -60.0 } else { 60.0 };
+        let dy = if map { -dy / 4.0 } else { dy };
         h.event(egui::Event::MouseWheel {
             unit: egui::MouseWheelUnit::Point,
             delta: egui::vec2(0.0, dy),
@@ -120,7 +137,7 @@ fn main() {
     }
     times.sort_by(f64::total_cmp);
     println!(
-        "{{\"gallery_images\":{images},\"results\":{results},\"frames\":{},\"render\":{render},\
+        "{{\"gallery_images\":{images},\"results\":{results},\"map\":{map},\"frames\":{},\"render\":{render},\
          \"median_frame_ms\":{:.3},\"p95_frame_ms\":{:.3},\"max_frame_ms\":{:.3}}}",
         times.len(),
         percentile(&times, 0.5),

@@ -15,11 +15,12 @@ use std::path::Path;
 
 use candle_core::{DType, Tensor};
 
-use crate::agff::{FusedScorer, Fusion, PerspectiveEmbeddings, SimilarityConfig};
-use crate::explain::{Comparison, Explainer, compare_breakdowns};
+use crate::agff::{FusedScorer, Fusion, PairScore, PerspectiveEmbeddings, SimilarityConfig};
+use crate::explain::{Comparison, Explainer, Heatmap, Method, compare_breakdowns};
+use crate::index::projection::{Projection, ProjectionMethod, perspective_vectors, project};
 use crate::index::{
     EmbedReport, Gallery, GalleryEmbeddings, Hit, IndexError, SearchOptions, embed_gallery_soft,
-    embed_unit_soft, search,
+    embed_unit_soft, scan_gallery, search,
 };
 use crate::model::demo::DemoModel;
 use crate::model::hub::{DownloadProgress, ModelSource, ResolveOptions, resolve_model};
@@ -309,4 +310,168 @@ impl Session {
         let bb = explainer.breakdown(q, &stored(b)?)?;
         Ok(compare_breakdowns(ba, bb))
     }
+
+    /// Scans `dir` (recursively; unreadable files are listed with a reason) and embeds
+    /// it through the cache: [`Session::index`] after [`scan_gallery`].
+    pub fn index_folder(
+        &self,
+        dir: &Path,
+        cache_dir: &Path,
+        cancel: &dyn Fn() -> bool,
+        scanned: &mut dyn FnMut(usize),
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<(Gallery, GalleryEmbeddings, EmbedReport), SessionError> {
+        let gallery = scan_gallery(dir, cancel, scanned)?;
+        let (embeddings, report) = self.index(&gallery, cache_dir, cancel, progress)?;
+        Ok((gallery, embeddings, report))
+    }
+
+    /// One MMVP-style pair as the pairs view shows it: both statements scored against
+    /// both images (fused and each similarity), whether each method gets the pair right
+    /// (MMVP-VLM scoring: both statements pick their own image), and each image's fused
+    /// map for its own statement (method.md §7, by `method`).
+    pub fn pair_outcome(
+        &self,
+        images: &[image::RgbImage; 2],
+        statements: [&str; 2],
+        method: Method,
+    ) -> Result<PairOutcome, SessionError> {
+        let explainer = self.explainer();
+        let q = [
+            explainer.embed_query(&EmbedInput::text(statements[0]))?,
+            explainer.embed_query(&EmbedInput::text(statements[1]))?,
+        ];
+        let mut maps = Vec::with_capacity(2);
+        let mut c = Vec::with_capacity(2);
+        for (i, image) in images.iter().enumerate() {
+            let e = explainer.explain_embedded(&q[i], image, method)?;
+            maps.push(e.fused_map);
+            let (unit, _) = PerspectiveEmbeddings::embed(
+                self.backbone.as_ref(),
+                &EmbedInput::image(image.clone()),
+                &self.perspectives,
+                &self.embed_options(),
+            )?;
+            c.push(unit);
+        }
+        let queries = PerspectiveEmbeddings::cat(&[&q[0], &q[1]])?;
+        let candidates = PerspectiveEmbeddings::cat(&[&c[0], &c[1]])?;
+        let table = self.scorer()?.score(&queries, &candidates)?;
+        let cell = |s: usize, i: usize| -> Result<PairScore, SessionError> {
+            table
+                .get(s, i)
+                .copied()
+                .ok_or_else(|| SessionError::Input("a pair needs a 2×2 score table".into()))
+        };
+        let scores = [[cell(0, 0)?, cell(0, 1)?], [cell(1, 0)?, cell(1, 1)?]];
+        let correct = std::array::from_fn(|m| {
+            let v = |s: usize, i: usize| {
+                let p = &scores[s][i];
+                if m == 0 {
+                    p.fused
+                } else {
+                    p.similarities[m - 1]
+                }
+            };
+            crate::scenes::mmvp_pair_correct([[v(0, 0), v(0, 1)], [v(1, 0), v(1, 1)]])
+        });
+        let [m0, m1]: [Heatmap; 2] = maps
+            .try_into()
+            .map_err(|_| SessionError::Input("a pair has two images".into()))?;
+        Ok(PairOutcome {
+            scores,
+            correct,
+            maps: [m0, m1],
+        })
+    }
+
+    /// The embedding options of this session (its soft prompts).
+    pub fn embed_options(&self) -> crate::model::EmbedOptions {
+        crate::model::EmbedOptions {
+            soft_prompts: self.soft.clone(),
+            ..crate::model::EmbedOptions::default()
+        }
+    }
+
+    /// A 2-D picture of the gallery's space of perspective `slot` (0: global), with the
+    /// query (if any) placed by the same PCA basis. `None` when cancelled.
+    pub fn project(
+        &self,
+        gallery: &GalleryEmbeddings,
+        slot: usize,
+        method: ProjectionMethod,
+        query: Option<&EmbedInput>,
+        cancel: &dyn Fn() -> bool,
+    ) -> Result<Option<PlacedProjection>, SessionError> {
+        if slot >= gallery.per_item {
+            return Err(SessionError::Input(format!(
+                "perspective {slot} does not exist (the gallery has {})",
+                gallery.per_item
+            )));
+        }
+        let vectors = perspective_vectors(gallery, slot);
+        let Some(projection) = project(&vectors, method, cancel) else {
+            return Ok(None);
+        };
+        let placed = match query {
+            Some(q) => {
+                let v = self.embed_unit(q)?;
+                let d = gallery.dim;
+                v.get(slot * d..(slot + 1) * d).map(|s| projection.place(s))
+            }
+            None => None,
+        };
+        Ok(Some((projection, placed)))
+    }
+}
+
+/// A projection and where the query landed on it (if there was one).
+pub type PlacedProjection = (Projection, Option<[f32; 2]>);
+
+/// What [`Session::pair_outcome`] returns.
+#[derive(Debug, Clone)]
+pub struct PairOutcome {
+    /// `scores[s][i]`: statement `s` against image `i`.
+    pub scores: [[PairScore; 2]; 2],
+    /// Per method (fused, GG, FG, GF, FF): both statements pick their own image.
+    pub correct: [bool; 5],
+    /// Image `i`'s fused map for statement `i`.
+    pub maps: [Heatmap; 2],
+}
+
+/// The demo gallery: `count` scenes of `seed` rendered once into `cache_dir` (with their
+/// `scenes.jsonl`), so the app opens on a gallery at once and a second start reuses it.
+/// A half-written folder (a crash while rendering) is rendered again.
+pub fn demo_gallery(
+    cache_dir: &Path,
+    count: usize,
+    seed: u64,
+) -> Result<std::path::PathBuf, SessionError> {
+    let dir = cache_dir.join(format!("demo-scenes-{seed}-{count}"));
+    if !dir.join("scenes.jsonl").is_file() {
+        let io = |e: std::io::Error| SessionError::Input(format!("{}: {e}", dir.display()));
+        let tmp = dir.with_extension("tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        crate::scenes::write_scenes(&tmp, count, seed)
+            .map_err(|e| SessionError::Input(e.to_string()))?;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir).map_err(io)?;
+    }
+    Ok(dir)
+}
+
+/// The scene metadata of a folder written by `agff-lens scenes` (or the demo gallery),
+/// by file name: what the embedding map colours points by. `None` for other folders.
+pub fn scene_metadata(
+    dir: &Path,
+) -> Option<std::collections::HashMap<std::path::PathBuf, crate::scenes::Scene>> {
+    let text = std::fs::read_to_string(dir.join("scenes.jsonl")).ok()?;
+    let mut out = std::collections::HashMap::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        let file = v.get("file")?.as_str()?;
+        let scene: crate::scenes::Scene = serde_json::from_value(v.get("scene")?.clone()).ok()?;
+        out.insert(dir.join(file), scene);
+    }
+    Some(out)
 }

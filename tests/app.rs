@@ -53,6 +53,7 @@ fn harness(name: &str, picker: FixedPicker) -> Harness<'static, LensApp> {
         demo_scenes: 48,
         persist: false,
         device: Default::default(),
+        ..AppOptions::default()
     })
 }
 
@@ -279,6 +280,9 @@ fn fine_tune_runs_a_few_steps() {
     let after = t.after.as_ref().expect("ranking after");
     assert_eq!(before.top.len(), 5);
     assert_eq!(after.top.len(), 5);
+    // ... each with a thumbnail per result for the before/after strips.
+    assert_eq!(before.thumbs.len(), 5);
+    assert_eq!(after.thumbs.len(), 5);
     assert!(t.status.starts_with("finished"), "{}", t.status);
     // The tuned soft prompts are part of the cache key: the gallery was embedded again.
     let indexed: Vec<&String> = h
@@ -347,6 +351,7 @@ fn a_hugging_face_folder_loads_indexes_and_explains() {
         demo_scenes: 0,
         persist: false,
         device: Default::default(),
+        ..AppOptions::default()
     });
     // A folder that does not exist: the error names it, nothing else changes.
     h.state_mut().model_field = "tests/fixtures/no-such-model".into();
@@ -404,6 +409,7 @@ fn a_device_that_is_not_built_in_is_reported_not_panicked_on() {
         demo_scenes: 8,
         persist: false,
         device: agff_lens::model::DeviceChoice::Metal(0),
+        ..AppOptions::default()
     });
     step_until(&mut h, "both start-up jobs to end", |a| !a.busy());
     let app = h.state();
@@ -423,4 +429,167 @@ fn a_device_that_is_not_built_in_is_reported_not_panicked_on() {
         errors.iter().any(|e| e.contains("no model is loaded")),
         "indexing says why it cannot run: {errors:?}"
     );
+}
+
+#[test]
+fn start_view_shows_the_gallery_and_example_queries() {
+    let mut h = harness(
+        "start",
+        FixedPicker {
+            folder: None,
+            image: None,
+        },
+    );
+    step_until(&mut h, "the demo gallery", |a| {
+        a.gallery.is_some() && !a.busy()
+    });
+    // Before any search: the gallery as thumbnails, and the demo model's examples.
+    assert_eq!(h.state().preview.len(), 48);
+    assert!(h.state().results.is_none());
+    snapshot(&mut h, "app_start");
+    h.get_by_label("count: “two blue squares”").click();
+    h.step();
+    step_until(&mut h, "the example's results", |a| {
+        a.results.is_some() && !a.busy()
+    });
+    let app = h.state();
+    assert_eq!(app.query_text, "two blue squares");
+    let results = &app.results.as_ref().unwrap().results;
+    assert_eq!(
+        results.query,
+        agff_lens::app::worker::Query::Text("two blue squares".into())
+    );
+    assert!(!results.items.is_empty());
+}
+
+#[test]
+fn pairs_view_scores_every_pattern_with_maps() {
+    let mut h = build(AppOptions {
+        picker: Box::new(FixedPicker {
+            folder: None,
+            image: None,
+        }),
+        cache_dir: Some(cache_dir("pairs")),
+        demo_scenes: 8,
+        persist: false,
+        view: Tab::Pairs,
+        ..AppOptions::default()
+    });
+    step_until(&mut h, "the pairs", |a| a.pairs.is_some() && !a.busy());
+    let app = h.state();
+    assert_eq!(app.tab, Tab::Pairs);
+    let result = &app.pairs.as_ref().unwrap().result;
+    // Three pairs of each of the nine patterns.
+    assert_eq!(result.pairs.len(), 27);
+    assert_eq!(result.summary.len(), 10);
+    assert_eq!(result.summary[9].0, "average");
+    for m in 0..5 {
+        // The average is the mean of the nine patterns, as in `eval pmmvp`.
+        let mean = result.summary[..9].iter().map(|r| r.1[m]).sum::<f64>() / 9.0;
+        assert!((result.summary[9].1[m] - mean).abs() < 1e-9);
+    }
+    for pair in &result.pairs {
+        let o = &pair.outcome;
+        // The fused verdict is MMVP's rule applied to the 2×2 fused table.
+        let fused = |s: usize, i: usize| o.scores[s][i].fused;
+        assert_eq!(
+            o.correct[0],
+            fused(0, 0) > fused(0, 1) && fused(1, 1) > fused(1, 0)
+        );
+        for m in &o.maps {
+            assert_eq!(m.values.len(), m.rows * m.cols);
+            assert!(m.values.iter().all(|v| v.is_finite()));
+        }
+        assert_eq!(pair.overlays[0].width, pair.images[0].width);
+    }
+    snapshot(&mut h, "app_pairs");
+}
+
+#[test]
+fn map_view_projects_the_gallery_and_inspects_a_point() {
+    let mut h = build(AppOptions {
+        picker: Box::new(FixedPicker {
+            folder: None,
+            image: None,
+        }),
+        cache_dir: Some(cache_dir("map")),
+        demo_scenes: 48,
+        persist: false,
+        view: Tab::Map,
+        query: Some("a red circle".into()),
+        ..AppOptions::default()
+    });
+    step_until(&mut h, "the map with the query", |a| {
+        a.map.as_ref().is_some_and(|m| m.result.query.is_some()) && !a.busy()
+    });
+    {
+        let m = &h.state().map.as_ref().unwrap().result;
+        assert_eq!(m.projection.points.len(), 48);
+        assert_eq!(m.thumbs.len(), 48);
+        assert_eq!(m.scores.len(), 48);
+        assert!(m.scores.iter().all(|s| s.is_finite()));
+        assert_eq!(m.slot_name, "global");
+        // A scene folder: points can be coloured by its metadata.
+        let setting = m
+            .fields
+            .iter()
+            .find(|(n, _)| n == "setting")
+            .expect("setting");
+        assert_eq!(setting.1.len(), 48);
+        assert!(setting.1.iter().all(|v| v != "?"));
+    }
+    snapshot(&mut h, "app_map");
+    // A point is inspected for the query.
+    h.state_mut().inspect_gallery_item(5);
+    step_until(&mut h, "the point's explanation", |a| {
+        a.inspector.as_ref().is_some_and(|i| i.result.target == 5) && !a.busy()
+    });
+    // t-SNE of a fine-grained perspective's space, on the model thread.
+    {
+        let app = h.state_mut();
+        app.map_slot = 2;
+        app.map_method = agff_lens::index::projection::ProjectionMethod::Tsne;
+        agff_lens::app::map_view::request(app);
+    }
+    step_until(&mut h, "the t-SNE map", |a| {
+        a.map.as_ref().is_some_and(|m| {
+            m.result.projection.method == agff_lens::index::projection::ProjectionMethod::Tsne
+        }) && !a.busy()
+    });
+    let m = &h.state().map.as_ref().unwrap().result;
+    assert_eq!(m.slot, 2);
+    assert!(
+        m.projection
+            .points
+            .iter()
+            .all(|p| p[0].is_finite() && p[1].is_finite())
+    );
+}
+
+#[test]
+fn f1_opens_the_shortcut_help() {
+    let mut h = build(AppOptions {
+        picker: Box::new(FixedPicker {
+            folder: None,
+            image: None,
+        }),
+        cache_dir: Some(cache_dir("help")),
+        autostart: false,
+        persist: false,
+        ..AppOptions::default()
+    });
+    h.step();
+    assert!(!h.state().show_help);
+    h.key_press(egui::Key::F1);
+    h.step();
+    assert!(h.state().show_help);
+    h.get_by_label("Keyboard shortcuts");
+    h.get_by_label("cancel the running job (indexing, search, training, projection)");
+    // Ctrl+3 opens the map view.
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Num3);
+    h.step();
+    assert_eq!(h.state().tab, Tab::Map);
+    h.key_press(egui::Key::F1);
+    h.step();
+    assert!(!h.state().show_help);
 }

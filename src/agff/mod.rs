@@ -72,20 +72,36 @@ impl Similarity {
 /// What can go wrong in the AGFF layer.
 #[derive(Debug, thiserror::Error)]
 pub enum AgffError {
+    /// A tensor has the wrong shape: perspective embeddings that are not a non-empty
+    /// `[n, 1+K, d]`, similarities whose last axis is not 4, or a score matrix that is not
+    /// `[B, C]`. Holds the shape that was given.
     #[error("perspective embeddings must be a [n, 1+K, d] tensor, got shape {0:?}")]
     BadShape(Vec<usize>),
+    /// Two sets of perspective embeddings cannot be compared or concatenated: their
+    /// width d or their number K of fine-grained perspectives differ.
     #[error("query and candidate embeddings differ: {0}")]
     Mismatch(String),
+    /// [`PerspectiveEmbeddings::from_unit`] found a vector that is not unit length (or is
+    /// NaN).
     #[error("perspective vector {index} of input {input} has norm {norm}, expected 1")]
     NotUnit {
+        /// Row of the input in the batch.
         input: usize,
+        /// Perspective index (0 = global, 1..=K fine-grained).
         index: usize,
+        /// The L2 norm found.
         norm: f32,
     },
+    /// A setting is out of range or cannot be parsed: an unknown aggregator or FF
+    /// pairing, γ, β or τ not positive, θ not finite, α negative, or a contrastive batch
+    /// with fewer candidates than queries.
     #[error("invalid setting: {0}")]
     Config(String),
+    /// A value that must be finite is not (e.g. the InfoNCE loss when the scores hold NaN
+    /// or infinity).
     #[error("not a finite number: {0}")]
     NonFinite(String),
+    /// A candle tensor operation failed (device, dtype or shape error).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     /// The backbone failed to embed an input.

@@ -30,8 +30,11 @@ pub struct PairScore {
 /// Scores of Q queries × C candidates, row-major by query.
 #[derive(Debug, Clone)]
 pub struct ScoreTable {
+    /// Number of queries Q.
     pub queries: usize,
+    /// Number of candidates C.
     pub candidates: usize,
+    /// The Q·C scores, row-major: pair (q, c) is at `q * candidates + c`.
     pub pairs: Vec<PairScore>,
 }
 

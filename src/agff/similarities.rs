@@ -14,7 +14,10 @@ pub enum Aggregator {
     /// Log-mean-exp with temperature γ (ours, the default with γ = 0.05):
     /// `γ·log((1/K)·Σ_k exp(x_k/γ))`, between mean (γ→∞) and max (γ→0), with gradient
     /// reaching every perspective.
-    Lme { gamma: f64 },
+    Lme {
+        /// The temperature γ (> 0).
+        gamma: f64,
+    },
 }
 
 impl Default for Aggregator {
@@ -116,7 +119,9 @@ impl std::str::FromStr for FfPairing {
 /// Settings of the pattern similarities.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct SimilarityConfig {
+    /// How FG, GF and FF reduce their K (or K·K) perspective similarities (§2).
     pub aggregator: Aggregator,
+    /// Which fine-grained pairs FF compares.
     pub ff_pairing: FfPairing,
 }
 

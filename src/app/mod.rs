@@ -6,6 +6,8 @@
 //! runner-up comparison), the fine-tune view and the perspective editor, and a log.
 
 mod heatmap;
+pub mod map_view;
+pub mod pairs_view;
 pub mod train_view;
 pub mod views;
 pub mod worker;
@@ -65,6 +67,10 @@ pub struct AppOptions {
     pub persist: bool,
     /// Where models run.
     pub device: crate::model::DeviceChoice,
+    /// The view the window opens on.
+    pub view: Tab,
+    /// A text query run as soon as the gallery is indexed (`gui --query`).
+    pub query: Option<String>,
 }
 
 impl Default for AppOptions {
@@ -76,6 +82,8 @@ impl Default for AppOptions {
             demo_scenes: DEMO_GALLERY_SCENES,
             persist: true,
             device: crate::model::DeviceChoice::Cpu,
+            view: Tab::Search,
+            query: None,
         }
     }
 }
@@ -137,12 +145,61 @@ impl Settings {
 }
 
 /// Which main view is shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Tab {
+    /// The gallery, the query row, the results and the inspector.
+    #[default]
     Search,
+    /// MMVP-style pairs scored by the fused score and each similarity.
+    Pairs,
+    /// The gallery's embedding space in 2-D.
+    Map,
+    /// Fine-tuning with InfoNCE and EGA.
+    #[value(name = "fine-tune")]
     FineTune,
+    /// The perspective editor.
     Perspectives,
 }
+
+impl Tab {
+    /// Every view, in tab order (Ctrl+1… selects them).
+    pub const ALL: [Tab; 5] = [
+        Tab::Search,
+        Tab::Pairs,
+        Tab::Map,
+        Tab::FineTune,
+        Tab::Perspectives,
+    ];
+
+    /// The tab's label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Tab::Search => "Search",
+            Tab::Pairs => "Pairs",
+            Tab::Map => "Map",
+            Tab::FineTune => "Fine-tune",
+            Tab::Perspectives => "Perspectives",
+        }
+    }
+}
+
+/// The keyboard shortcuts the help overlay lists (key, what it does).
+pub const SHORTCUTS: [(&str, &str); 8] = [
+    ("Enter", "search with the query typed"),
+    ("arrow keys", "move the selection in the results"),
+    (
+        "Esc",
+        "cancel the running job (indexing, search, training, projection)",
+    ),
+    (
+        "Ctrl+1 … Ctrl+5",
+        "Search, Pairs, Map, Fine-tune, Perspectives",
+    ),
+    ("Ctrl+M", "show or hide the heatmap over the image"),
+    ("F1 or Ctrl+H", "show or hide this help"),
+    ("drag / scroll", "pan and zoom the embedding map"),
+    ("click", "a result or a map point: inspect it"),
+];
 
 /// One line of the log panel.
 #[derive(Debug, Clone)]
@@ -178,6 +235,19 @@ pub struct LensApp {
     pub map_choice: String,
     pub show_map: bool,
     pub training: train_view::TrainView,
+    /// The pairs view's scored pairs.
+    pub pairs: Option<pairs_view::PairsView>,
+    pub pairs_per_pattern: usize,
+    /// The embedding map and its settings.
+    pub map: Option<map_view::MapView>,
+    pub map_slot: usize,
+    pub map_method: crate::index::projection::ProjectionMethod,
+    /// Whether the keyboard-shortcut overlay is open.
+    pub show_help: bool,
+    /// A query to run once the gallery is indexed (`gui --query`).
+    pending_query: Option<String>,
+    /// The start view's gallery thumbnails.
+    pub preview: Vec<(PathBuf, egui::TextureHandle)>,
     pub log: Vec<LogLine>,
     /// The latest error, shown in the status line until the next job starts.
     pub status_error: Option<String>,
@@ -220,7 +290,15 @@ impl LensApp {
             model_field: settings.model.clone(),
             training: train_view::TrainView::default(),
             settings,
-            tab: Tab::Search,
+            tab: options.view,
+            pairs: None,
+            pairs_per_pattern: 3,
+            map: None,
+            map_slot: 0,
+            map_method: crate::index::projection::ProjectionMethod::Pca,
+            show_help: false,
+            pending_query: options.query.clone(),
+            preview: Vec::new(),
             query_text: String::new(),
             query_image: None,
             model_name: None,
@@ -247,12 +325,22 @@ impl LensApp {
             persist: options.persist,
             overlay_version: 0,
         };
+        if let Some(q) = &options.query {
+            app.query_text = q.clone();
+        }
         if options.autostart {
             app.submit(Job::LoadModel(ModelChoice::Demo));
             app.submit(Job::IndexDemo {
                 count: options.demo_scenes,
                 seed: DEMO_GALLERY_SEED,
             });
+            // The pairs and the map need only the model and the gallery: start them too
+            // when the window opens on them.
+            match options.view {
+                Tab::Pairs => app.score_pairs(),
+                Tab::Map if options.query.is_none() => map_view::request(&mut app),
+                _ => {}
+            }
         }
         app
     }
@@ -287,6 +375,46 @@ impl LensApp {
     fn next_overlay_version(&mut self) -> u64 {
         self.overlay_version += 1;
         self.overlay_version
+    }
+
+    /// Scores the generated P-MMVP pairs for the pairs view.
+    pub fn score_pairs(&mut self) {
+        self.submit(Job::Pairs {
+            source: worker::PairsSource::Pmmvp {
+                per_pattern: self.pairs_per_pattern,
+                seed: crate::scenes::eval::PMMVP_SEED,
+            },
+            method: self.settings.method(),
+        });
+    }
+
+    /// Inspects gallery item `index` (a point of the map) for the current query; without
+    /// a query, says what to do.
+    pub fn inspect_gallery_item(&mut self, index: usize) {
+        let query = self
+            .results
+            .as_ref()
+            .map(|r| r.results.query.clone())
+            .or_else(|| {
+                let t = self.query_text.trim();
+                (!t.is_empty()).then(|| Query::Text(t.to_owned()))
+            });
+        let Some(query) = query else {
+            self.info("type a query (Search view) to see why a point scores as it does");
+            return;
+        };
+        self.selected = None;
+        let job = Job::Explain {
+            query,
+            target: index,
+            runner_up: None,
+            method: self.settings.method(),
+        };
+        if self.in_flight > 0 {
+            self.pending_explain = Some(job);
+        } else {
+            self.submit(job);
+        }
     }
 
     /// Runs the current query.
@@ -428,9 +556,32 @@ impl LensApp {
                 if let Some(note) = &info.cache_note {
                     self.error(format!("cache: {note}"));
                 }
+                self.preview = info
+                    .preview
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (path, p))| {
+                        let img = egui::ColorImage::from_rgb(
+                            [p.width as usize, p.height as usize],
+                            &p.rgb,
+                        );
+                        let tex = ctx.load_texture(
+                            format!("preview-{i}"),
+                            img,
+                            egui::TextureOptions::LINEAR,
+                        );
+                        (path.clone(), tex)
+                    })
+                    .collect();
                 self.gallery = Some(*info);
                 // Re-run the query on the new gallery or perspectives.
-                if self.results.is_some() {
+                if let Some(q) = self.pending_query.take() {
+                    self.query_text = q;
+                    self.search();
+                    if self.tab == Tab::Map {
+                        map_view::request(self);
+                    }
+                } else if self.results.is_some() {
                     self.search();
                 }
             }
@@ -440,7 +591,23 @@ impl LensApp {
                 self.edited_perspectives = set.clone();
                 self.perspectives = set;
             }
-            Event::Ranking(r) => self.training.set_ranking(*r),
+            Event::Ranking(r) => self.training.set_ranking(ctx, *r),
+            Event::Pairs(result) => {
+                self.info(format!(
+                    "pairs: {} ({} pairs)",
+                    result.source,
+                    result.pairs.len()
+                ));
+                self.pairs = Some(pairs_view::PairsView::new(ctx, *result));
+            }
+            Event::Map(result) => {
+                let keep = self.map.as_ref().map(|m| m.colour_by.clone());
+                let mut view = map_view::MapView::new(*result);
+                if let Some(c) = keep {
+                    view.colour_by = c;
+                }
+                self.map = Some(view);
+            }
             Event::Train(e) => self.training.handle(ctx, *e),
             Event::Done { job, message } => {
                 if job == "fine-tune" {
@@ -568,6 +735,32 @@ impl LensApp {
             self.worker.cancel();
             self.pending_explain = None;
         }
+        let (help, toggle_map, tab) = ctx.input(|i| {
+            let ctrl = i.modifiers.command;
+            let keys = [
+                egui::Key::Num1,
+                egui::Key::Num2,
+                egui::Key::Num3,
+                egui::Key::Num4,
+                egui::Key::Num5,
+            ];
+            (
+                i.key_pressed(egui::Key::F1) || (ctrl && i.key_pressed(egui::Key::H)),
+                ctrl && i.key_pressed(egui::Key::M),
+                keys.iter()
+                    .position(|k| ctrl && i.key_pressed(*k))
+                    .map(|n| Tab::ALL[n]),
+            )
+        });
+        if help {
+            self.show_help = !self.show_help;
+        }
+        if toggle_map {
+            self.show_map = !self.show_map;
+        }
+        if let Some(t) = tab {
+            self.tab = t;
+        }
         if typing || self.tab != Tab::Search {
             return;
         }
@@ -633,6 +826,9 @@ impl LensApp {
         self.handle_events(&ctx);
         self.keyboard(&ctx);
         self.dropped_files(&ctx);
+        if self.show_help {
+            self.help_overlay(&ctx);
+        }
         egui::Panel::top("agff-top").show(ui, |ui| self.top_bar(ui));
         egui::Panel::bottom("agff-log")
             .resizable(true)
@@ -640,11 +836,26 @@ impl LensApp {
             .show(ui, |ui| self.log_panel(ui));
         match self.tab {
             Tab::Search => {
+                let max = (ui.available_width() * 0.6).max(300.0);
                 egui::Panel::right("agff-inspector")
                     .resizable(true)
                     .default_size(520.0)
+                    .max_size(max)
                     .show(ui, |ui| views::inspector(self, ui));
                 egui::CentralPanel::default_margins().show(ui, |ui| views::search_view(self, ui));
+            }
+            Tab::Pairs => {
+                egui::CentralPanel::default_margins().show(ui, |ui| pairs_view::show(self, ui));
+            }
+            Tab::Map => {
+                // The map needs the room: the inspector beside it stays narrower.
+                let max = (ui.available_width() * 0.45).max(300.0);
+                egui::Panel::right("agff-map-inspector")
+                    .resizable(true)
+                    .default_size(420.0)
+                    .max_size(max)
+                    .show(ui, |ui| views::inspector(self, ui));
+                egui::CentralPanel::default_margins().show(ui, |ui| map_view::show(self, ui));
             }
             Tab::FineTune => {
                 egui::CentralPanel::default_margins().show(ui, |ui| train_view::show(self, ui));
@@ -660,9 +871,9 @@ impl LensApp {
         ui.horizontal(|ui| {
             ui.heading("agff-lens");
             ui.separator();
-            ui.selectable_value(&mut self.tab, Tab::Search, "Search");
-            ui.selectable_value(&mut self.tab, Tab::FineTune, "Fine-tune");
-            ui.selectable_value(&mut self.tab, Tab::Perspectives, "Perspectives");
+            for tab in Tab::ALL {
+                ui.selectable_value(&mut self.tab, tab, tab.label());
+            }
             ui.separator();
             ui.label("Model:");
             let field = ui.add(
@@ -683,6 +894,13 @@ impl LensApp {
                     count: DEMO_GALLERY_SCENES,
                     seed: DEMO_GALLERY_SEED,
                 });
+            }
+            if ui
+                .button("?")
+                .on_hover_text("keyboard shortcuts (F1)")
+                .clicked()
+            {
+                self.show_help = !self.show_help;
             }
         });
         ui.horizontal(|ui| {
@@ -730,6 +948,31 @@ impl LensApp {
                 ui.colored_label(ui.visuals().error_fg_color, e);
             }
         });
+    }
+
+    /// The keyboard shortcuts, over everything (F1 toggles it).
+    fn help_overlay(&mut self, ctx: &egui::Context) {
+        let mut open = true;
+        egui::Window::new("Keyboard shortcuts")
+            .collapsible(false)
+            .resizable(false)
+            .open(&mut open)
+            .anchor(egui::Align2::CENTER_CENTER, egui::Vec2::ZERO)
+            .show(ctx, |ui| {
+                egui::Grid::new("shortcuts")
+                    .num_columns(2)
+                    .striped(true)
+                    .show(ui, |ui| {
+                        for (key, what) in SHORTCUTS {
+                            ui.monospace(key);
+                            ui.label(what);
+                            ui.end_row();
+                        }
+                    });
+            });
+        if !open {
+            self.show_help = false;
+        }
     }
 
     fn log_panel(&mut self, ui: &mut egui::Ui) {
@@ -792,6 +1035,8 @@ impl eframe::App for LensApp {
 pub fn run(
     cache_dir: Option<PathBuf>,
     device: crate::model::DeviceChoice,
+    view: Tab,
+    query: Option<String>,
 ) -> Result<(), eframe::Error> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
@@ -808,6 +1053,8 @@ pub fn run(
                 AppOptions {
                     cache_dir,
                     device,
+                    view,
+                    query,
                     ..AppOptions::default()
                 },
             )))

@@ -23,6 +23,8 @@ pub struct TrainView {
     pub query: usize,
     pub before: Option<Ranking>,
     pub after: Option<Ranking>,
+    /// The held-out rankings' thumbnails (before, after).
+    ranking_thumbs: [Vec<egui::TextureHandle>; 2],
     pub use_folder: bool,
     pub status: String,
     /// The folder the last run saved into.
@@ -30,12 +32,27 @@ pub struct TrainView {
 }
 
 impl TrainView {
-    pub fn set_ranking(&mut self, r: Ranking) {
+    /// Shows a held-out ranking (before or after the run) with its thumbnails.
+    pub fn set_ranking(&mut self, ctx: &egui::Context, r: Ranking) {
+        let slot = usize::from(r.after);
+        self.ranking_thumbs[slot] = r
+            .thumbs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                ctx.load_texture(
+                    format!("ranking-{slot}-{i}"),
+                    egui::ColorImage::from_rgb([p.width as usize, p.height as usize], &p.rgb),
+                    egui::TextureOptions::LINEAR,
+                )
+            })
+            .collect();
         if r.after {
             self.after = Some(r);
         } else {
             self.before = Some(r);
             self.after = None;
+            self.ranking_thumbs[1].clear();
         }
     }
 
@@ -100,6 +117,68 @@ impl TrainView {
             }
         }
     }
+}
+
+/// An exponential moving average of a curve (weight 0.1 on each new point), the trend
+/// drawn over the raw per-step values.
+pub fn smoothed(points: &[[f64; 2]]) -> Vec<[f64; 2]> {
+    let mut avg = None;
+    points
+        .iter()
+        .map(|&[x, y]| {
+            let a = match avg {
+                Some(a) if y.is_finite() => 0.9 * a + 0.1 * y,
+                Some(a) => a,
+                None => y,
+            };
+            avg = Some(a);
+            [x, a]
+        })
+        .collect()
+}
+
+/// One held-out ranking as a strip of thumbnails with ranks and scores; with `before`,
+/// each image's move since then (up 2, down 1, = or new).
+fn ranking_strip(
+    ui: &mut egui::Ui,
+    label: &str,
+    r: &Ranking,
+    thumbs: &[egui::TextureHandle],
+    before: Option<&Ranking>,
+) {
+    ui.label(label);
+    ui.horizontal_wrapped(|ui| {
+        for (i, (path, score)) in r.top.iter().enumerate() {
+            ui.vertical(|ui| {
+                if let Some(tex) = thumbs.get(i) {
+                    ui.add(
+                        egui::Image::from_texture(egui::load::SizedTexture::new(
+                            tex.id(),
+                            Vec2::splat(56.0),
+                        ))
+                        .fit_to_exact_size(Vec2::splat(56.0)),
+                    )
+                    .on_hover_text(path.display().to_string());
+                }
+                let change = before.map(|b| match b.top.iter().position(|(p, _)| p == path) {
+                    Some(was) if was > i => {
+                        (format!("up {}", was - i), Color32::from_rgb(80, 190, 90))
+                    }
+                    Some(was) if was < i => {
+                        (format!("down {}", i - was), Color32::from_rgb(220, 80, 70))
+                    }
+                    Some(_) => ("=".to_owned(), Color32::GRAY),
+                    None => ("new".to_owned(), Color32::from_rgb(240, 180, 60)),
+                });
+                ui.horizontal(|ui| {
+                    ui.small(format!("#{} {score:.3}", i + 1));
+                    if let Some((text, colour)) = change {
+                        ui.small(RichText::new(text).color(colour).strong());
+                    }
+                });
+            });
+        }
+    });
 }
 
 /// The batch similarity matrix as a picture (rows: text queries, columns: images),
@@ -224,34 +303,51 @@ pub fn show(app: &mut LensApp, ui: &mut egui::Ui) {
             .legend(Legend::default())
             .allow_scroll(false)
             .show(ui, |plot| {
-                plot.line(Line::new("loss", PlotPoints::from(t.losses.clone())));
-                plot.line(Line::new(
-                    "accuracy",
-                    PlotPoints::from(t.accuracies.clone()),
-                ));
+                let faint = |c: Color32| c.gamma_multiply(0.3);
+                let (loss_c, acc_c) = (
+                    Color32::from_rgb(230, 120, 60),
+                    Color32::from_rgb(90, 150, 230),
+                );
+                plot.line(
+                    Line::new("loss (raw)", PlotPoints::from(t.losses.clone()))
+                        .color(faint(loss_c)),
+                );
+                plot.line(
+                    Line::new("accuracy (raw)", PlotPoints::from(t.accuracies.clone()))
+                        .color(faint(acc_c)),
+                );
+                plot.line(
+                    Line::new("loss", PlotPoints::from(smoothed(&t.losses)))
+                        .color(loss_c)
+                        .width(2.0),
+                );
+                plot.line(
+                    Line::new("accuracy", PlotPoints::from(smoothed(&t.accuracies)))
+                        .color(acc_c)
+                        .width(2.0),
+                );
             });
-        if let (Some(before), after) = (&t.before, &t.after) {
-            ui.label(format!("held-out query “{}”", before.query));
-            egui::Grid::new("heldout").num_columns(2).show(ui, |ui| {
-                ui.strong("before");
-                ui.strong("after (tuned prompts and fusion)");
-                ui.end_row();
-                for i in 0..before.top.len() {
-                    let name = |r: &Ranking| {
-                        r.top.get(i).map_or(String::new(), |(p, s)| {
-                            format!(
-                                "{} {:.4}",
-                                p.file_name()
-                                    .map_or_else(String::new, |f| f.to_string_lossy().into()),
-                                s
-                            )
-                        })
-                    };
-                    ui.monospace(name(before));
-                    ui.monospace(after.as_ref().map_or("…".into(), name));
-                    ui.end_row();
+        if let Some(before) = &t.before {
+            ui.label(format!(
+                "held-out query “{}”: top {}",
+                before.query,
+                before.top.len()
+            ));
+            ranking_strip(ui, "before", before, &t.ranking_thumbs[0], None);
+            match &t.after {
+                Some(after) => {
+                    ranking_strip(
+                        ui,
+                        "after (tuned prompts and fusion)",
+                        after,
+                        &t.ranking_thumbs[1],
+                        Some(before),
+                    );
                 }
-            });
+                None => {
+                    ui.label("after: when the run ends");
+                }
+            }
         }
         let ui = &mut cols[1];
         let Some(report) = &t.last else {
@@ -271,12 +367,42 @@ pub fn show(app: &mut LensApp, ui: &mut egui::Ui) {
                 egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0)),
                 Color32::WHITE,
             );
-            // Click a row to choose the query.
+            let cell_at = |pos: egui::Pos2| {
+                let b = report.batch.max(1);
+                let row = ((pos.y - rect.min.y) / side * b as f32) as usize;
+                let col = ((pos.x - rect.min.x) / side * b as f32) as usize;
+                (row.min(b - 1), col.min(b - 1))
+            };
+            // Hover a cell to see its two items; click a row to choose the query.
+            if let Some(pos) = resp.hover_pos() {
+                let (row, col) = cell_at(pos);
+                let value = report
+                    .similarity
+                    .get(row * report.batch + col)
+                    .copied()
+                    .unwrap_or(f32::NAN);
+                let caption = report.captions.get(row).cloned().unwrap_or_default();
+                let thumb = t.thumbs.get(col).map(egui::TextureHandle::id);
+                resp.clone().on_hover_ui_at_pointer(|ui| {
+                    ui.label(format!("text {row}: “{caption}”"));
+                    ui.horizontal(|ui| {
+                        if let Some(id) = thumb {
+                            ui.add(egui::Image::from_texture(egui::load::SizedTexture::new(
+                                id,
+                                Vec2::splat(48.0),
+                            )));
+                        }
+                        ui.label(format!(
+                            "image {col}{}\nfused score {value:.4}",
+                            if row == col { " (its positive)" } else { "" }
+                        ));
+                    });
+                });
+            }
             if resp.clicked()
                 && let Some(pos) = resp.interact_pointer_pos()
             {
-                let row = ((pos.y - rect.min.y) / side * report.batch as f32) as usize;
-                t.query = row.min(report.batch.saturating_sub(1));
+                t.query = cell_at(pos).0;
             }
             let row_h = side / report.batch.max(1) as f32;
             let y = rect.min.y + row_h * t.query as f32;
@@ -313,7 +439,14 @@ pub fn show(app: &mut LensApp, ui: &mut egui::Ui) {
                                 ui.label("");
                             }
                         }
-                        ui.label(report.captions.get(n.index).cloned().unwrap_or_default());
+                        // Long captions are cut to keep the numbers in view; the full
+                        // text is on hover.
+                        let caption = report.captions.get(n.index).cloned().unwrap_or_default();
+                        ui.scope(|ui| {
+                            ui.set_max_width(220.0);
+                            ui.add(egui::Label::new(&caption).truncate())
+                                .on_hover_text(&caption);
+                        });
                         ui.monospace(format!("{:.3}", n.prob));
                         ui.monospace(format!("{:.3}", n.hardness));
                         ui.monospace(format!("{:.3}", n.amplification));

@@ -44,6 +44,128 @@ impl ResultsView {
     }
 }
 
+/// Side of each picture in the small-multiples grid.
+const MULTIPLE_SIDE: u32 = 128;
+
+/// `image` (RGB, `width × height`) with `map` blended over it at the shared scale
+/// `[lo, hi]` (nearest cell, so the token grid stays visible), `side` pixels on its longest
+/// side. Presentation only: the values are the explanation's.
+fn scaled_overlay(
+    image: &Picture,
+    map: &Heatmap,
+    (lo, hi): (f32, f32),
+    colormap: ColorMap,
+    side: u32,
+) -> egui::ColorImage {
+    let scale = side as f32 / image.width.max(image.height).max(1) as f32;
+    let (w, h) = (
+        ((image.width as f32 * scale).round() as usize).max(1),
+        ((image.height as f32 * scale).round() as usize).max(1),
+    );
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    let mut rgb = Vec::with_capacity(w * h * 3);
+    for y in 0..h {
+        for x in 0..w {
+            let sx = ((x as f32 + 0.5) / scale) as usize;
+            let sy = ((y as f32 + 0.5) / scale) as usize;
+            let i = (sy.min(image.height as usize - 1) * image.width as usize
+                + sx.min(image.width as usize - 1))
+                * 3;
+            let row = (y * map.rows / h).min(map.rows.saturating_sub(1));
+            let col = (x * map.cols / w).min(map.cols.saturating_sub(1));
+            let v = map.values.get(row * map.cols + col).copied().unwrap_or(lo);
+            let c = colormap.color(((v - lo) / span).clamp(0.0, 1.0));
+            for (k, &mapped) in c.iter().enumerate() {
+                let base = f32::from(image.rgb.get(i + k).copied().unwrap_or(0));
+                rgb.push((base * 0.4 + f32::from(mapped) * 0.6).round() as u8);
+            }
+        }
+    }
+    egui::ColorImage::from_rgb([w, h], &rgb)
+}
+
+/// The smallest and largest value over several maps: their shared colour scale.
+fn shared_range<'a>(maps: impl Iterator<Item = &'a Heatmap>) -> (f32, f32) {
+    maps.flat_map(|m| m.values.iter().copied())
+        .filter(|v| v.is_finite())
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), v| {
+            (l.min(v), h.max(v))
+        })
+}
+
+/// A horizontal colour bar with its end values and midpoint.
+fn colour_bar(ui: &mut egui::Ui, colormap: ColorMap, (lo, hi): (f32, f32)) {
+    ui.horizontal(|ui| {
+        ui.monospace(format!("{lo:+.3}"));
+        let (rect, _) = ui.allocate_exact_size(Vec2::new(180.0, 12.0), Sense::hover());
+        let painter = ui.painter_at(rect);
+        let n = 60;
+        for k in 0..n {
+            let t = k as f32 / (n - 1) as f32;
+            let [r, g, b] = colormap.color(t);
+            let x0 = rect.min.x + rect.width() * k as f32 / n as f32;
+            let x1 = rect.min.x + rect.width() * (k + 1) as f32 / n as f32;
+            painter.rect_filled(
+                egui::Rect::from_min_max(egui::pos2(x0, rect.min.y), egui::pos2(x1, rect.max.y)),
+                0.0,
+                Color32::from_rgb(r, g, b),
+            );
+        }
+        ui.monospace(format!("{hi:+.3}"));
+        ui.label(format!("(mid {:+.3})", (lo + hi) / 2.0));
+    });
+}
+
+/// The small multiples of one explanation: every map at one colour scale.
+pub struct Multiples {
+    /// (map name, picture).
+    pub maps: Vec<(String, egui::TextureHandle)>,
+    pub range: (f32, f32),
+    pub colormap: ColorMap,
+    /// This result's and the runner-up's fused maps at their shared scale.
+    pub versus: Option<([egui::TextureHandle; 2], (f32, f32))>,
+}
+
+impl Multiples {
+    fn new(ctx: &egui::Context, result: &ExplainResult, colormap: ColorMap) -> Self {
+        let maps_of = all_maps(result);
+        let range = shared_range(maps_of.iter().copied());
+        let maps = maps_of
+            .iter()
+            .enumerate()
+            .map(|(n, m)| {
+                let img = scaled_overlay(&result.image, m, range, colormap, MULTIPLE_SIDE);
+                (
+                    m.name.clone(),
+                    ctx.load_texture(format!("multiple-{n}"), img, egui::TextureOptions::LINEAR),
+                )
+            })
+            .collect();
+        let versus = match (&result.runner_up, &result.runner_up_map) {
+            (Some((_, _, picture, _)), Some(other)) => {
+                let mine = &result.explanation.fused_map;
+                let range = shared_range([mine, other].into_iter());
+                let a = scaled_overlay(&result.image, mine, range, colormap, 160);
+                let b = scaled_overlay(picture, other, range, colormap, 160);
+                Some((
+                    [
+                        ctx.load_texture("versus-a", a, egui::TextureOptions::LINEAR),
+                        ctx.load_texture("versus-b", b, egui::TextureOptions::LINEAR),
+                    ],
+                    range,
+                ))
+            }
+            _ => None,
+        };
+        Self {
+            maps,
+            range,
+            colormap,
+            versus,
+        }
+    }
+}
+
 /// The inspector's data: the explanation and its pictures.
 pub struct InspectorView {
     pub result: ExplainResult,
@@ -56,6 +178,8 @@ pub struct InspectorView {
     cpu_cache: Option<(String, ColorMap, u8, egui::TextureHandle)>,
     /// The rank whose explanation is being computed, if any.
     pub loading_for: Option<usize>,
+    /// Every map side by side at one colour scale (made for the colour map in use).
+    multiples: Option<Multiples>,
 }
 
 impl InspectorView {
@@ -98,6 +222,7 @@ impl InspectorView {
             overlays,
             cpu_cache: None,
             loading_for: None,
+            multiples: None,
         }
     }
 
@@ -136,6 +261,93 @@ fn bar(ui: &mut egui::Ui, label: &str, value: f32, lo: f32, hi: f32, color: Colo
         painter.rect_filled(filled, 2.0, color);
         ui.monospace(format!("{value:+.4}"));
     });
+}
+
+/// Example queries of the demo model, one per visual pattern it was taught.
+pub const DEMO_EXAMPLES: [(&str, &str); 6] = [
+    ("colour", "a green star"),
+    ("count", "two blue squares"),
+    ("position", "a red circle left of a yellow square"),
+    ("orientation", "an arrow pointing up"),
+    ("text", "a sign with the letter a"),
+    ("state", "an outlined hexagon"),
+];
+
+/// Before the first search: what the gallery holds, what the model is, and (for the demo
+/// model) example queries to click. A thumbnail click searches with that image.
+fn start_view(app: &mut LensApp, ui: &mut egui::Ui) {
+    let Some(g) = &app.gallery else {
+        ui.add_space(20.0);
+        ui.label("Indexing the gallery… (or open a folder of images)");
+        return;
+    };
+    let images = g.images;
+    let root = g.root.file_name().map_or_else(
+        || g.root.display().to_string(),
+        |f| f.to_string_lossy().into(),
+    );
+    let model = app.model_name.clone().unwrap_or_else(|| "no model".into());
+    ui.heading(format!("{images} images in {root} · model {model}"));
+    if model == "agff-lens-demo" {
+        ui.label("Try a query (each exercises one visual pattern):");
+        let mut chosen = None;
+        ui.horizontal_wrapped(|ui| {
+            for (pattern, query) in DEMO_EXAMPLES {
+                if ui
+                    .button(format!("{pattern}: “{query}”"))
+                    .on_hover_text("search with this query")
+                    .clicked()
+                {
+                    chosen = Some(query);
+                }
+            }
+        });
+        if let Some(q) = chosen {
+            app.query_text = q.to_owned();
+            app.query_image = None;
+            app.search();
+        }
+    } else {
+        ui.label("Type a query and press Enter, or click an image to search with it.");
+    }
+    let shown = app.preview.len();
+    if shown < images {
+        ui.label(format!("the first {shown} of {images} images:"));
+    }
+    let cell = 100.0;
+    let columns = ((ui.available_width() / (cell + 6.0)).floor() as usize).max(1);
+    let rows = shown.div_ceil(columns);
+    let mut picked = None;
+    egui::ScrollArea::vertical()
+        .auto_shrink([false, false])
+        .show_rows(ui, cell + 6.0, rows, |ui, range| {
+            for row in range {
+                ui.horizontal(|ui| {
+                    for col in 0..columns {
+                        let Some((path, tex)) = app.preview.get(row * columns + col) else {
+                            break;
+                        };
+                        let resp = ui
+                            .add(
+                                egui::Image::from_texture(egui::load::SizedTexture::new(
+                                    tex.id(),
+                                    Vec2::splat(cell),
+                                ))
+                                .fit_to_exact_size(Vec2::splat(cell))
+                                .sense(Sense::click()),
+                            )
+                            .on_hover_text(path.display().to_string());
+                        if resp.clicked() {
+                            picked = Some(path.clone());
+                        }
+                    }
+                });
+            }
+        });
+    if let Some(p) = picked {
+        app.query_image = Some(p);
+        app.search();
+    }
 }
 
 /// The query row and the results grid.
@@ -188,13 +400,11 @@ pub fn search_view(app: &mut LensApp, ui: &mut egui::Ui) {
     if let Some(p) = &app.query_image {
         ui.label(format!("query image: {}", p.display()));
     }
+    if app.results.is_none() {
+        start_view(app, ui);
+        return;
+    }
     let Some(view) = &mut app.results else {
-        ui.add_space(20.0);
-        ui.label(if app.gallery.is_some() {
-            "Type a query and press Enter."
-        } else {
-            "Indexing the gallery… (or open a folder of images)"
-        });
         return;
     };
     ui.label(format!(
@@ -403,9 +613,37 @@ pub fn inspector(app: &mut LensApp, ui: &mut egui::Ui) {
     if view.loading_for.is_some() {
         ui.label(RichText::new("updating…").weak());
     }
+    if view
+        .multiples
+        .as_ref()
+        .is_none_or(|m| m.colormap != colormap)
+    {
+        view.multiples = Some(Multiples::new(ui.ctx(), &view.result, colormap));
+    }
     let r = &view.result;
     let s = &r.explanation.scores;
     egui::ScrollArea::vertical().show(ui, |ui| {
+        if let Some(m) = &view.multiples {
+            egui::CollapsingHeader::new("All maps side by side (one colour scale)")
+                .default_open(true)
+                .show(ui, |ui| {
+                    colour_bar(ui, m.colormap, m.range);
+                    ui.horizontal_wrapped(|ui| {
+                        for (name, tex) in &m.maps {
+                            ui.vertical(|ui| {
+                                ui.add(
+                                    egui::Image::from_texture(egui::load::SizedTexture::new(
+                                        tex.id(),
+                                        tex.size_vec2() * 0.75,
+                                    ))
+                                    .fit_to_exact_size(tex.size_vec2() * 0.75),
+                                );
+                                ui.small(name);
+                            });
+                        }
+                    });
+                });
+        }
         ui.label(RichText::new(format!("fused score {:.4}", s.fused)).strong());
         ui.label("pattern scores s_m");
         for (m, name) in PATTERNS.iter().enumerate() {
@@ -445,6 +683,33 @@ pub fn inspector(app: &mut LensApp, ui: &mut egui::Ui) {
                         ))
                         .fit_to_exact_size(Vec2::splat(72.0)),
                     );
+                }
+                if let Some(([a, b], range)) =
+                    view.multiples.as_ref().and_then(|m| m.versus.as_ref())
+                {
+                    ui.vertical(|ui| {
+                        ui.horizontal(|ui| {
+                            for (tex, label) in [(a, "this"), (b, "runner-up")] {
+                                ui.vertical(|ui| {
+                                    ui.add(
+                                        egui::Image::from_texture(egui::load::SizedTexture::new(
+                                            tex.id(),
+                                            Vec2::splat(120.0),
+                                        ))
+                                        .fit_to_exact_size(Vec2::splat(120.0)),
+                                    );
+                                    ui.small(label);
+                                });
+                            }
+                        });
+                        colour_bar(
+                            ui,
+                            view.multiples
+                                .as_ref()
+                                .map_or(ColorMap::Inferno, |m| m.colormap),
+                            *range,
+                        );
+                    });
                 }
                 ui.label(format!(
                     "{}\nfused: this {:.4} vs {:.4} (Δ {:+.4})",

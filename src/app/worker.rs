@@ -12,17 +12,53 @@ use std::thread::JoinHandle;
 use image::RgbImage;
 
 use crate::explain::{Comparison, Explanation, Method};
+use crate::index::projection::{Projection, ProjectionMethod};
 use crate::index::{
-    FirstStageOn, GalleryEmbeddings, Hit, SearchOptions, default_cache_dir, scan_gallery, thumbnail,
+    FirstStageOn, GalleryEmbeddings, Hit, SearchOptions, default_cache_dir, thumbnail,
 };
 use crate::model::hub::DownloadProgress;
 use crate::model::image_io::{open_image, to_rgb8};
 use crate::model::{DeviceChoice, EmbedInput, PerspectiveSet};
-use crate::session::{LoadOptions, Session};
+use crate::scenes::MmvpPattern;
+use crate::session::{LoadOptions, PairOutcome, Session};
 use crate::train::{DataSource, TrainControl, TrainEvent, TrainSettings, fine_tune};
 
 /// Side of the thumbnails in the results grid.
 pub const THUMB_SIDE: u32 = 112;
+/// Side of the held-out ranking's thumbnails in the fine-tune view.
+pub const RANKING_THUMB_SIDE: u32 = 64;
+/// Side of the thumbnails drawn on the embedding map.
+pub const MAP_THUMB_SIDE: u32 = 40;
+
+/// Categories of scene metadata per point, for colouring the embedding map: setting,
+/// viewpoint, number of objects, and the first object's shape and colour.
+fn scene_fields(
+    paths: &[PathBuf],
+    meta: &std::collections::HashMap<PathBuf, crate::scenes::Scene>,
+) -> Vec<(String, Vec<String>)> {
+    let get = |f: &dyn Fn(&crate::scenes::Scene) -> String| -> Vec<String> {
+        paths
+            .iter()
+            .map(|p| meta.get(p).map_or_else(|| "?".to_owned(), f))
+            .collect()
+    };
+    let first = |s: &crate::scenes::Scene, f: &dyn Fn(&crate::scenes::SceneObject) -> String| {
+        s.objects.first().map_or_else(|| "none".to_owned(), f)
+    };
+    vec![
+        ("setting".into(), get(&|s| s.setting.name().to_owned())),
+        ("view".into(), get(&|s| s.zoom.name().to_owned())),
+        ("objects".into(), get(&|s| s.objects.len().to_string())),
+        (
+            "first shape".into(),
+            get(&|s| first(s, &|o| o.shape.name().to_owned())),
+        ),
+        (
+            "first colour".into(),
+            get(&|s| first(s, &|o| o.colour.name().to_owned())),
+        ),
+    ]
+}
 /// Longest side of the inspector's image.
 pub const VIEW_SIDE: u32 = 384;
 
@@ -60,6 +96,15 @@ pub enum TrainData {
     Folder(PathBuf),
 }
 
+/// Where the pairs view's pairs come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PairsSource {
+    /// Generated P-MMVP pairs: `per_pattern` of each of the nine patterns.
+    Pmmvp { per_pattern: usize, seed: u64 },
+    /// A folder in the MMVP-VLM layout (`Questions.csv` and the images).
+    Folder(PathBuf),
+}
+
 /// Work for the model thread.
 #[derive(Debug, Clone)]
 pub enum Job {
@@ -91,6 +136,17 @@ pub enum Job {
         /// A query whose ranking is shown before and after the run.
         heldout: Option<String>,
     },
+    /// Score MMVP-style pairs with the fused score and each similarity, with maps.
+    Pairs {
+        source: PairsSource,
+        method: Method,
+    },
+    /// Project the gallery's space of perspective `slot` to 2-D (and place the query).
+    Project {
+        slot: usize,
+        method: ProjectionMethod,
+        query: Option<Query>,
+    },
 }
 
 impl Job {
@@ -102,6 +158,8 @@ impl Job {
             Job::Explain { .. } => "explain",
             Job::SetPerspectives(_) => "perspectives",
             Job::Train { .. } => "fine-tune",
+            Job::Pairs { .. } => "pairs",
+            Job::Project { .. } => "map",
         }
     }
 }
@@ -134,6 +192,52 @@ pub struct GalleryInfo {
     /// Files not indexed, with the reason.
     pub skipped: Vec<(PathBuf, String)>,
     pub cache_note: Option<String>,
+    /// Thumbnails of the first [`PREVIEW_ITEMS`] images, for the start view.
+    pub preview: Vec<(PathBuf, Picture)>,
+}
+
+/// Images shown in the start view's gallery grid.
+pub const PREVIEW_ITEMS: usize = 240;
+
+/// One scored pair of the pairs view.
+#[derive(Debug, Clone)]
+pub struct PairView {
+    /// The MMVP pattern (or the folder's type name).
+    pub pattern: String,
+    pub images: [Picture; 2],
+    /// Each image with its fused map for its own statement blended over it.
+    pub overlays: [Picture; 2],
+    pub statements: [String; 2],
+    pub outcome: PairOutcome,
+}
+
+/// The pairs view's data: every pair and, per pattern, the pair accuracy (%) of the fused
+/// score and of GG, FG, GF, FF alone, as `eval pmmvp` reports it.
+#[derive(Debug, Clone)]
+pub struct PairsResult {
+    pub source: String,
+    pub pairs: Vec<PairView>,
+    /// (pattern, [fused, GG, FG, GF, FF] %), in MMVP order, then "average".
+    pub summary: Vec<(String, [f64; 5])>,
+}
+
+/// The embedding map's data.
+#[derive(Debug, Clone)]
+pub struct MapResult {
+    /// The perspective whose space is drawn, and its name.
+    pub slot: usize,
+    pub slot_name: String,
+    pub projection: Projection,
+    /// The query's place, when there is a query.
+    pub query: Option<[f32; 2]>,
+    pub query_label: Option<String>,
+    /// Fused score of every item for the query (empty without a query).
+    pub scores: Vec<f32>,
+    pub paths: Vec<PathBuf>,
+    /// Small thumbnails, one per point.
+    pub thumbs: Vec<Picture>,
+    /// For scene folders: per metadata field, a category per point.
+    pub fields: Vec<(String, Vec<String>)>,
 }
 
 /// One ranked result.
@@ -164,6 +268,8 @@ pub struct ExplainResult {
     pub image: Picture,
     pub explanation: Explanation,
     pub runner_up: Option<(usize, PathBuf, Picture, Comparison)>,
+    /// The runner-up's fused map for the same query (same method), to show beside this one.
+    pub runner_up_map: Option<crate::explain::Heatmap>,
 }
 
 /// A held-out query's top results, before or after fine-tuning.
@@ -172,6 +278,8 @@ pub struct Ranking {
     pub after: bool,
     pub query: String,
     pub top: Vec<(PathBuf, f32)>,
+    /// A thumbnail of each of `top`.
+    pub thumbs: Vec<Picture>,
 }
 
 /// What the worker reports.
@@ -195,6 +303,8 @@ pub enum Event {
     PerspectivesSet(PerspectiveSet),
     Ranking(Box<Ranking>),
     Train(Box<TrainEvent>),
+    Pairs(Box<PairsResult>),
+    Map(Box<MapResult>),
     /// The job ended; the message, if any, goes to the log.
     Done {
         job: &'static str,
@@ -446,6 +556,12 @@ impl Worker {
                 settings,
                 heldout,
             } => self.train(data, settings, heldout),
+            Job::Pairs { source, method } => self.pairs(&source, method),
+            Job::Project {
+                slot,
+                method,
+                query,
+            } => self.project(slot, method, query),
         };
         match result {
             Ok(message) => self.out.send(Event::Done { job: name, message }),
@@ -505,16 +621,9 @@ impl Worker {
     }
 
     fn index_demo(&mut self, count: usize, seed: u64) -> Result<Option<String>, JobError> {
-        let dir = self.cache_dir.join(format!("demo-scenes-{seed}-{count}"));
-        if !dir.join("scenes.jsonl").is_file() {
-            self.out
-                .progress("index", 0, count, "rendering demo scenes");
-            let tmp = dir.with_extension("tmp");
-            let _ = std::fs::remove_dir_all(&tmp);
-            crate::scenes::write_scenes(&tmp, count, seed).map_err(msg)?;
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::rename(&tmp, &dir).map_err(|e| msg(format!("{}: {e}", dir.display())))?;
-        }
+        self.out
+            .progress("index", 0, count, "rendering demo scenes (once)");
+        let dir = crate::session::demo_gallery(&self.cache_dir, count, seed).map_err(msg)?;
         self.index_folder(&dir)
     }
 
@@ -522,14 +631,14 @@ impl Worker {
         let loaded = self.loaded()?;
         let cancel = || self.cancel.load(Ordering::Relaxed);
         let out = &self.out;
-        let gallery = scan_gallery(dir, &cancel, &mut |n| {
-            out.progress("index", n, 0, "looking for images");
-        })
-        .map_err(|e| cancelled_or(e.into()))?;
-        let (embeddings, report) = loaded
-            .index(&gallery, &self.cache_dir, &cancel, &mut |done, total| {
-                out.progress("index", done, total, "embedding");
-            })
+        let (gallery, embeddings, report) = loaded
+            .index_folder(
+                dir,
+                &self.cache_dir,
+                &cancel,
+                &mut |n| out.progress("index", n, 0, "looking for images"),
+                &mut |done, total| out.progress("index", done, total, "embedding"),
+            )
             .map_err(cancelled_or)?;
         let mut skipped: Vec<(PathBuf, String)> = gallery
             .skipped
@@ -551,6 +660,18 @@ impl Worker {
             cache_note: report
                 .cache_problem
                 .map(|p| format!("{}: {} (rebuilt)", p.path.display(), p.reason)),
+            preview: embeddings
+                .items
+                .iter()
+                .take(PREVIEW_ITEMS)
+                .filter_map(|item| {
+                    let img = load_rgb(&item.path).ok()?;
+                    Some((
+                        item.path.clone(),
+                        Picture::from_image(&fit(&img, THUMB_SIDE)),
+                    ))
+                })
+                .collect(),
         };
         self.gallery = Some(embeddings);
         self.gallery_root = Some(dir.to_path_buf());
@@ -640,6 +761,7 @@ impl Worker {
         let explanation = explainer
             .explain_embedded(&q, &image, method)
             .map_err(|e| msg(format!("{}: {e}", path.display())))?;
+        let mut runner_up_map = None;
         let runner_up = match runner_up {
             Some(j) => {
                 let rpath = path_of(j)?;
@@ -649,6 +771,10 @@ impl Worker {
                 let cmp = loaded
                     .compare_stored(&explainer, &q, gallery, target, j)
                     .map_err(msg)?;
+                runner_up_map = explainer
+                    .explain_embedded(&q, &rimage, method)
+                    .map(|e| e.fused_map)
+                    .ok();
                 Some((j, rpath, Picture::from_image(&fit(&rimage, VIEW_SIDE)), cmp))
             }
             None => None,
@@ -660,6 +786,7 @@ impl Worker {
             image: Picture::from_image(&fit(&image, VIEW_SIDE)),
             explanation,
             runner_up,
+            runner_up_map,
         })));
         Ok(None)
     }
@@ -698,13 +825,28 @@ impl Worker {
                 },
             )
             .map_err(msg)?;
+        let top: Vec<(PathBuf, f32)> = hits
+            .iter()
+            .map(|h| (gallery.items[h.index].path.clone(), h.score))
+            .collect();
+        let thumbs = top
+            .iter()
+            .map(|(p, _)| {
+                load_rgb(p).map_or(
+                    Picture {
+                        width: 1,
+                        height: 1,
+                        rgb: vec![128, 128, 128],
+                    },
+                    |img| Picture::from_image(&fit(&img, RANKING_THUMB_SIDE)),
+                )
+            })
+            .collect();
         Ok(Some(Ranking {
             after,
             query: query.to_owned(),
-            top: hits
-                .iter()
-                .map(|h| (gallery.items[h.index].path.clone(), h.score))
-                .collect(),
+            top,
+            thumbs,
         }))
     }
 
@@ -790,5 +932,183 @@ impl Worker {
             self.index_folder(&root)?;
         }
         Ok(())
+    }
+
+    fn pairs(&mut self, source: &PairsSource, method: Method) -> Result<Option<String>, JobError> {
+        let loaded = self.loaded()?;
+        // (pattern name, MMVP pattern if known, images, statements)
+        type Raw = (String, Option<MmvpPattern>, [RgbImage; 2], [String; 2]);
+        let (label, raw): (String, Vec<Raw>) = match source {
+            PairsSource::Pmmvp { per_pattern, seed } => {
+                let mut raw = Vec::new();
+                for pattern in MmvpPattern::ALL {
+                    for pair in crate::scenes::pmmvp_pairs(pattern, *per_pattern, *seed) {
+                        raw.push((
+                            pattern.name().to_owned(),
+                            Some(pattern),
+                            [pair.a.render(), pair.b.render()],
+                            pair.statements.clone(),
+                        ));
+                    }
+                }
+                (
+                    format!("P-MMVP, {per_pattern} pairs per pattern, seed {seed}"),
+                    raw,
+                )
+            }
+            PairsSource::Folder(dir) => {
+                let items = crate::scenes::read_mmvp_dir(dir).map_err(msg)?;
+                let mut raw = Vec::new();
+                for item in items {
+                    let images = [load_rgb(&item.images[0])?, load_rgb(&item.images[1])?];
+                    raw.push((
+                        item.type_name.clone(),
+                        item.pattern,
+                        images,
+                        item.statements,
+                    ));
+                }
+                (dir.display().to_string(), raw)
+            }
+        };
+        let total = raw.len();
+        let mut pairs = Vec::with_capacity(total);
+        let mut tally: Vec<crate::scenes::MmvpTally> =
+            (0..5).map(|_| crate::scenes::MmvpTally::new()).collect();
+        for (n, (pattern_name, pattern, images, statements)) in raw.into_iter().enumerate() {
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(JobError::Cancelled);
+            }
+            let outcome = loaded
+                .pair_outcome(&images, [&statements[0], &statements[1]], method)
+                .map_err(msg)?;
+            if let Some(p) = pattern {
+                for (t, ok) in tally.iter_mut().zip(outcome.correct) {
+                    t.add(p, ok);
+                }
+            }
+            let fitted = [fit(&images[0], VIEW_SIDE), fit(&images[1], VIEW_SIDE)];
+            let overlays = std::array::from_fn(|k| {
+                Picture::from_image(&outcome.maps[k].overlay(
+                    &fitted[k],
+                    crate::explain::ColorMap::Inferno,
+                    0.55,
+                ))
+            });
+            pairs.push(PairView {
+                pattern: pattern_name,
+                images: [
+                    Picture::from_image(&fitted[0]),
+                    Picture::from_image(&fitted[1]),
+                ],
+                overlays,
+                statements,
+                outcome,
+            });
+            self.out.progress("pairs", n + 1, total, "scoring pairs");
+        }
+        let mut summary: Vec<(String, [f64; 5])> = MmvpPattern::ALL
+            .iter()
+            .filter(|p| tally[0].pairs(**p) > 0)
+            .map(|p| {
+                let row = std::array::from_fn(|m| tally[m].percent(*p).unwrap_or(0.0));
+                (p.name().to_owned(), row)
+            })
+            .collect();
+        if !summary.is_empty() {
+            let avg = std::array::from_fn(|m| tally[m].average().unwrap_or(0.0));
+            summary.push(("average".into(), avg));
+        }
+        let n = pairs.len();
+        self.out.send(Event::Pairs(Box::new(PairsResult {
+            source: label,
+            pairs,
+            summary,
+        })));
+        Ok(Some(format!("pairs: {n} scored")))
+    }
+
+    fn project(
+        &mut self,
+        slot: usize,
+        method: ProjectionMethod,
+        query: Option<Query>,
+    ) -> Result<Option<String>, JobError> {
+        let loaded = self.loaded()?;
+        let gallery = self.gallery()?;
+        let input = query.as_ref().map(query_input).transpose()?;
+        let cancel = || self.cancel.load(Ordering::Relaxed);
+        self.out.progress("map", 0, 0, "projecting");
+        let Some((projection, placed)) = loaded
+            .project(gallery, slot, method, input.as_ref(), &cancel)
+            .map_err(msg)?
+        else {
+            return Err(JobError::Cancelled);
+        };
+        let scores = match &input {
+            Some(q) => {
+                let (hits, _) = loaded
+                    .rank(
+                        gallery,
+                        q,
+                        &SearchOptions {
+                            top_k: gallery.len(),
+                            first_stage: None,
+                            first_stage_on: FirstStageOn::Global,
+                        },
+                    )
+                    .map_err(msg)?;
+                let mut scores = vec![f32::NAN; gallery.len()];
+                for h in hits {
+                    if let Some(s) = scores.get_mut(h.index) {
+                        *s = h.score;
+                    }
+                }
+                scores
+            }
+            None => Vec::new(),
+        };
+        let paths: Vec<PathBuf> = gallery.items.iter().map(|i| i.path.clone()).collect();
+        let total = paths.len();
+        let mut thumbs = Vec::with_capacity(total);
+        for (n, p) in paths.iter().enumerate() {
+            if cancel() {
+                return Err(JobError::Cancelled);
+            }
+            let pic = load_rgb(p)
+                .map(|img| Picture::from_image(&fit(&img, MAP_THUMB_SIDE)))
+                .unwrap_or(Picture {
+                    width: 1,
+                    height: 1,
+                    rgb: vec![128, 128, 128],
+                });
+            thumbs.push(pic);
+            if n % 256 == 255 {
+                self.out.progress("map", n + 1, total, "thumbnails");
+            }
+        }
+        let fields = self
+            .gallery_root
+            .as_deref()
+            .and_then(crate::session::scene_metadata)
+            .map(|meta| scene_fields(&paths, &meta))
+            .unwrap_or_default();
+        let slot_name = loaded
+            .perspectives
+            .perspectives
+            .get(slot)
+            .map_or_else(|| format!("perspective {slot}"), |p| p.name.clone());
+        self.out.send(Event::Map(Box::new(MapResult {
+            slot,
+            slot_name,
+            projection,
+            query: placed,
+            query_label: query.as_ref().map(Query::label),
+            scores,
+            paths,
+            thumbs,
+            fields,
+        })));
+        Ok(None)
     }
 }

@@ -69,6 +69,12 @@ pub struct GuiArgs {
     /// `cuda` or `metal` build feature).
     #[arg(long, default_value = "cpu")]
     pub device: crate::model::DeviceChoice,
+    /// The view the window opens on.
+    #[arg(long, value_enum, default_value_t = crate::app::Tab::Search)]
+    pub view: crate::app::Tab,
+    /// A text query to run as soon as the demo gallery is indexed.
+    #[arg(long)]
+    pub query: Option<String>,
 }
 
 /// A command that exists in the interface but is not implemented in this build.
@@ -223,7 +229,7 @@ fn init_tracing() {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let command = cli.command.unwrap_or(Command::Gui(GuiArgs::default()));
     match command {
-        Command::Gui(args) => crate::app::run(args.cache, args.device)
+        Command::Gui(args) => crate::app::run(args.cache, args.device, args.view, args.query)
             .map_err(|e| anyhow::anyhow!("cannot open the app window: {e}")),
         Command::Embed(args) => embed::run(&args),
         Command::Search(args) => search::run(&args),

@@ -8,14 +8,19 @@ use serde::{Deserialize, Serialize};
     Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
 )]
 pub enum ColorMap {
+    /// Matplotlib's inferno: black through purple and orange to pale yellow (the default).
     #[default]
     Inferno,
+    /// Matplotlib's viridis: dark blue through green to yellow.
     Viridis,
+    /// Google's Turbo rainbow: dark blue through green and yellow to dark red.
     Turbo,
+    /// Black to white.
     Gray,
 }
 
 impl ColorMap {
+    /// All four maps, the default first.
     pub const ALL: [ColorMap; 4] = [
         ColorMap::Inferno,
         ColorMap::Viridis,
@@ -23,6 +28,7 @@ impl ColorMap {
         ColorMap::Gray,
     ];
 
+    /// The lower-case name used on the command line and in the UI.
     pub fn name(self) -> &'static str {
         match self {
             ColorMap::Inferno => "inferno",

@@ -33,15 +33,23 @@ use crate::model::{Backbone, EmbedInput, EmbedOptions, ModelError, PerspectiveSe
     Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
 )]
 pub enum Method {
+    /// Gradient of the score w.r.t. the language model's visual-token inputs, times those
+    /// inputs, summed over channels (grad × input; the default).
     #[default]
     Attribution,
+    /// Attention from the perspective's last token to the visual tokens, mean over heads
+    /// and the last [`Explainer::attention_layers`] layers.
     Attention,
+    /// Cosine between the query's perspective embedding and each visual token's final
+    /// hidden state (ColPali style).
     Similarity,
 }
 
 impl Method {
+    /// All three methods, the default first.
     pub const ALL: [Method; 3] = [Method::Attribution, Method::Attention, Method::Similarity];
 
+    /// The lower-case name used on the command line, in JSON and in the UI.
     pub fn name(self) -> &'static str {
         match self {
             Method::Attribution => "attribution",
@@ -50,6 +58,7 @@ impl Method {
         }
     }
 
+    /// The method whose [`Method::name`] is `s`; `None` for any other string.
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|m| m.name() == s)
     }
@@ -58,14 +67,21 @@ impl Method {
 /// What can go wrong explaining.
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
+    /// The backbone reported no visual tokens for the image (or, for attribution, no
+    /// gradient reached them), so there is no grid to map.
     #[error("the model gave no visual tokens for the image, so there is nothing to map")]
     NoVisualTokens,
+    /// The request cannot be served: e.g. attention maps from a backbone that does not
+    /// report attention to visual tokens, or an empty score table.
     #[error("{0}")]
     Input(String),
+    /// The backbone failed to embed the query or the image.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// Scoring or fusing failed (shape mismatch, invalid similarity settings).
     #[error(transparent)]
     Agff(#[from] crate::agff::AgffError),
+    /// A candle tensor operation failed, including the backward pass.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
@@ -75,8 +91,12 @@ pub enum ExplainError {
 pub struct Heatmap {
     /// Perspective name, pattern name (`GG`…) or `fused`.
     pub name: String,
+    /// Rows of the visual-token grid (e.g. 16 for a 448 px image on Qwen3-VL).
     pub rows: usize,
+    /// Columns of the visual-token grid.
     pub cols: usize,
+    /// `rows × cols` raw map values, row-major, not normalised (see
+    /// [`Heatmap::normalized`]).
     pub values: Vec<f32>,
 }
 
@@ -146,6 +166,7 @@ impl Heatmap {
 /// Scores of one (query, candidate) pair.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PairBreakdown {
+    /// The fused score s (method.md §3).
     pub fused: f32,
     /// s_m by pattern name.
     pub similarities: [f32; 4],
@@ -158,17 +179,27 @@ pub struct PairBreakdown {
 /// Everything shown for one (query, image) pair.
 #[derive(Debug, Clone, Serialize)]
 pub struct Explanation {
+    /// How the maps were computed.
     pub method: Method,
+    /// The pair's fused score, four similarities, fusion weights and per-perspective
+    /// scores.
     pub scores: PairBreakdown,
+    /// One map per perspective (global first, in the perspective set's order); empty for
+    /// attribution from [`Explainer::explain_fused`].
     pub perspective_maps: Vec<Heatmap>,
+    /// One map per similarity in [`Similarity::ALL`] order (GG, FG, GF, FF); empty for
+    /// attribution from [`Explainer::explain_fused`].
     pub similarity_maps: Vec<Heatmap>,
+    /// The map of the fused score, named `fused`.
     pub fused_map: Heatmap,
 }
 
 /// Why candidate A beat candidate B for one query.
 #[derive(Debug, Clone, Serialize)]
 pub struct Comparison {
+    /// Scores of the query against candidate A.
     pub a: PairBreakdown,
+    /// Scores of the query against candidate B.
     pub b: PairBreakdown,
     /// s(A) − s(B).
     pub fused_diff: f32,
@@ -183,9 +214,13 @@ pub struct Comparison {
 
 /// A backbone, perspectives and a fusion ready to explain pairs.
 pub struct Explainer<'a> {
+    /// The model that embeds the query and the image.
     pub backbone: &'a dyn Backbone,
+    /// The global and K fine-grained perspectives both sides are embedded under.
     pub perspectives: PerspectiveSet,
+    /// The fusion parameters θ and ρ (method.md §3) behind the fused score and a_m.
     pub fusion: Fusion,
+    /// Aggregator and FF pairing of the four similarities (method.md §2).
     pub similarity_config: SimilarityConfig,
     /// Last layers averaged for attention maps.
     pub attention_layers: usize,
@@ -194,6 +229,8 @@ pub struct Explainer<'a> {
 }
 
 impl<'a> Explainer<'a> {
+    /// An explainer with the default similarity settings, attention averaged over the
+    /// last 2 layers and the backbone's own soft prompts.
     pub fn new(backbone: &'a dyn Backbone, perspectives: PerspectiveSet, fusion: Fusion) -> Self {
         Self {
             backbone,
@@ -456,8 +493,11 @@ pub fn compare_breakdowns(a: PairBreakdown, b: PairBreakdown) -> Comparison {
 /// Pointing-game tally of one method.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct PointingScore {
+    /// Number of scenes (queries) scored.
     pub trials: usize,
+    /// Trials whose map had its largest cell's centre inside the target box.
     pub hits: usize,
+    /// `hits / trials` (0 with no trials).
     pub hit_rate: f64,
     /// The hit rate a uniformly random cell would get on the same trials: the mean share
     /// of the grid's cell centres inside the target box. What `hit_rate` beats.

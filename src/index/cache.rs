@@ -72,7 +72,10 @@ pub fn default_cache_dir() -> PathBuf {
 /// A problem found with an existing cache file (it is then rebuilt).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheProblem {
+    /// The cache file.
     pub path: PathBuf,
+    /// Why it could not be used (not a cache file, checksum mismatch, written for another
+    /// model or perspective set, a non-finite value, …).
     pub reason: String,
 }
 
@@ -187,18 +190,22 @@ impl EmbeddingCache {
         Ok(entries)
     }
 
+    /// The cache file (see [`EmbeddingCache::file_for`]).
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Number of cached images.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether no image is cached.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
+    /// The `(1+K)·d` unit vectors cached for the image with this content hash, if any.
     pub fn get(&self, key: &str) -> Option<&[f32]> {
         self.entries.get(key).map(Vec::as_slice)
     }

@@ -14,17 +14,24 @@ use crate::model::{Backbone, EmbedInput, EmbedOptions, PerspectiveSet};
 /// Unit perspective vectors of every indexed image, `[n, 1+K, d]` row-major.
 #[derive(Debug, Clone, Default)]
 pub struct GalleryEmbeddings {
+    /// The n images that were embedded, in gallery order (images that failed are left
+    /// out).
     pub items: Vec<GalleryItem>,
+    /// Perspectives per item, 1+K.
     pub per_item: usize,
+    /// Embedding width d (the backbone's hidden size).
     pub dim: usize,
+    /// The `n·(1+K)·d` values, row-major `[n, 1+K, d]`.
     pub data: Vec<f32>,
 }
 
 impl GalleryEmbeddings {
+    /// Number of embedded images n.
     pub fn len(&self) -> usize {
         self.items.len()
     }
 
+    /// Whether no image was embedded.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
@@ -54,7 +61,9 @@ impl GalleryEmbeddings {
 /// What an indexing run did.
 #[derive(Debug, Clone, Default)]
 pub struct EmbedReport {
+    /// Images embedded by the backbone in this run.
     pub embedded: usize,
+    /// Images whose vectors came from the cache.
     pub from_cache: usize,
     /// Images that passed the scan but could not be decoded or embedded.
     pub failed: Vec<Skipped>,

@@ -21,26 +21,35 @@ pub const MAX_FILE_BYTES: u64 = 512 << 20;
 /// One image of a gallery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GalleryItem {
+    /// The image file.
     pub path: PathBuf,
     /// blake3 of the file's bytes (hex): the cache key, so renamed or copied files are
     /// not embedded again and edited ones are.
     pub content_hash: String,
+    /// Width in pixels, from the file's header.
     pub width: u32,
+    /// Height in pixels, from the file's header.
     pub height: u32,
 }
 
 /// A file that was not indexed, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skipped {
+    /// The file.
     pub path: PathBuf,
+    /// Why it was skipped or failed, for the user (unreadable, too large, not
+    /// decodable, …).
     pub reason: String,
 }
 
 /// The images found under a folder, in path order.
 #[derive(Debug, Clone, Default)]
 pub struct Gallery {
+    /// The folder that was scanned.
     pub root: PathBuf,
+    /// The images that passed the scan, in path order.
     pub items: Vec<GalleryItem>,
+    /// The image-named files that did not, with reasons, in path order.
     pub skipped: Vec<Skipped>,
 }
 

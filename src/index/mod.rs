@@ -4,6 +4,7 @@
 mod cache;
 mod embed;
 mod gallery;
+pub mod projection;
 mod search;
 
 use std::path::PathBuf;
@@ -22,26 +23,41 @@ pub use search::{
 /// What can go wrong indexing or searching.
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
+    /// Reading the gallery folder, or reading, writing or locking the cache, failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file or folder concerned.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// The gallery path exists but is not a folder.
     #[error("{0}: not a folder")]
     NotAFolder(PathBuf),
+    /// The gallery folder holds no image with one of [`IMAGE_EXTENSIONS`] that could be
+    /// indexed.
     #[error("{0}: no images found (looked for {exts})", exts = IMAGE_EXTENSIONS.join(", "))]
     Empty(PathBuf),
+    /// The caller's cancel flag was set during a scan or an indexing run (what was
+    /// embedded so far is saved in the cache).
     #[error("cancelled")]
     Cancelled,
+    /// The embedding cache cannot be used: an entry of the wrong length, or a header that
+    /// cannot be encoded.
     #[error("embedding cache: {0}")]
     Cache(String),
+    /// An input is not usable: an invalid perspective set, or a query whose length does
+    /// not match the gallery's `(1+K)·d`.
     #[error("{0}")]
     Input(String),
+    /// The backbone failed to embed an image or a query.
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
+    /// Normalising or scoring embeddings failed.
     #[error(transparent)]
     Agff(#[from] crate::agff::AgffError),
+    /// A candle tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

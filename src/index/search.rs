@@ -28,10 +28,12 @@ pub const DEFAULT_FIRST_STAGE: usize = 20_000;
 /// How to search.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SearchOptions {
+    /// Number of results returned (default 10; 0 returns none).
     pub top_k: usize,
     /// Keep only the best N candidates by [`FirstStageOn`] before the full AGFF score
     /// re-ranks them (`None`: score everything).
     pub first_stage: Option<usize>,
+    /// What the first stage ranks by (default [`FirstStageOn::Global`]).
     pub first_stage_on: FirstStageOn,
 }
 
@@ -50,6 +52,7 @@ impl Default for SearchOptions {
 pub struct Hit {
     /// Index into the gallery.
     pub index: usize,
+    /// The fused score s (method.md §3); results are sorted by it, best first.
     pub score: f32,
     /// s_GG, s_FG, s_GF, s_FF.
     pub similarities: [f32; 4],

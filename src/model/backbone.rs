@@ -10,18 +10,25 @@ use super::perspective::PerspectiveSet;
 /// What a model is, for caches: a name and a digest of its weights.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ModelIdentity {
+    /// The model's name: the folder name for Qwen3-VL, `agff-lens-demo` for the demo
+    /// model, `random` for random weights.
     pub name: String,
+    /// A short hex digest of the weights (`random` for random weights); a cache built
+    /// with other weights is not reused.
     pub weights_digest: String,
 }
 
 /// One item to embed: an image, a text, or both.
 #[derive(Debug, Clone, Default)]
 pub struct EmbedInput {
+    /// The image, if any (one image per input).
     pub image: Option<RgbImage>,
+    /// The text, if any; with an image it follows the image in the prompt.
     pub text: Option<String>,
 }
 
 impl EmbedInput {
+    /// A text-only input.
     pub fn text(text: impl Into<String>) -> Self {
         Self {
             image: None,
@@ -29,6 +36,7 @@ impl EmbedInput {
         }
     }
 
+    /// An image-only input.
     pub fn image(image: RgbImage) -> Self {
         Self {
             image: Some(image),
@@ -54,6 +62,7 @@ pub struct EmbedOptions {
 /// The tokens one perspective branch fed to the model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BranchTokens {
+    /// Name of the perspective this branch embeds.
     pub name: String,
     /// The full sequence (shared prefix + this branch's suffix); soft tokens appear as the
     /// placeholder id given by `soft_placeholder`.
@@ -83,19 +92,24 @@ pub struct VisualTokens {
 pub struct Embedding {
     /// `[1+K, hidden]` last-token hidden states of the branches (not normalised).
     pub vectors: Tensor,
+    /// The tokens of each of the 1+K branches, in perspective order.
     pub branches: Vec<BranchTokens>,
+    /// The image's tokens inside the language model; `None` for a text-only input.
     pub visual: Option<VisualTokens>,
 }
 
 /// Fusion parameters trained together with a model (θ logits and β), if it has them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrainedFusion {
+    /// The fusion logits θ (method.md §3), in [`crate::agff::Similarity::ALL`] order.
     pub theta: [f64; 4],
+    /// The fusion temperature β = exp(ρ) (> 0).
     pub beta: f64,
 }
 
 /// A model that embeds inputs under perspectives.
 pub trait Backbone: Send + Sync {
+    /// Name and weights digest, the model part of every cache key.
     fn identity(&self) -> &ModelIdentity;
     /// The perspectives this model is meant to be used with (global first).
     fn default_perspectives(&self) -> PerspectiveSet {
@@ -117,6 +131,7 @@ pub trait Backbone: Send + Sync {
     }
     /// Width of the embeddings.
     fn hidden_size(&self) -> usize;
+    /// The device the model's weights live on; inputs and outputs are on it too.
     fn device(&self) -> &Device;
     /// The prompt of each perspective branch as text, for `--show-prompt`.
     fn show_prompt(&self, input: &EmbedInput, perspectives: &PerspectiveSet)

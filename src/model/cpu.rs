@@ -296,8 +296,11 @@ pub fn layer_norm_rows(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out: &
 /// How [`split_heads`] reads a row of stacked q, k, v projections
 /// `[q_heads·hd | kv_heads·hd | kv_heads·hd]`.
 pub struct HeadSplit<'a> {
+    /// Number of query heads.
     pub q_heads: usize,
+    /// Number of key and value heads (grouped-query attention: divides `q_heads`).
     pub kv_heads: usize,
+    /// Width of one head, `hd`.
     pub head_dim: usize,
     /// RMS-norm weights `[hd]` applied to each q and k head before RoPE (Qwen3's q/k
     /// norms), with their epsilon.

@@ -11,10 +11,16 @@ use candle_core::Device;
 /// Why a device could not be chosen or opened.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
+    /// The device name is none of `cpu`, `cuda[:N]` (or `gpu[:N]`), `metal[:N]`, or its
+    /// ordinal is not a number. Holds the name as given.
     #[error("unknown device {0:?}: expected cpu, cuda, cuda:N, metal or metal:N")]
     Unknown(String),
+    /// The device's back-end was not compiled in; holds the device and the crate feature
+    /// it needs (`cuda` or `metal`).
     #[error("device {0} needs agff-lens built with `--features {1}`")]
     NotCompiled(DeviceChoice, &'static str),
+    /// The back-end is compiled in but candle could not open the device (no such device,
+    /// driver error).
     #[error("could not open device {0}: {1}")]
     Open(DeviceChoice, candle_core::Error),
 }
@@ -22,9 +28,12 @@ pub enum DeviceError {
 /// A device named by the user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
+    /// The CPU (the default).
     #[default]
     Cpu,
+    /// The CUDA GPU with this ordinal (needs the `cuda` feature).
     Cuda(usize),
+    /// The Metal GPU with this ordinal (needs the `metal` feature).
     Metal(usize),
 }
 

@@ -53,6 +53,7 @@ pub struct Perspective {
 }
 
 impl Perspective {
+    /// A perspective with this name and instruction and no soft tokens.
     pub fn new(name: &str, instruction: &str) -> Self {
         Self {
             name: name.into(),
@@ -65,6 +66,7 @@ impl Perspective {
 /// The global perspective followed by K fine-grained ones.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PerspectiveSet {
+    /// The 1+K perspectives: index 0 is the global one, 1..=K the fine-grained ones.
     pub perspectives: Vec<Perspective>,
 }
 

@@ -18,23 +18,31 @@ pub const PMMVP_SEED: u64 = 20_260_226;
 
 /// A backbone, its perspectives and a frozen fusion: everything needed to score pairs.
 pub struct Evaluator<'a> {
+    /// The model being evaluated.
     pub backbone: &'a dyn Backbone,
+    /// The global and K fine-grained perspectives queries and images are embedded under.
     pub perspectives: PerspectiveSet,
     /// Soft prompts of a fine-tune, one per perspective (empty: the backbone's own).
     pub soft: Vec<Option<Tensor>>,
+    /// The frozen fusion and similarity settings every pair is scored with.
     pub scorer: FusedScorer,
 }
 
 /// Accuracy (%) of the fused score and of each pattern alone.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct MethodScores {
+    /// With the fused score s (method.md §3).
     pub fused: f64,
+    /// With s_GG alone (global query vs global candidate).
     #[serde(rename = "GG")]
     pub gg: f64,
+    /// With s_FG alone (fine-grained query vs global candidate).
     #[serde(rename = "FG")]
     pub fg: f64,
+    /// With s_GF alone (global query vs fine-grained candidate).
     #[serde(rename = "GF")]
     pub gf: f64,
+    /// With s_FF alone (fine-grained query vs fine-grained candidate).
     #[serde(rename = "FF")]
     pub ff: f64,
 }
@@ -42,8 +50,12 @@ pub struct MethodScores {
 /// Per pattern and on average, as `agff-lens eval pmmvp --json` prints it.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PairReport {
+    /// Accuracies by MMVP pattern name (`orientation`, `presence`, …); patterns without
+    /// pairs are left out.
     pub patterns: BTreeMap<String, MethodScores>,
+    /// Mean of the per-pattern accuracies over the patterns that have pairs (0 with none).
     pub average: MethodScores,
+    /// Number of pairs scored, by pattern name.
     pub pairs_per_pattern: BTreeMap<String, usize>,
     /// Per pattern, how alike the model finds the two sides of a pair: why a pattern
     /// fails. Near 1 for the images, the model cannot see the difference; near 1 for the
@@ -55,7 +67,9 @@ pub struct PairReport {
 /// with statement B.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct PairSeparation {
+    /// Mean cosine of image A's and image B's global embeddings.
     pub images: f64,
+    /// Mean cosine of statement A's and statement B's global embeddings.
     pub statements: f64,
 }
 
@@ -106,6 +120,8 @@ impl<'a> Evaluator<'a> {
         Self::with_perspectives(backbone, perspectives)
     }
 
+    /// Uses these perspectives with the backbone's trained fusion (or the defaults) and
+    /// its own soft prompts.
     pub fn with_perspectives(
         backbone: &'a dyn Backbone,
         perspectives: PerspectiveSet,
@@ -349,6 +365,7 @@ impl<'a> Evaluator<'a> {
 /// Recall@1 figures over held-out scenes (fractions 0–1).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Retrieval {
+    /// Number of held-out scenes: queries and candidates alike.
     pub scenes: usize,
     /// A scene's global caption finds that scene (or one with the same caption) first.
     pub text_to_image_r1: f64,

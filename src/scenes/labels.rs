@@ -6,7 +6,7 @@
 use super::{Scene, SceneObject, font};
 
 /// The attributes a token or an image is labelled with, in the order of
-/// [`TokenLabels::classes`]. Every attribute is a classification.
+/// [`TokenLabels::labels`]. Every attribute is a classification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Attribute {
     /// Shape of the object under the token, or background (class 0): 9 classes.

@@ -17,49 +17,96 @@ pub const SUPPORTED_ARCHITECTURES: &str =
 /// The vision tower's settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VisionConfig {
+    /// `depth`: number of transformer blocks of the vision tower.
     pub depth: usize,
+    /// `hidden_size`: width of the vision tower's tokens.
     pub hidden_size: usize,
+    /// `intermediate_size`: width of each block's MLP.
     pub intermediate_size: usize,
+    /// `num_heads`: attention heads per block (`hidden_size / num_heads` must be a
+    /// multiple of 4 for the 2-D rotary embedding).
     pub num_heads: usize,
+    /// `in_channels`: colour channels of the pixels (default 3).
     pub in_channels: usize,
+    /// `patch_size`: side of a square patch in pixels (16 for Qwen3-VL).
     pub patch_size: usize,
+    /// `spatial_merge_size`: side of the window of patches merged into one language-model
+    /// token (default 2, so one token per 2×2 patches).
     pub spatial_merge_size: usize,
+    /// `temporal_patch_size`: frames per patch (default 2; a still image is repeated).
     pub temporal_patch_size: usize,
+    /// `out_hidden_size`: width of the merged tokens handed to the language model; must
+    /// equal the text `hidden_size`.
     pub out_hidden_size: usize,
+    /// `num_position_embeddings`: size of the learned position table, a square number
+    /// (interpolated bilinearly to the patch grid).
     pub num_position_embeddings: usize,
+    /// `deepstack_visual_indexes`: vision blocks whose outputs are merged and added to the
+    /// hidden states after the first language-model layers (DeepStack), in order.
     pub deepstack_visual_indexes: Vec<usize>,
+    /// `hidden_act` (default `gelu_pytorch_tanh`). Read but not consulted: the blocks
+    /// use tanh-approximated GELU, as every released Qwen3-VL checkpoint does.
     pub hidden_act: String,
+    /// Base of the vision tower's 2-D rotary embedding: `rope_theta` or
+    /// `rope_parameters.rope_theta`, default 10 000.
     pub rope_theta: f64,
 }
 
 /// The language model's settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TextConfig {
+    /// `vocab_size`: rows of the token embedding table.
     pub vocab_size: usize,
+    /// `hidden_size`: width of the language model's hidden states (and of the raw
+    /// embeddings).
     pub hidden_size: usize,
+    /// `intermediate_size`: width of each layer's SwiGLU MLP.
     pub intermediate_size: usize,
+    /// `num_hidden_layers`: number of decoder layers.
     pub num_hidden_layers: usize,
+    /// `num_attention_heads`: query heads per layer.
     pub num_attention_heads: usize,
+    /// `num_key_value_heads`: key/value heads per layer (grouped-query attention; defaults
+    /// to `num_attention_heads` and must divide it).
     pub num_key_value_heads: usize,
+    /// `head_dim`: width of one attention head (default `hidden_size /
+    /// num_attention_heads`).
     pub head_dim: usize,
+    /// `rms_norm_eps`: epsilon of the RMS norms (default 1e-6).
     pub rms_norm_eps: f64,
+    /// Base of the rotary embedding: `rope_theta`, or `rope_theta` inside
+    /// `rope_parameters`/`rope_scaling`, default 500 000.
     pub rope_theta: f64,
     /// Frequencies driven by the temporal, height and width position; Qwen3-VL always
     /// interleaves them (T, H, W, T, H, W, …), as transformers does whatever the config says.
     pub mrope_section: [usize; 3],
+    /// `attention_bias`: whether the q, k, v and o projections have biases (default
+    /// false).
     pub attention_bias: bool,
+    /// `hidden_act` (default `silu`). Read but not consulted: the MLP is always SwiGLU, as
+    /// in every released Qwen3-VL checkpoint.
     pub hidden_act: String,
 }
 
 /// A whole Qwen3-VL config.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Qwen3VlConfig {
+    /// The language model's settings (`text_config`).
     pub text: TextConfig,
+    /// The vision tower's settings (`vision_config`).
     pub vision: VisionConfig,
+    /// `image_token_id`: id of `<|image_pad|>`, the placeholder expanded to one token per
+    /// merged image token.
     pub image_token_id: u32,
+    /// `video_token_id`: id of `<|video_pad|>` (videos are not supported; read for
+    /// completeness).
     pub video_token_id: u32,
+    /// `vision_start_token_id`: id of `<|vision_start|>`, written before the image tokens.
     pub vision_start_token_id: u32,
+    /// `vision_end_token_id`: id of `<|vision_end|>`, written after the image tokens.
     pub vision_end_token_id: u32,
+    /// `tie_word_embeddings` (top level, else in `text_config`; default false): whether
+    /// the output head shares the input embeddings. Embedding needs no output head.
     pub tie_word_embeddings: bool,
 }
 

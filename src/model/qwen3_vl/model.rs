@@ -38,6 +38,9 @@ pub struct SequenceOutput {
     pub position_ids: [Vec<i64>; 3],
 }
 
+/// A Qwen3-VL checkpoint (Qwen3-VL-Instruct or Qwen3-VL-Embedding) used as an embedding
+/// backbone: last-token pooling of the final-normed hidden state after each perspective's
+/// suffix (method.md §1), as Qwen3-VL-Embedding's `Qwen3VLEmbedder` pools.
 pub struct Qwen3Vl {
     dir: PathBuf,
     config: Qwen3VlConfig,
@@ -166,14 +169,18 @@ impl Qwen3Vl {
         })
     }
 
+    /// The parsed `config.json`.
     pub fn config(&self) -> &Qwen3VlConfig {
         &self.config
     }
 
+    /// The folder the model was loaded from (`(random weights)` for a random model).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// The image processor's settings (`preprocessor_config.json`, or Qwen3-VL's defaults
+    /// when the folder has none).
     pub fn processor(&self) -> &ImageProcessorConfig {
         &self.processor
     }
@@ -192,6 +199,9 @@ impl Qwen3Vl {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Resizes, normalises and patches `image` with this model's processor settings
+    /// ([`preprocess`]); [`ModelError::Input`] for an empty image or an aspect ratio over
+    /// 200.
     pub fn prepare_image(&self, image: &RgbImage) -> Result<PreparedImage> {
         preprocess(image, &self.processor)
     }

@@ -24,13 +24,24 @@ use crate::model::error::{ModelError, Result};
 /// Settings read from `preprocessor_config.json`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageProcessorConfig {
+    /// `patch_size`: side of a square patch in pixels (default 16).
     pub patch_size: usize,
+    /// `temporal_patch_size`: frames per patch; an image is repeated this often (default 2).
     pub temporal_patch_size: usize,
+    /// `merge_size`: side of the window of patches merged into one token (default 2).
     pub merge_size: usize,
+    /// Smallest resized area in pixels: `size.shortest_edge`, else `min_pixels` (default
+    /// 65 536 = 256²).
     pub min_pixels: usize,
+    /// Largest resized area in pixels: `size.longest_edge`, else `max_pixels` (default
+    /// 16 777 216 = 4096²).
     pub max_pixels: usize,
+    /// `image_mean`: per-channel RGB mean on the 0–1 scale (default 0.5).
     pub image_mean: [f32; 3],
+    /// `image_std`: per-channel RGB standard deviation on the 0–1 scale (default 0.5;
+    /// never 0).
     pub image_std: [f32; 3],
+    /// `rescale_factor`: scale from 8-bit values to the 0–1 scale (default 1/255).
     pub rescale_factor: f64,
 }
 

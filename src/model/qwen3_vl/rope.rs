@@ -31,6 +31,8 @@ pub struct TextRope {
 }
 
 impl TextRope {
+    /// The `head_dim/2` inverse frequencies `1/θ^(2i/head_dim)` (computed in f32 as torch
+    /// does) and the position component of each, from `config`.
     pub fn new(config: &TextConfig) -> Self {
         let d = config.head_dim;
         // torch's recipe in f32: exponent 2i/d in f32, the power rounded to f32, then 1/p.

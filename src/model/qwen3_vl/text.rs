@@ -73,7 +73,9 @@ fn bias_view(b: Option<&Tensor>) -> Option<Option<F32View<'_>>> {
 /// Keys and values of every layer for a computed prefix, `[1, kv_heads, len, head_dim]`.
 #[derive(Debug, Clone)]
 pub struct KvCache {
+    /// `(keys, values)` of each decoder layer, in layer order.
     pub layers: Vec<(Tensor, Tensor)>,
+    /// Number of positions the keys and values cover.
     pub len: usize,
 }
 
@@ -105,10 +107,15 @@ pub struct RunOptions<'a> {
 /// Tensors added to the hidden states after the first layers (DeepStack), at positions
 /// `start..start+n` of a prefix run.
 pub struct Injection<'a> {
+    /// Position of the first image token in the run.
     pub start: usize,
+    /// One `[n, hidden]` tensor per DeepStack level; level i is added after layer i.
     pub features: &'a [Tensor],
 }
 
+/// The Qwen3-VL language model (transformers' `Qwen3VLTextModel`): token embeddings,
+/// decoder layers with q/k RMS norms, grouped-query attention and interleaved M-RoPE, and
+/// the final RMS norm (no output head).
 pub struct TextModel {
     config: TextConfig,
     embed: Tensor,
@@ -215,6 +222,7 @@ impl TextModel {
         })
     }
 
+    /// The settings the model was loaded with.
     pub fn config(&self) -> &TextConfig {
         &self.config
     }

@@ -147,6 +147,9 @@ pub struct VisionOutput {
     pub deepstack: Vec<Tensor>,
 }
 
+/// The Qwen3-VL vision tower (transformers' `Qwen3VLVisionModel`): patch embedding, learned
+/// position embedding, transformer blocks with 2-D rotary attention, the patch merger and
+/// the DeepStack mergers.
 pub struct VisionModel {
     config: VisionConfig,
     patch_w: Tensor,
@@ -220,6 +223,7 @@ impl VisionModel {
         })
     }
 
+    /// The settings the model was loaded with.
     pub fn config(&self) -> &VisionConfig {
         &self.config
     }
