@@ -1,3 +1,6 @@
+//! The `agff-lens` binary: runs [`agff_lens::cli::main`] (the desktop app without a
+//! subcommand, the command line with one).
+
 use std::process::ExitCode;
 
 // Model inference allocates and frees many large tensors; mimalloc keeps freed pages for

@@ -41,8 +41,9 @@ pub mod defaults {
     pub const FINE_TUNE_STEPS: u64 = 60;
     /// Pairs per batch of a fine-tune.
     pub const FINE_TUNE_BATCH: usize = 16;
-    /// Optimisation steps and pairs per batch of a from-scratch recipe.
+    /// Optimisation steps of a from-scratch recipe.
     pub const RECIPE_STEPS: u64 = 1800;
+    /// Pairs per batch of a from-scratch recipe.
     pub const RECIPE_BATCH: usize = 32;
 
     /// Warm-up steps of a run of `steps` steps: a tenth, at most 100, at least 1.
@@ -70,26 +71,45 @@ pub mod defaults {
 /// What went wrong in a workflow step; each variant keeps its layer's error.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
+    /// Loading the backbone failed: the model argument names nothing loadable, a download
+    /// failed, or the weights are missing or do not fit the config.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The compute device of [`LoadOptions::device`] is unknown, not compiled in, or
+    /// cannot be opened.
     #[error(transparent)]
     Device(#[from] crate::model::DeviceError),
+    /// Scanning or indexing a gallery (embedding its images, its cache), embedding a
+    /// query, or a search failed.
     #[error(transparent)]
     Index(#[from] IndexError),
+    /// Building the fusion or the scorer, embedding and normalising an input outside the
+    /// gallery path ([`Session::pair_outcome`]), or scoring failed (for example a
+    /// non-finite value or embeddings of mismatched shapes).
     #[error(transparent)]
     Agff(#[from] crate::agff::AgffError),
+    /// Computing a heatmap or a score breakdown failed.
     #[error(transparent)]
     Explain(#[from] crate::explain::ExplainError),
+    /// Reading a fine-tune's fusion or soft prompts back failed ([`Session::apply_tuned`]:
+    /// an unreadable file, θ or β out of range, a soft prompt of the wrong shape).
     #[error(transparent)]
     Train(#[from] TrainError),
+    /// A tensor operation of the workflow itself failed (moving stored vectors to the
+    /// model's device, say).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     /// A fine-tune's output folder that does not fit the model.
     #[error("{path}: {reason}")]
     Tuned {
+        /// The folder, or the file in it, that is wrong.
         path: std::path::PathBuf,
+        /// What is wrong with it.
         reason: String,
     },
+    /// A request the session cannot serve, with the reason: an invalid perspective set, a
+    /// result or perspective slot that is not in the gallery, or a demo gallery that
+    /// cannot be written.
     #[error("{0}")]
     Input(String),
 }
@@ -97,7 +117,9 @@ pub enum SessionError {
 /// How to load a model.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
+    /// Weights dtype of a Qwen3-VL folder or Hub model (the demo model always runs in F32).
     pub dtype: DType,
+    /// The compute device the model is loaded onto.
     pub device: DeviceChoice,
     /// How a Hub repo id is resolved (offline, revision, cache folder).
     pub resolve: ResolveOptions,
@@ -138,6 +160,7 @@ pub fn load_backbone(
 
 /// One loaded model and what it embeds and scores with.
 pub struct Session {
+    /// The loaded model that embeds every input.
     pub backbone: Box<dyn Backbone>,
     /// The perspectives every embedding uses (the model's own unless changed).
     pub perspectives: PerspectiveSet,
@@ -183,8 +206,10 @@ impl Session {
     /// (`fusion.json`, required).
     ///
     /// # Errors
-    /// [`SessionError::Tuned`] naming the file when the folder has no fusion, or a file
-    /// is unreadable or does not fit the model (soft-prompt shapes against its width).
+    /// [`SessionError::Tuned`] naming the folder when it is missing or has no
+    /// `fusion.json`, or naming `perspectives.json` when that is malformed;
+    /// [`SessionError::Train`] naming the file when `fusion.json` or the soft prompts are
+    /// unreadable or do not fit the model (soft-prompt shapes against its width).
     pub fn apply_tuned(&mut self, dir: &Path) -> Result<(), SessionError> {
         let tuned = |path: &Path, reason: String| SessionError::Tuned {
             path: path.to_path_buf(),

@@ -15,12 +15,17 @@ use crate::explain::ColorMap;
 /// GPU textures are rebuilt only then.
 #[derive(Debug)]
 pub struct OverlayData {
+    /// Identity of the image and grid: a new value rebuilds the GPU textures.
     pub version: u64,
+    /// Image width in pixels.
     pub width: u32,
+    /// Image height in pixels.
     pub height: u32,
     /// RGBA8, `width × height` (shared by the overlays of one image).
     pub rgba: Arc<Vec<u8>>,
+    /// Rows of the score grid.
     pub rows: u32,
+    /// Columns of the score grid.
     pub cols: u32,
     /// Row-major raw grid values (normalised min–max in the shader).
     pub grid: Vec<f32>,
@@ -41,9 +46,13 @@ impl OverlayData {
 pub struct OverlayCallback {
     /// Which overlay slot (the inspector's main view, the runner-up view…).
     pub slot: u64,
+    /// The image and the grid.
     pub data: Arc<OverlayData>,
+    /// The colour map the grid is drawn with.
     pub colormap: ColorMap,
+    /// Opacity of the map over the image, 0 to 1.
     pub opacity: f32,
+    /// False: the image alone.
     pub show_map: bool,
 }
 

@@ -30,13 +30,16 @@ pub enum ColourBy {
 
 /// The map's state: the projection and the viewer's pan and zoom.
 pub struct MapView {
+    /// The projection and everything drawn with it.
     pub result: MapResult,
     thumbs: Vec<Option<egui::TextureHandle>>,
     /// World rectangle of the data, with a margin.
     bounds: Rect,
     /// Zoom (1: the whole map fits) and the world point at the view's centre.
     pub zoom: f32,
+    /// The world point at the view's centre.
     pub centre: Pos2,
+    /// What colours the points.
     pub colour_by: ColourBy,
     /// The point last clicked.
     pub selected: Option<usize>,

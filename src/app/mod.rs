@@ -34,7 +34,9 @@ pub const DEMO_GALLERY_SEED: u64 = 20_261_126;
 
 /// File dialogs, behind a trait so tests can hand the app paths.
 pub trait Picker {
+    /// Asks for a folder; `None` when the dialog is cancelled.
     fn pick_folder(&mut self) -> Option<PathBuf>;
+    /// Asks for an image file; `None` when the dialog is cancelled.
     fn pick_image(&mut self) -> Option<PathBuf>;
 }
 
@@ -57,11 +59,13 @@ impl Picker for SystemPicker {
 
 /// How the app starts.
 pub struct AppOptions {
+    /// The file dialogs (tests pass a fake).
     pub picker: Box<dyn Picker>,
     /// Embedding cache and demo scenes (default: the user cache folder).
     pub cache_dir: Option<PathBuf>,
     /// Load the demo model and index the demo gallery at once.
     pub autostart: bool,
+    /// Scenes in the demo gallery that `autostart` renders and indexes.
     pub demo_scenes: usize,
     /// Read and write settings through eframe's storage.
     pub persist: bool,
@@ -94,22 +98,39 @@ impl Default for AppOptions {
 pub struct Settings {
     /// Empty: the demo model.
     pub model: String,
+    /// The folder opened last.
     pub last_folder: Option<PathBuf>,
+    /// Results per search (at least 1).
     pub top_k: usize,
+    /// Candidates the search's first stage keeps (at least 10).
     pub first_stage: usize,
     /// Rank the first stage by all matched perspectives instead of the global view.
     pub first_stage_matched: bool,
+    /// The heatmaps' colour map.
     pub colormap: ColorMap,
+    /// The heatmap's opacity over the image, 0 to 1.
     pub opacity: f32,
+    /// The heatmap method's name (read with [`Settings::method`]).
     pub method: String,
+    /// Fine-tune: EGA strength α (0: plain InfoNCE).
     pub alpha: f64,
+    /// Fine-tune: InfoNCE temperature τ.
     pub tau: f64,
+    /// Fine-tune: peak learning rate.
     pub lr: f64,
+    /// Fine-tune: optimisation steps (at least 1).
     pub steps: u64,
+    /// Fine-tune: pairs per step (at least 2).
     pub batch: usize,
+    /// Fine-tune: train the soft prompts.
     pub train_soft: bool,
+    /// Fine-tune: train the fusion θ, ρ.
     pub train_fusion: bool,
+    /// Fine-tune: a folder of captioned images or a JSONL, used when the view's data
+    /// choice is the folder.
     pub train_folder: String,
+    /// Fine-tune: a query whose ranking is shown before and after the run (empty:
+    /// none).
     pub heldout: String,
 }
 
@@ -139,6 +160,7 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The heatmap method; attribution when the stored name is unknown.
     pub fn method(&self) -> Method {
         Method::parse(&self.method).unwrap_or(Method::Attribution)
     }
@@ -204,43 +226,66 @@ pub const SHORTCUTS: [(&str, &str); 8] = [
 /// One line of the log panel.
 #[derive(Debug, Clone)]
 pub struct LogLine {
+    /// An error or warning (drawn in the warning colour).
     pub error: bool,
+    /// The line.
     pub text: String,
 }
 
 /// The job the top bar shows.
 #[derive(Debug, Clone, Default)]
 pub struct Progress {
+    /// The job's name ([`Job::name`]).
     pub job: &'static str,
+    /// Units done.
     pub done: usize,
+    /// Units in all (0: not known; the bar animates).
     pub total: usize,
+    /// What the job is doing now.
     pub what: String,
 }
 
 /// The app's state. Everything here is plain data from the worker, plus GPU handles.
 pub struct LensApp {
+    /// What persists between runs.
     pub settings: Settings,
+    /// The view shown.
     pub tab: Tab,
+    /// The query row's text.
     pub query_text: String,
+    /// An image query; when set, searches use it instead of the text.
     pub query_image: Option<PathBuf>,
+    /// The loaded model's name (`None` until one loads).
     pub model_name: Option<String>,
+    /// The top bar's model field: empty or `demo`, a folder or a Hub repo id.
     pub model_field: String,
+    /// The perspectives the model thread uses now.
     pub perspectives: PerspectiveSet,
+    /// The perspective editor's copy, sent with [`Job::SetPerspectives`].
     pub edited_perspectives: PerspectiveSet,
+    /// The indexed gallery (`None` until one is indexed, and after a model loads).
     pub gallery: Option<GalleryInfo>,
+    /// The latest search's results.
     pub results: Option<views::ResultsView>,
+    /// Rank of the selected result.
     pub selected: Option<usize>,
+    /// The inspector's data for the selected result or map point.
     pub inspector: Option<views::InspectorView>,
     /// Which map the inspector shows: "fused", a perspective name or a pattern name.
     pub map_choice: String,
+    /// Whether the heatmap is drawn over the image (Ctrl+M).
     pub show_map: bool,
+    /// The fine-tune view's state.
     pub training: train_view::TrainView,
     /// The pairs view's scored pairs.
     pub pairs: Option<pairs_view::PairsView>,
+    /// P-MMVP pairs generated per pattern.
     pub pairs_per_pattern: usize,
     /// The embedding map and its settings.
     pub map: Option<map_view::MapView>,
+    /// The perspective whose space the map shows (0: the global view).
     pub map_slot: usize,
+    /// PCA or t-SNE.
     pub map_method: crate::index::projection::ProjectionMethod,
     /// Whether the keyboard-shortcut overlay is open.
     pub show_help: bool,
@@ -248,9 +293,11 @@ pub struct LensApp {
     pending_query: Option<String>,
     /// The start view's gallery thumbnails.
     pub preview: Vec<(PathBuf, egui::TextureHandle)>,
+    /// The log panel's lines, oldest first.
     pub log: Vec<LogLine>,
     /// The latest error, shown in the status line until the next job starts.
     pub status_error: Option<String>,
+    /// The running job's progress for the top bar (`None` when idle).
     pub progress: Option<Progress>,
     /// Jobs sent and not finished yet.
     pub in_flight: usize,
@@ -354,6 +401,7 @@ impl LensApp {
         }
     }
 
+    /// Adds a line to the log.
     pub fn info(&mut self, text: impl Into<String>) {
         self.log.push(LogLine {
             error: false,
@@ -361,6 +409,7 @@ impl LensApp {
         });
     }
 
+    /// Adds an error to the log and shows it in the status line.
     pub fn error(&mut self, text: impl Into<String>) {
         let text = text.into();
         self.status_error = Some(text.clone());

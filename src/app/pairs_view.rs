@@ -15,6 +15,7 @@ const METHODS: [&str; 5] = ["fused", "GG", "FG", "GF", "FF"];
 
 /// The pairs view's state: the scored pairs and their pictures.
 pub struct PairsView {
+    /// The scored pairs and the per-pattern summary.
     pub result: PairsResult,
     /// Per pair: both images with their maps blended over them.
     textures: Vec<[egui::TextureHandle; 2]>,

@@ -12,20 +12,29 @@ use crate::train::{StepReport, TrainEvent};
 /// What the fine-tune view shows.
 #[derive(Default)]
 pub struct TrainView {
+    /// A fine-tune is running (its settings are locked).
     pub running: bool,
+    /// Steps of the run (or of its current stage).
     pub total_steps: u64,
+    /// (step, loss) of every step so far.
     pub losses: Vec<[f64; 2]>,
+    /// (step, batch accuracy) of every step so far.
     pub accuracies: Vec<[f64; 2]>,
+    /// The latest step's report (batch matrix, thumbnails, hard negatives).
     pub last: Option<Box<StepReport>>,
     matrix: Option<egui::TextureHandle>,
     thumbs: Vec<egui::TextureHandle>,
     /// Which query of the batch the hard-negative panel shows.
     pub query: usize,
+    /// The held-out query's ranking before the run.
     pub before: Option<Ranking>,
+    /// The held-out query's ranking after the run.
     pub after: Option<Ranking>,
     /// The held-out rankings' thumbnails (before, after).
     ranking_thumbs: [Vec<egui::TextureHandle>; 2],
+    /// Train on [`super::Settings::train_folder`] instead of demo scenes.
     pub use_folder: bool,
+    /// The status line under the controls.
     pub status: String,
     /// The folder the last run saved into.
     pub last_run: Option<std::path::PathBuf>,
@@ -56,6 +65,7 @@ impl TrainView {
         }
     }
 
+    /// Updates the view with one trainer event.
     pub fn handle(&mut self, ctx: &egui::Context, event: TrainEvent) {
         match event {
             TrainEvent::Started { total_steps, .. } => {
@@ -204,6 +214,8 @@ fn matrix_texture(ctx: &egui::Context, report: &StepReport) -> egui::TextureHand
     )
 }
 
+/// Draws the fine-tune view: settings, start/pause/stop, the curves, the batch and the
+/// held-out rankings.
 pub fn show(app: &mut LensApp, ui: &mut egui::Ui) {
     ui.heading("Fine-tune (InfoNCE with Explicit Gradient Amplification)");
     let running = app.training.running;

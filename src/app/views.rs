@@ -9,6 +9,8 @@ use super::{LensApp, OverlayCallback, OverlayData};
 use crate::explain::{ColorMap, Heatmap, Method};
 use crate::model::Perspective;
 
+/// The four similarities' names, in the order of the similarity and weight arrays
+/// ([`crate::index::Hit::similarities`]).
 pub const PATTERNS: [&str; 4] = ["GG", "FG", "GF", "FF"];
 
 fn texture(ctx: &egui::Context, name: &str, p: &Picture) -> egui::TextureHandle {
@@ -18,13 +20,16 @@ fn texture(ctx: &egui::Context, name: &str, p: &Picture) -> egui::TextureHandle 
 
 /// Results with their thumbnails uploaded.
 pub struct ResultsView {
+    /// The ranking.
     pub results: SearchResults,
+    /// One texture per result (`None` where it has no thumbnail).
     pub thumbs: Vec<Option<egui::TextureHandle>>,
     /// Columns of the grid at the last frame (for arrow-key moves).
     pub columns: usize,
 }
 
 impl ResultsView {
+    /// Uploads the results' thumbnails.
     pub fn new(ctx: &egui::Context, results: SearchResults) -> Self {
         let thumbs = results
             .items
@@ -120,7 +125,9 @@ fn colour_bar(ui: &mut egui::Ui, colormap: ColorMap, (lo, hi): (f32, f32)) {
 pub struct Multiples {
     /// (map name, picture).
     pub maps: Vec<(String, egui::TextureHandle)>,
+    /// The shared colour scale (lowest, highest value).
     pub range: (f32, f32),
+    /// The colour map the pictures were made with.
     pub colormap: ColorMap,
     /// This result's and the runner-up's fused maps at their shared scale.
     pub versus: Option<([egui::TextureHandle; 2], (f32, f32))>,
@@ -168,8 +175,11 @@ impl Multiples {
 
 /// The inspector's data: the explanation and its pictures.
 pub struct InspectorView {
+    /// What the model thread sent.
     pub result: ExplainResult,
+    /// The result's image.
     pub image: egui::TextureHandle,
+    /// The runner-up's image, when there is one.
     pub runner_up_image: Option<egui::TextureHandle>,
     /// Overlay data per map name (GPU path), sharing one image upload per map.
     overlays: Vec<(String, Arc<OverlayData>)>,
@@ -183,6 +193,8 @@ pub struct InspectorView {
 }
 
 impl InspectorView {
+    /// Uploads the images and prepares one overlay per map; `version` keys the GPU
+    /// textures (see [`OverlayData::version`]).
     pub fn new(ctx: &egui::Context, result: ExplainResult, version: u64) -> Self {
         let image = texture(ctx, "inspector-image", &result.image);
         let runner_up_image = result

@@ -74,11 +74,14 @@ pub enum ModelChoice {
 /// A text or an image query.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Query {
+    /// Text to embed as the query.
     Text(String),
+    /// An image file to embed as the query.
     Image(PathBuf),
 }
 
 impl Query {
+    /// A short label for the log and the map: the text in quotes, or `image <path>`.
     pub fn label(&self) -> String {
         match self {
             Query::Text(t) => format!("“{t}”"),
@@ -91,7 +94,10 @@ impl Query {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrainData {
     /// Procedural scenes with their captions.
-    Scenes { seed: u64 },
+    Scenes {
+        /// Seed of the scene generator.
+        seed: u64,
+    },
     /// Images with sidecar `.txt` captions, or a JSONL of image,text.
     Folder(PathBuf),
 }
@@ -100,7 +106,12 @@ pub enum TrainData {
 #[derive(Debug, Clone, PartialEq)]
 pub enum PairsSource {
     /// Generated P-MMVP pairs: `per_pattern` of each of the nine patterns.
-    Pmmvp { per_pattern: usize, seed: u64 },
+    Pmmvp {
+        /// Pairs generated per pattern.
+        per_pattern: usize,
+        /// Seed of the pair generator.
+        seed: u64,
+    },
     /// A folder in the MMVP-VLM layout (`Questions.csv` and the images).
     Folder(PathBuf),
 }
@@ -108,48 +119,75 @@ pub enum PairsSource {
 /// Work for the model thread.
 #[derive(Debug, Clone)]
 pub enum Job {
+    /// Load a model (replacing the current one; the gallery is dropped with it).
+    /// Answered by [`Event::ModelLoaded`].
     LoadModel(ModelChoice),
     /// Render `count` demo scenes (once, into the cache folder) and index them.
     IndexDemo {
+        /// Number of scenes.
         count: usize,
+        /// Seed of the scene generator.
         seed: u64,
     },
+    /// Index the images under a folder (through the embedding cache). Answered by
+    /// [`Event::Indexed`].
     IndexFolder(PathBuf),
+    /// Rank the gallery for a query. Answered by [`Event::Results`].
     Search {
+        /// The query to embed.
         query: Query,
+        /// Number of results to return.
         top_k: usize,
+        /// Candidates the first stage keeps before the full fused score re-ranks them
+        /// (`None`: score every item).
         first_stage: Option<usize>,
+        /// What the first stage ranks candidates by.
         first_stage_on: FirstStageOn,
     },
     /// Maps and scores for gallery item `target`, compared with `runner_up`.
     Explain {
+        /// The query the maps explain.
         query: Query,
+        /// Gallery index of the result to explain.
         target: usize,
+        /// Gallery index of the result to compare it with (`None`: no comparison).
         runner_up: Option<usize>,
+        /// How the maps are computed.
         method: Method,
     },
     /// Use these perspectives from now on and re-embed the gallery (through the cache).
     SetPerspectives(PerspectiveSet),
+    /// Fine-tune (soft prompts and/or fusion, as `settings` say), then apply the result and
+    /// re-embed the gallery. Sends [`Event::Ranking`] before and after and [`Event::Train`]
+    /// while it runs; the pause flag holds it between steps.
     Train {
+        /// Where the training pairs come from.
         data: TrainData,
+        /// Steps, batch, learning rate, α, τ and what is trained.
         settings: TrainSettings,
         /// A query whose ranking is shown before and after the run.
         heldout: Option<String>,
     },
     /// Score MMVP-style pairs with the fused score and each similarity, with maps.
     Pairs {
+        /// Where the pairs come from.
         source: PairsSource,
+        /// How the maps over the images are computed.
         method: Method,
     },
     /// Project the gallery's space of perspective `slot` to 2-D (and place the query).
     Project {
+        /// Index of the perspective (0: the global view).
         slot: usize,
+        /// PCA or t-SNE.
         method: ProjectionMethod,
+        /// A query to place on the map and to colour the points by (`None`: no query).
         query: Option<Query>,
     },
 }
 
 impl Job {
+    /// The job's short name, as [`Event`]s and the log report it.
     pub fn name(&self) -> &'static str {
         match self {
             Job::LoadModel(_) => "load model",
@@ -167,12 +205,16 @@ impl Job {
 /// A small RGB picture for the UI.
 #[derive(Debug, Clone)]
 pub struct Picture {
+    /// Width in pixels.
     pub width: u32,
+    /// Height in pixels.
     pub height: u32,
+    /// Row-major RGB8 pixels, `width × height × 3` bytes.
     pub rgb: Vec<u8>,
 }
 
 impl Picture {
+    /// Copies an image's pixels.
     pub fn from_image(image: &RgbImage) -> Self {
         Self {
             width: image.width(),
@@ -185,12 +227,17 @@ impl Picture {
 /// The gallery the worker holds now.
 #[derive(Debug, Clone)]
 pub struct GalleryInfo {
+    /// The folder that was indexed.
     pub root: PathBuf,
+    /// Images in the gallery.
     pub images: usize,
+    /// Images embedded by the model in this run.
     pub embedded: usize,
+    /// Images whose embeddings came from the cache.
     pub from_cache: usize,
     /// Files not indexed, with the reason.
     pub skipped: Vec<(PathBuf, String)>,
+    /// A problem with the cache file (it was rebuilt), for the log.
     pub cache_note: Option<String>,
     /// Thumbnails of the first [`PREVIEW_ITEMS`] images, for the start view.
     pub preview: Vec<(PathBuf, Picture)>,
@@ -204,10 +251,13 @@ pub const PREVIEW_ITEMS: usize = 240;
 pub struct PairView {
     /// The MMVP pattern (or the folder's type name).
     pub pattern: String,
+    /// The two images, at most [`VIEW_SIDE`] pixels on their longest side.
     pub images: [Picture; 2],
     /// Each image with its fused map for its own statement blended over it.
     pub overlays: [Picture; 2],
+    /// The two statements; statement `i` describes image `i`.
     pub statements: [String; 2],
+    /// The 2×2 scores, which methods pick the right images, and the maps.
     pub outcome: PairOutcome,
 }
 
@@ -215,7 +265,9 @@ pub struct PairView {
 /// score and of GG, FG, GF, FF alone, as `eval pmmvp` reports it.
 #[derive(Debug, Clone)]
 pub struct PairsResult {
+    /// Where the pairs came from, in words.
     pub source: String,
+    /// Every scored pair, in order.
     pub pairs: Vec<PairView>,
     /// (pattern, [fused, GG, FG, GF, FF] %), in MMVP order, then "average".
     pub summary: Vec<(String, [f64; 5])>,
@@ -226,13 +278,17 @@ pub struct PairsResult {
 pub struct MapResult {
     /// The perspective whose space is drawn, and its name.
     pub slot: usize,
+    /// The name of perspective `slot`.
     pub slot_name: String,
+    /// The 2-D points, one per gallery item in gallery order, and how they were placed.
     pub projection: Projection,
     /// The query's place, when there is a query.
     pub query: Option<[f32; 2]>,
+    /// The query's label ([`Query::label`]), when there is a query.
     pub query_label: Option<String>,
     /// Fused score of every item for the query (empty without a query).
     pub scores: Vec<f32>,
+    /// The image file of each point.
     pub paths: Vec<PathBuf>,
     /// Small thumbnails, one per point.
     pub thumbs: Vec<Picture>,
@@ -243,30 +299,45 @@ pub struct MapResult {
 /// One ranked result.
 #[derive(Debug, Clone)]
 pub struct ResultItem {
+    /// Its gallery index, fused score, similarities and fusion weights.
     pub hit: Hit,
+    /// The image file.
     pub path: PathBuf,
+    /// A thumbnail at most [`THUMB_SIDE`] pixels on a side (`None`: the file could not
+    /// be read).
     pub thumb: Option<Picture>,
 }
 
 /// The ranking of one query.
 #[derive(Debug, Clone)]
 pub struct SearchResults {
+    /// The query that was ranked.
     pub query: Query,
+    /// The results, best first.
     pub items: Vec<ResultItem>,
+    /// The model's perspective names, in slot order (global first).
     pub perspective_names: Vec<String>,
     /// Words of a text query the model does not know (read as its unknown token).
     pub unknown_words: Vec<String>,
+    /// Wall-clock seconds of the search, thumbnails included.
     pub seconds: f64,
 }
 
 /// What the inspector shows for one result.
 #[derive(Debug, Clone)]
 pub struct ExplainResult {
+    /// The query explained.
     pub query: Query,
+    /// Gallery index of the result.
     pub target: usize,
+    /// Its image file.
     pub path: PathBuf,
+    /// The image, at most [`VIEW_SIDE`] pixels on its longest side.
     pub image: Picture,
+    /// Scores and maps for the (query, image) pair.
     pub explanation: Explanation,
+    /// The runner-up's gallery index, path, picture and its comparison with the
+    /// result, when one was asked for.
     pub runner_up: Option<(usize, PathBuf, Picture, Comparison)>,
     /// The runner-up's fused map for the same query (same method), to show beside this one.
     pub runner_up_map: Option<crate::explain::Heatmap>,
@@ -275,8 +346,11 @@ pub struct ExplainResult {
 /// A held-out query's top results, before or after fine-tuning.
 #[derive(Debug, Clone)]
 pub struct Ranking {
+    /// False: before the run; true: after it.
     pub after: bool,
+    /// The held-out query.
     pub query: String,
+    /// The top five images and their fused scores, best first.
     pub top: Vec<(PathBuf, f32)>,
     /// A thumbnail of each of `top`.
     pub thumbs: Vec<Picture>,
@@ -285,35 +359,60 @@ pub struct Ranking {
 /// What the worker reports.
 #[derive(Debug, Clone)]
 pub enum Event {
+    /// A job began (its [`Job::name`]); sent first for every job.
     Started(&'static str),
+    /// How far the running job is. Dropped rather than waited on when the channel is
+    /// full.
     Progress {
+        /// The job's name.
         job: &'static str,
+        /// Units done (images, pairs, thumbnails or bytes, by job).
         done: usize,
+        /// Units in all (0: not known yet).
         total: usize,
+        /// What the job is doing now.
         what: String,
     },
+    /// A model finished loading ([`Job::LoadModel`]); the gallery is gone with the old one.
     ModelLoaded {
+        /// The model's name.
         name: String,
+        /// Its perspectives.
         perspectives: PerspectiveSet,
+        /// Its hidden size, the embedding dimension d.
         dim: usize,
     },
+    /// A gallery was indexed (after indexing, new perspectives or a fine-tune).
     Indexed(Box<GalleryInfo>),
+    /// The ranking of a [`Job::Search`].
     Results(Box<SearchResults>),
+    /// The inspector's data for a [`Job::Explain`].
     Explained(Box<ExplainResult>),
+    /// The perspectives in use after [`Job::SetPerspectives`] (sent before re-indexing).
     PerspectivesSet(PerspectiveSet),
+    /// The held-out query's ranking, before and after a fine-tune.
     Ranking(Box<Ranking>),
+    /// A trainer event of the running fine-tune, forwarded as it comes.
     Train(Box<TrainEvent>),
+    /// The scored pairs of a [`Job::Pairs`].
     Pairs(Box<PairsResult>),
+    /// The embedding map of a [`Job::Project`].
     Map(Box<MapResult>),
     /// The job ended; the message, if any, goes to the log.
     Done {
+        /// The job's name.
         job: &'static str,
+        /// A line for the log, if any.
         message: Option<String>,
     },
+    /// The job ended with an error; the message goes to the status line and the log.
     Failed {
+        /// The job's name.
         job: &'static str,
+        /// What went wrong.
         message: String,
     },
+    /// The job (by name) stopped because the UI asked it to ([`WorkerHandle::cancel`]).
     Cancelled(&'static str),
 }
 
@@ -329,8 +428,10 @@ pub struct WorkerHandle {
 /// Why a job was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
+    /// The job queue (8 jobs) is full.
     #[error("the model thread is busy with queued work; try again in a moment")]
     Full,
+    /// The model thread has ended.
     #[error("the model thread has stopped")]
     Stopped,
 }
@@ -404,6 +505,7 @@ impl WorkerHandle {
         self.pause.store(paused, Ordering::Relaxed);
     }
 
+    /// Whether a pause is asked for.
     pub fn is_paused(&self) -> bool {
         self.pause.load(Ordering::Relaxed)
     }

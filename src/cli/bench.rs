@@ -59,15 +59,20 @@ where
 /// One measured configuration.
 #[derive(Debug, Serialize)]
 pub struct FusionResult {
+    /// Embedding width d.
     pub d: usize,
+    /// Fine-grained perspectives K.
     pub k: usize,
+    /// Queries Q.
     pub queries: usize,
+    /// Candidates C.
     pub candidates: usize,
     /// Median seconds to score all Q×C pairs (similarities, fused score and weights) with the
     /// inference scorer used by search.
     pub fusion_seconds: f64,
     /// Median seconds of the plain matrix product with the same FLOP count.
     pub gemm_seconds: f64,
+    /// Q·C pairs over the fusion time.
     pub pairs_per_sec: f64,
     /// `2·Q·C·(1+K)²·d` FLOPs over the fusion time.
     pub fusion_gflops: f64,

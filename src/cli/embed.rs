@@ -22,6 +22,7 @@ pub struct EmbedArgs {
     /// A text to embed (repeatable; each is one item, after the images).
     #[arg(long = "text")]
     pub texts: Vec<String>,
+    /// How the model runs and what it embeds with.
     #[command(flatten)]
     pub run: super::RunArgs,
     /// Print the prompt of every perspective branch.

@@ -11,6 +11,7 @@ use crate::scenes::MmvpPattern;
 use crate::scenes::eval::PMMVP_SEED;
 use crate::scenes::eval::{Evaluator, PairReport, Retrieval};
 
+/// What `eval` measures.
 #[derive(Debug, Subcommand)]
 pub enum EvalCommand {
     /// The P-MMVP pair benchmark on generated scenes (MMVP-VLM's 9 patterns and scoring).
@@ -26,6 +27,7 @@ pub enum EvalCommand {
     Probes(ProbesArgs),
 }
 
+/// Options of `eval probes`.
 #[derive(Debug, Args)]
 pub struct ProbesArgs {
     /// A demo model: `demo` or a folder saved by `train --recipe demo`.
@@ -37,6 +39,7 @@ pub struct ProbesArgs {
     /// Held-out scenes they are scored on.
     #[arg(long, default_value_t = 1000)]
     pub test_scenes: usize,
+    /// Seed of the fitting scenes (the held-out ones use seed + 1).
     #[arg(long, default_value_t = 7_000_001)]
     pub seed: u64,
     /// Print JSON.
@@ -44,21 +47,27 @@ pub struct ProbesArgs {
     pub json: bool,
 }
 
+/// Options of `eval pointing`.
 #[derive(Debug, Args)]
 pub struct PointingArgs {
+    /// `demo`, a local folder, or a Hub repo id.
     #[arg(long)]
     pub model: String,
     /// Scenes (queries) per method.
     #[arg(long, default_value_t = 100)]
     pub scenes: usize,
+    /// Seed of the generated scenes.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// How the model runs; JSON output.
     #[command(flatten)]
     pub common: Common,
 }
 
+/// Options shared by `eval pmmvp`, `eval mmvp` and `eval pointing`.
 #[derive(Debug, Args)]
 pub struct Common {
+    /// How the model runs and what it embeds with.
     #[command(flatten)]
     pub run: super::RunArgs,
     /// Print JSON.
@@ -76,6 +85,7 @@ fn evaluator(session: &crate::session::Session) -> anyhow::Result<Evaluator<'_>>
     )?)
 }
 
+/// Options of `eval pmmvp`.
 #[derive(Debug, Args)]
 pub struct PmmvpArgs {
     /// Model(s) to evaluate (repeat for a side-by-side table).
@@ -84,6 +94,7 @@ pub struct PmmvpArgs {
     /// Pairs per pattern.
     #[arg(long, default_value_t = 15)]
     pub pairs: usize,
+    /// Seed of the pairs (the retrieval scenes use one derived from it).
     #[arg(long, default_value_t = PMMVP_SEED)]
     pub seed: u64,
     /// Also text→image and image→text recall@1 over this many held-out scenes.
@@ -92,17 +103,21 @@ pub struct PmmvpArgs {
     /// Print a Markdown table (one column per model).
     #[arg(long)]
     pub markdown: bool,
+    /// How the models run; JSON output.
     #[command(flatten)]
     pub common: Common,
 }
 
+/// Options of `eval mmvp`.
 #[derive(Debug, Args)]
 pub struct MmvpArgs {
+    /// `demo`, a local folder, or a Hub repo id.
     #[arg(long)]
     pub model: String,
     /// The folder holding Questions.csv.
     #[arg(long)]
     pub dir: PathBuf,
+    /// How the model runs; JSON output.
     #[command(flatten)]
     pub common: Common,
 }
@@ -124,6 +139,7 @@ fn bar(len: usize, json: bool) -> ProgressBar {
     }
 }
 
+/// Runs `eval`.
 pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     match cmd {
         EvalCommand::Probes(args) => {

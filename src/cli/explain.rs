@@ -20,6 +20,7 @@ pub struct ExplainArgs {
     /// The candidate image.
     #[arg(long)]
     pub image: PathBuf,
+    /// The query whose score against the image is explained.
     #[command(flatten)]
     pub query: super::QueryArgs,
     /// How the maps are computed (method.md §7).
@@ -34,10 +35,14 @@ pub struct ExplainArgs {
     /// Colour map of the PNG overlays.
     #[arg(long, value_enum, default_value_t = ColorMap::Inferno)]
     pub colormap: ColorMap,
+    /// Opacity of the heatmap over the image in the PNG overlays (0: image only, 1: map
+    /// only).
     #[arg(long, default_value_t = 0.6)]
     pub opacity: f32,
+    /// How the model runs and what it embeds with.
     #[command(flatten)]
     pub run: super::RunArgs,
+    /// Print JSON instead of a summary (the overlays are written either way).
     #[arg(long)]
     pub json: bool,
 }
@@ -98,6 +103,7 @@ fn scores_out(b: &PairBreakdown) -> ScoresOut {
     }
 }
 
+/// Runs `explain`.
 pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
     let (method, colormap) = (args.method, args.colormap);
     let session = args.run.session(&args.model)?;

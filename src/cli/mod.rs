@@ -19,6 +19,7 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "agff-lens", version, about, long_about = None)]
 pub struct Cli {
+    /// The command to run (none: `gui`).
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -65,7 +66,7 @@ pub struct GuiArgs {
     /// or AGFF_LENS_CACHE).
     #[arg(long)]
     pub cache: Option<std::path::PathBuf>,
-    /// Compute device for the models: cpu, cuda[:N], metal[:N] (GPU back-ends need the
+    /// Compute device for the models: `cpu`, `cuda[:N]`, `metal[:N]` (GPU back-ends need the
     /// `cuda` or `metal` build feature).
     #[arg(long, default_value = "cpu")]
     pub device: crate::model::DeviceChoice,
@@ -85,9 +86,12 @@ pub struct NotAvailable(pub &'static str);
 /// Weights dtype of a model (`--dtype`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Dtype {
+    /// 32-bit floats.
     #[default]
     F32,
+    /// bfloat16: half the memory, f32's range.
     Bf16,
+    /// IEEE half precision: half the memory, a narrower range.
     F16,
 }
 
@@ -108,7 +112,7 @@ pub struct RunArgs {
     /// Weights dtype.
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
-    /// Compute device: cpu, cuda[:N], metal[:N].
+    /// Compute device: `cpu`, `cuda[:N]`, `metal[:N]`.
     #[arg(long, default_value = "cpu")]
     pub device: crate::model::DeviceChoice,
     /// A JSON perspective set: {"perspectives":[{"name":…,"instruction":…}]} (default: the

@@ -11,31 +11,38 @@ use crate::scenes::{MmvpPattern, export_mmvp, pmmvp_pairs, write_scenes};
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct ScenesArgs {
+    /// `pmmvp`, or none to write scenes into --out.
     #[command(subcommand)]
     pub command: Option<ScenesCommand>,
     /// Output folder (images + scenes.jsonl).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Number of scenes.
     #[arg(long, default_value_t = 100)]
     pub count: usize,
+    /// Seed of the scenes.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
 
+/// What `scenes` writes instead of plain scenes.
 #[derive(Debug, Subcommand)]
 pub enum ScenesCommand {
     /// Export the P-MMVP pairs in the MMVP-VLM layout (images + Questions.csv).
     Pmmvp {
+        /// Output folder (created).
         #[arg(long)]
         out: PathBuf,
         /// Pairs per pattern.
         #[arg(long, default_value_t = 15)]
         pairs: usize,
+        /// Seed of the pairs.
         #[arg(long, default_value_t = crate::scenes::eval::PMMVP_SEED)]
         seed: u64,
     },
 }
 
+/// Runs `scenes`.
 pub fn run(args: &ScenesArgs) -> anyhow::Result<()> {
     match &args.command {
         Some(ScenesCommand::Pmmvp { out, pairs, seed }) => {

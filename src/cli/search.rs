@@ -21,6 +21,7 @@ pub struct SearchArgs {
     /// The folder of images (searched recursively).
     #[arg(long)]
     pub gallery: PathBuf,
+    /// The query to rank the gallery for.
     #[command(flatten)]
     pub query: super::QueryArgs,
     /// How many results.
@@ -40,8 +41,10 @@ pub struct SearchArgs {
     /// ~/.cache/agff-lens).
     #[arg(long)]
     pub cache: Option<PathBuf>,
+    /// How the model runs and what it embeds with.
     #[command(flatten)]
     pub run: super::RunArgs,
+    /// Print JSON instead of a ranked list.
     #[arg(long)]
     pub json: bool,
 }
@@ -85,6 +88,7 @@ struct FirstStageOut {
     top10_kept: f64,
 }
 
+/// Runs `search`.
 pub fn run(args: &SearchArgs) -> anyhow::Result<()> {
     let session = args.run.session(&args.model)?;
     let perspectives = &session.perspectives;

@@ -63,6 +63,7 @@ pub struct TrainArgs {
     /// Fine-grained perspectives of the demo recipe (0: global only).
     #[arg(long, default_value_t = 4)]
     pub k: usize,
+    /// Seed of a recipe's initial weights and of the procedural scenes.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Checkpoint every N steps.
@@ -93,6 +94,7 @@ pub struct TrainArgs {
     /// Weights dtype of a fine-tuned model.
     #[arg(long, value_enum, default_value_t = super::Dtype::F32)]
     pub dtype: super::Dtype,
+    /// Compute device of a fine-tune: cpu, cuda[:N], metal[:N] (recipes train on the CPU).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
     /// No progress bar; one line per checkpoint.

@@ -12,14 +12,18 @@ use crate::scenes::{MmvpPattern, Scene, ScenePair, SceneRng};
 /// One captioned image on disk.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CaptionPair {
+    /// The image file (a JSONL's relative paths resolved against its folder).
     pub image: PathBuf,
+    /// Its caption.
     pub text: String,
 }
 
 /// An image with its caption, ready for a batch.
 #[derive(Debug, Clone)]
 pub struct Example {
+    /// The decoded (or rendered) image.
     pub image: RgbImage,
+    /// Its caption: the query of the pair.
     pub text: String,
 }
 
@@ -32,8 +36,11 @@ pub enum DataSource {
     /// ramp up from none to half of each batch over `ramp_steps` steps (both 0: half from
     /// the start), so the model first grounds words in easy contrasts.
     Scenes {
+        /// Seed of the scene stream.
         seed: u64,
+        /// First step whose batches hold minimal pairs.
         ramp_start: u64,
+        /// Steps over which the share of minimal pairs grows from none to half a batch.
         ramp_steps: u64,
     },
     /// Captioned images read from disk.
@@ -44,8 +51,8 @@ const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif",
 
 /// Reads a captioned data set: a JSONL file of `{"image": path, "text": caption}` (paths
 /// relative to the file; `file` and `caption` are accepted too, so the output of
-/// `agff-lens scenes` is a data set), a folder holding such a file, or a folder of images each with a
-/// sidecar `.txt` caption of the same stem.
+/// `agff-lens scenes` is a data set), a folder holding such a file, or a folder of images
+/// each with a sidecar `.txt` caption of the same stem.
 pub fn load_caption_dataset(path: &Path) -> Result<Vec<CaptionPair>, TrainError> {
     if path.is_file() {
         return read_jsonl(path);

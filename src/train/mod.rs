@@ -37,30 +37,52 @@ pub use optim::AdamW;
 /// What can go wrong while training.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    /// Creating the output folder, or reading or writing a file in it or a data set,
+    /// failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file or folder concerned.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// The training data is unusable: no such path, fewer than 2 captioned images, a
+    /// JSONL line that is not JSON or lacks `image`/`text`, an image that cannot be
+    /// decoded, or a pre-training batch without labels. The message names the file.
     #[error("{0}")]
     Data(String),
+    /// A checkpoint or a fine-tune's output cannot be written or read back: nothing to
+    /// resume (`--resume` without a `trainer.json`), a state, optimiser, fusion or soft
+    /// prompt file that does not parse, a missing tensor or one of the wrong shape, θ not
+    /// finite or β not positive.
     #[error("{0}")]
     Checkpoint(String),
+    /// The loss, the gradient norm or a parameter after the update is not finite; the
+    /// run stops, keeping the last good checkpoint.
     #[error(
         "training diverged at step {step}: {what} is not finite; {kept}. Lower the learning rate or α and resume"
     )]
     Diverged {
+        /// The step (1-based) that diverged.
         step: u64,
+        /// What is not finite (the loss, the gradient norm, a parameter).
         what: String,
+        /// Where the last good checkpoint is (or that nothing was saved).
         kept: String,
     },
+    /// A setting is out of range: batch below 2, learning rate or τ not positive, α
+    /// negative, an invalid perspective set, or nothing to train.
     #[error("invalid setting: {0}")]
     Config(String),
+    /// Loading, running or saving the model failed.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The AGFF similarities, fusion or loss failed (a non-finite loss becomes
+    /// [`TrainError::Diverged`] instead).
     #[error(transparent)]
     Agff(#[from] AgffError),
+    /// A candle tensor operation failed (the backward pass, an optimiser update, say).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
@@ -77,16 +99,22 @@ impl TrainError {
 /// Settings shared by both trainers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainSettings {
+    /// Optimisation steps of the run; the learning-rate schedule spans them.
     pub steps: u64,
     /// (query, positive) pairs per step.
     pub batch: usize,
+    /// Peak learning rate of AdamW (see [`TrainSettings::lr_at`]).
     pub lr: f64,
+    /// Steps of the linear learning-rate warm-up.
     pub warmup: u64,
+    /// AdamW's decoupled weight decay of the demo recipe, on its weight matrices only (not
+    /// norms, biases, position tables, soft prompts or the fusion); a fine-tune uses none.
     pub weight_decay: f64,
     /// Global gradient-norm clip.
     pub clip: f64,
-    /// EGA α (0: plain InfoNCE) and the InfoNCE temperature τ.
+    /// EGA strength α (method.md §5; 0: plain InfoNCE).
     pub alpha: f64,
+    /// The InfoNCE temperature τ (method.md §4); also EGA's hardness temperature.
     pub tau: f64,
     /// Seed of the initial weights and of the data stream.
     pub seed: u64,
@@ -188,7 +216,11 @@ impl TrainSettings {
 /// Pause and stop switches the UI flips while a run goes on.
 #[derive(Debug, Clone, Default)]
 pub struct TrainControl {
+    /// Set to stop the run before its next step; it saves what it has and ends (a
+    /// [`TrainSummary`] with `stopped_early`).
     pub stop: Arc<AtomicBool>,
+    /// Set to pause the run before its next step (a [`TrainEvent::Paused`] is sent);
+    /// clear it to go on. The vision pre-training does not pause.
     pub pause: Arc<AtomicBool>,
 }
 
@@ -216,19 +248,25 @@ pub struct HardNegative {
 /// One optimisation step, for live display.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepReport {
+    /// Steps done, this one included (1-based).
     pub step: u64,
+    /// Steps of the whole run (of the current stage, see [`TrainEvent::Stage`]).
     pub total_steps: u64,
     /// InfoNCE of the text→image direction.
     pub loss: f64,
     /// Fraction of queries whose positive scored highest (text→image).
     pub accuracy: f64,
+    /// Learning rate of this step.
     pub lr: f64,
+    /// Global gradient norm before clipping.
     pub grad_norm: f64,
-    /// Fusion weights w = softmax(θ) and β after the step.
+    /// Fusion weights w = softmax(θ) (GG, FG, GF, FF) after the step.
     pub similarity_weights: [f32; 4],
+    /// Fusion temperature β = exp(ρ) after the step.
     pub beta: f64,
     /// The batch's fused text→image score matrix, row-major `[B, B]`.
     pub similarity: Vec<f32>,
+    /// Pairs in the batch, B.
     pub batch: usize,
     /// Per query, its three hardest negatives.
     pub hard_negatives: Vec<Vec<HardNegative>>,
@@ -237,26 +275,40 @@ pub struct StepReport {
     /// Small pictures of the batch's images (same order), for showing hard negatives.
     #[serde(skip)]
     pub thumbnails: Vec<image::RgbImage>,
+    /// Wall-clock seconds of the step (making the batch, embedding it, the update).
     pub seconds: f64,
 }
 
 /// What a training run reports while it goes.
 #[derive(Debug, Clone)]
 pub enum TrainEvent {
+    /// A run (or the vision pre-training) starts.
     Started {
+        /// Steps of the whole run.
         total_steps: u64,
+        /// Steps already done by the checkpoint it resumes (0: a fresh start).
         resumed_from: u64,
     },
+    /// An optimisation step is done. Dropped rather than block training when the channel
+    /// is full.
     Step(Box<StepReport>),
+    /// A checkpoint was written.
     Checkpoint {
+        /// Steps done when it was written.
         step: u64,
+        /// The folder it is in.
         dir: PathBuf,
     },
+    /// The run saw [`TrainControl::pause`] set and waits until it is cleared (or stop is
+    /// set).
     Paused,
+    /// The run ended, complete or stopped early (not sent when it fails with an error).
     Finished(TrainSummary),
     /// A run of several stages begins one (its steps are counted from 0).
     Stage {
+        /// The stage's name (`vision`, `contrastive`).
         name: String,
+        /// Steps of the stage.
         total_steps: u64,
     },
     /// A line worth showing as it is (for example the probes' accuracies).
@@ -266,11 +318,19 @@ pub enum TrainEvent {
 /// How a run ended.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainSummary {
+    /// Steps done in all, resumed ones included.
     pub steps_done: u64,
+    /// Text→image InfoNCE of the last step (NaN when this call ran no step).
     pub final_loss: f64,
+    /// In-batch text→image accuracy of the last step (0 when this call ran no step).
     pub final_accuracy: f64,
+    /// Wall-clock seconds of this call's contrastive steps (the vision pre-training not
+    /// included).
     pub seconds: f64,
+    /// The run stopped before `steps`: stop was set, or (demo recipe) `stop_at` or the
+    /// time budget was reached.
     pub stopped_early: bool,
+    /// The folder the run wrote into.
     pub out: PathBuf,
 }
 

@@ -12,10 +12,16 @@ pub struct AdamW {
     vars: Vec<(String, Var, bool)>,
     m: HashMap<String, Tensor>,
     v: HashMap<String, Tensor>,
+    /// Updates taken so far (the `t` of the bias corrections); saved with the moments.
     pub step: u64,
+    /// Decay of the first moment (0.9).
     pub beta1: f64,
+    /// Decay of the second moment (0.98).
     pub beta2: f64,
+    /// Added to the root of the second moment (1e-8).
     pub eps: f64,
+    /// Decoupled weight decay: each update first scales a decayed variable by
+    /// `1 − lr·weight_decay`.
     pub weight_decay: f64,
 }
 

@@ -33,12 +33,19 @@ use crate::scenes::{Scene, SceneRng};
 /// Settings of the tower's dense pre-training.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VisionSettings {
+    /// Optimisation steps; the learning-rate schedule spans them.
     pub steps: u64,
     /// Scenes per step.
     pub batch: usize,
+    /// Peak learning rate (linear warm-up, then cosine decay to 10%, as
+    /// [`super::TrainSettings::lr_at`]).
     pub lr: f64,
+    /// Steps of the linear warm-up.
     pub warmup: u64,
+    /// AdamW's decoupled weight decay, on the tower's and the heads' weight matrices (not
+    /// the position table, norms or biases).
     pub weight_decay: f64,
+    /// Global gradient-norm clip.
     pub clip: f64,
     /// Seed of the scene stream.
     pub seed: u64,
@@ -160,18 +167,23 @@ fn accuracy(logits: &Tensor, classes: &[u32]) -> Result<f64, TrainError> {
 /// What pre-training reports at the end.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VisionSummary {
+    /// Steps done (fewer than `steps` when stopped or out of time).
     pub steps_done: u64,
+    /// Wall-clock seconds of the steps.
     pub seconds: f64,
     /// Training accuracy of each head over the last 20 steps.
     pub head_accuracy: BTreeMap<String, f64>,
+    /// Mean cross-entropy over the attributes of the last step's batch (NaN when no step
+    /// ran).
     pub final_loss: f64,
 }
 
 /// Trains `model`'s vision tower (stem, positions, blocks, final norm) with the dense
 /// heads for `settings.steps` steps; the rest of the model is untouched. Streams
 /// [`TrainEvent::Step`] reports (loss: the mean cross-entropy over the attributes present;
-/// accuracy: the shape head's) and writes `model.safetensors`/`config.json` plus `vision.json` into `out` at
-/// the end. A non-finite loss or gradient stops it with [`TrainError::Diverged`].
+/// accuracy: the shape head's) and writes `model.safetensors`/`config.json` plus
+/// `vision.json` into `out` at the end. A non-finite loss or gradient stops it with
+/// [`TrainError::Diverged`].
 pub fn pretrain_vision(
     model: &mut DemoModel,
     settings: &VisionSettings,
@@ -327,14 +339,18 @@ pub struct ProbeReport {
     pub accuracy: BTreeMap<String, f64>,
     /// Per attribute: held-out rows scored (tokens, or images for per-image attributes).
     pub rows: BTreeMap<String, usize>,
+    /// Scenes the probes were fitted on.
     pub train_scenes: usize,
+    /// Held-out scenes they were scored on.
     pub test_scenes: usize,
 }
 
 /// Settings of the probes.
 #[derive(Debug, Clone, Copy)]
 pub struct ProbeSettings {
+    /// Scenes to fit the probes on.
     pub train_scenes: usize,
+    /// Held-out scenes to score them on.
     pub test_scenes: usize,
     /// Seed of the probe scenes (training scenes use `seed`, test scenes `seed + 1`).
     pub seed: u64,

@@ -47,12 +47,17 @@ pub struct DemoConfig {
     /// Channels of the first two convolutions of a [`Stem::Conv`].
     #[serde(default = "default_stem_channels")]
     pub stem_channels: [usize; 2],
+    /// Width of the vision tower's tokens (the projector maps them to `hidden`).
     pub vision_width: usize,
+    /// Transformer blocks of the vision tower.
     pub vision_layers: usize,
+    /// Attention heads of each vision block (`vision_width` must be a multiple).
     pub vision_heads: usize,
     /// Width of the language model and of the embeddings.
     pub hidden: usize,
+    /// Decoder layers of the language model.
     pub layers: usize,
+    /// Attention heads of each decoder layer (`hidden` must be a multiple).
     pub heads: usize,
     /// SwiGLU intermediate width.
     pub mlp: usize,
@@ -182,6 +187,8 @@ pub struct Vocab {
 }
 
 impl Vocab {
+    /// A tokenizer over `words` (a config's `vocab`, specials first): a word's id is its
+    /// index.
     pub fn new(words: &[String]) -> Self {
         let ids = words
             .iter()
@@ -228,10 +235,12 @@ impl Vocab {
             .unwrap_or(UNK)
     }
 
+    /// Number of words, specials included (ids are `0..len`).
     pub fn len(&self) -> usize {
         self.words.len()
     }
 
+    /// Whether the vocabulary has no words.
     pub fn is_empty(&self) -> bool {
         self.words.is_empty()
     }

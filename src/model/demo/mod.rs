@@ -36,8 +36,9 @@ static EMBEDDED_WEIGHTS: &[u8] = include_bytes!("../../../assets/demo/model.safe
 /// The committed demo configuration (vocabulary, perspectives, trained fusion).
 static EMBEDDED_CONFIG: &str = include_str!("../../../assets/demo/config.json");
 
-/// File names of a saved demo model.
+/// File name of a saved demo model's weights.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// File name of a saved demo model's configuration ([`DemoConfig`] as JSON).
 pub const CONFIG_FILE: &str = "config.json";
 
 /// One branch suffix: its token ids and the positions (within it) of its soft tokens.
@@ -59,7 +60,10 @@ pub struct DemoModel {
 /// Prefix of one sequence: optional visual tokens `[N, hidden]` and word ids.
 #[derive(Debug, Clone)]
 pub struct PrefixItem {
+    /// Visual tokens `[N, hidden]` of one image ([`DemoModel::encode_pixels`]), placed
+    /// after `<bos>`; `None` for a text-only row.
     pub visual: Option<Tensor>,
+    /// Word ids ([`Vocab::encode`]) after the visual tokens; may be empty.
     pub words: Vec<u32>,
 }
 
@@ -223,20 +227,23 @@ impl DemoModel {
         Ok(())
     }
 
+    /// The model's configuration (shape, vocabulary, perspectives, trained fusion).
     pub fn config(&self) -> &DemoConfig {
         &self.config
     }
 
-    /// Sets the trained fusion and provenance stored with the weights.
+    /// Sets the trained fusion θ, β stored with the weights (written by [`DemoModel::save`]).
     pub fn set_fusion(&mut self, theta: [f64; 4], beta: f64) {
         self.config.fusion_theta = theta;
         self.config.fusion_beta = beta;
     }
 
+    /// Sets the provenance note stored with the weights (how they were made).
     pub fn set_provenance(&mut self, text: String) {
         self.config.provenance = text;
     }
 
+    /// The word-level tokenizer over the config's vocabulary.
     pub fn vocab(&self) -> &Vocab {
         &self.vocab
     }
