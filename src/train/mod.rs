@@ -588,9 +588,11 @@ pub fn train_demo(
             )
         }
     };
-    if state.is_none() && settings.vision_steps > 0 {
-        pretrain_stage(&mut model, settings, out, control, &events)?;
-    }
+    let vision_done = if state.is_none() && settings.vision_steps > 0 {
+        pretrain_stage(&mut model, settings, out, control, &events)?
+    } else {
+        vision_steps_done(out)
+    };
     let perspectives = model.config().perspectives.clone();
     let fusion = Fusion::new(fusion_init, DType::F32, &device)?;
     let frozen = |name: &str| settings.freeze_vision && name.starts_with("vision.");
@@ -623,7 +625,8 @@ pub fn train_demo(
         let (theta, beta) = fusion_values(&fusion)?;
         model.set_fusion(theta, beta);
         model.set_provenance(format!(
-            "agff-lens train --recipe demo: vision tower pre-trained {} steps{}; {} of {} contrastive steps, batch {}, lr {}, α {}, τ {}, K {}, seed {}",
+            "agff-lens train --recipe demo: vision tower pre-trained {} of {} steps{}; {} of {} contrastive steps, batch {}, lr {}, α {}, τ {}, K {}, seed {}",
+            vision_done,
             settings.vision_steps,
             if settings.freeze_vision { ", then frozen" } else { "" },
             step,
@@ -716,14 +719,14 @@ pub fn train_demo(
 /// Stage 1 of the demo recipe: the tower's dense pre-training (into `out/vision`), then
 /// its linear probes, reported as a [`TrainEvent::Note`] and saved as
 /// `out/vision/probes.json`. A pre-training that finished before (its `vision.json`
-/// exists) is loaded instead of run again.
+/// exists) is loaded instead of run again. Returns the pre-training steps done.
 fn pretrain_stage(
     model: &mut DemoModel,
     settings: &TrainSettings,
     out: &Path,
     control: &TrainControl,
     events: &Option<SyncSender<TrainEvent>>,
-) -> Result<(), TrainError> {
+) -> Result<u64, TrainError> {
     let dir = out.join("vision");
     if dir.join("vision.json").is_file() {
         let done = DemoModel::load(&dir, &Device::Cpu)?;
@@ -735,7 +738,7 @@ fn pretrain_stage(
                 dir.display()
             )),
         );
-        return Ok(());
+        return Ok(vision_steps_done(out));
     }
     emit(
         events,
@@ -776,7 +779,16 @@ fn pretrain_stage(
             total_steps: settings.steps,
         },
     );
-    Ok(())
+    Ok(summary.steps_done)
+}
+
+/// Steps the tower's pre-training in `out/vision` did (0 when there was none).
+fn vision_steps_done(out: &Path) -> u64 {
+    std::fs::read_to_string(out.join("vision").join("vision.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["summary"]["steps_done"].as_u64())
+        .unwrap_or(0)
 }
 
 /// Side of the batch thumbnails in step reports.

@@ -451,9 +451,26 @@ pub fn probe_vision(
             .accuracy
             .insert(name.clone(), accuracy(&logits, &test_y)?);
         report.rows.insert(name, test_y.len());
+        if attribute == Attribute::Shape {
+            // Most tokens are background: the shape of the object under a token is scored
+            // on object tokens alone (the criterion), beside the all-token figure.
+            let objects: Vec<u32> = (0..test_y.len() as u32)
+                .filter(|&i| test_y[i as usize] != 0)
+                .collect();
+            if !objects.is_empty() {
+                let idx = Tensor::new(objects.as_slice(), &device)?;
+                let y: Vec<u32> = objects.iter().map(|&i| test_y[i as usize]).collect();
+                let acc = accuracy(&logits.index_select(&idx, 0)?, &y)?;
+                report.accuracy.insert(SHAPE_ON_OBJECTS.into(), acc);
+                report.rows.insert(SHAPE_ON_OBJECTS.into(), y.len());
+            }
+        }
     }
     Ok(report)
 }
+
+/// The report key of the shape probe scored on object tokens only.
+pub const SHAPE_ON_OBJECTS: &str = "shape (object tokens)";
 
 #[cfg(test)]
 mod tests {
