@@ -323,7 +323,7 @@ pub fn show(app: &mut LensApp, ui: &mut egui::Ui) {
         });
         return;
     };
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         let p = &view.result.projection;
         ui.label(format!(
             "{} points, {} space, {}{}",
@@ -366,12 +366,59 @@ pub fn show(app: &mut LensApp, ui: &mut egui::Ui) {
             }
         });
     }
-    let rect = ui.available_rect_before_wrap();
+    // The visible part only (as the results grid): a rect wider than the panel would
+    // widen the window's layout and push the inspector off screen.
+    let rect = ui.available_rect_before_wrap().intersect(ui.clip_rect());
+    // The map, and below it the point last clicked (its full explanation opens in the
+    // Search view's inspector).
     let rect = Rect::from_min_size(
         rect.min,
-        Vec2::new(rect.width(), (rect.height() - 4.0).max(100.0)),
+        Vec2::new(rect.width(), (rect.height() - 140.0).max(100.0)),
     );
     if let Some(i) = view.paint(ui, rect) {
         app.inspect_gallery_item(i);
+    }
+    selected_strip(app, ui);
+}
+
+/// The clicked point's picture, scores and weights, and a way to the full inspector.
+fn selected_strip(app: &mut LensApp, ui: &mut egui::Ui) {
+    let Some(ins) = &app.inspector else {
+        ui.label("Click a point to inspect it for the query.");
+        return;
+    };
+    let r = &ins.result;
+    let s = &r.explanation.scores;
+    let mut open = false;
+    ui.horizontal(|ui| {
+        ui.add(
+            egui::Image::from_texture(egui::load::SizedTexture::new(
+                ins.image.id(),
+                Vec2::splat(120.0),
+            ))
+            .fit_to_exact_size(Vec2::splat(120.0)),
+        );
+        ui.vertical(|ui| {
+            ui.strong(r.path.file_name().map_or_else(
+                || r.path.display().to_string(),
+                |f| f.to_string_lossy().into(),
+            ));
+            ui.label(format!("{} · fused score {:.4}", r.query.label(), s.fused));
+            ui.monospace(format!(
+                "GG {:.3}  FG {:.3}  GF {:.3}  FF {:.3}",
+                s.similarities[0], s.similarities[1], s.similarities[2], s.similarities[3]
+            ));
+            ui.monospace(format!(
+                "a_m  {:.2}  {:.2}  {:.2}  {:.2}",
+                s.weights[0], s.weights[1], s.weights[2], s.weights[3]
+            ));
+            open = ui
+                .button("Open in the inspector")
+                .on_hover_text("its maps side by side and the comparison, in the Search view")
+                .clicked();
+        });
+    });
+    if open {
+        app.tab = super::Tab::Search;
     }
 }

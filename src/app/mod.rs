@@ -897,13 +897,6 @@ impl LensApp {
                 egui::CentralPanel::default_margins().show(ui, |ui| pairs_view::show(self, ui));
             }
             Tab::Map => {
-                // The map needs the room: the inspector beside it stays narrower.
-                let max = (ui.available_width() * 0.45).max(300.0);
-                egui::Panel::right("agff-map-inspector")
-                    .resizable(true)
-                    .default_size(420.0)
-                    .max_size(max)
-                    .show(ui, |ui| views::inspector(self, ui));
                 egui::CentralPanel::default_margins().show(ui, |ui| map_view::show(self, ui));
             }
             Tab::FineTune => {

@@ -503,7 +503,13 @@ pub fn search_view(app: &mut LensApp, ui: &mut egui::Ui) {
 pub fn inspector(app: &mut LensApp, ui: &mut egui::Ui) {
     let gpu = app.gpu_overlay();
     let mut method = app.settings.method();
-    ui.horizontal(|ui| {
+    // Nothing below may widen the panel: rows of pictures wrap at its width.
+    let panel_width = ui
+        .available_width()
+        .min(ui.clip_rect().width() - 8.0)
+        .max(200.0);
+    ui.set_max_width(panel_width);
+    ui.horizontal_wrapped(|ui| {
         ui.strong("Inspector");
         egui::ComboBox::from_label("method")
             .selected_text(method.name())
@@ -640,20 +646,26 @@ pub fn inspector(app: &mut LensApp, ui: &mut egui::Ui) {
                 .default_open(true)
                 .show(ui, |ui| {
                     colour_bar(ui, m.colormap, m.range);
-                    ui.horizontal_wrapped(|ui| {
-                        for (name, tex) in &m.maps {
-                            ui.vertical(|ui| {
-                                ui.add(
-                                    egui::Image::from_texture(egui::load::SizedTexture::new(
-                                        tex.id(),
-                                        tex.size_vec2() * 0.75,
-                                    ))
-                                    .fit_to_exact_size(tex.size_vec2() * 0.75),
-                                );
-                                ui.small(name);
-                            });
-                        }
-                    });
+                    let cell = 100.0;
+                    let columns = ((panel_width - 24.0) / (cell + 8.0)).floor().max(1.0) as usize;
+                    for row in m.maps.chunks(columns) {
+                        ui.horizontal(|ui| {
+                            for (name, tex) in row {
+                                ui.vertical(|ui| {
+                                    let size =
+                                        tex.size_vec2() * (cell / tex.size_vec2().max_elem());
+                                    ui.add(
+                                        egui::Image::from_texture(egui::load::SizedTexture::new(
+                                            tex.id(),
+                                            size,
+                                        ))
+                                        .fit_to_exact_size(size),
+                                    );
+                                    ui.small(name);
+                                });
+                            }
+                        });
+                    }
                 });
         }
         ui.label(RichText::new(format!("fused score {:.4}", s.fused)).strong());
