@@ -12,9 +12,9 @@ median. Both processes hold their weights at once (about 17 GB for the 2B config
 in f32).
 
 Usage (from the repository root, after `cargo build --release`):
-    /work/pyenv/bin/python benches/paired_qwen3vl.py --pairs 8
+    .venv/bin/python benches/paired_qwen3vl.py --pairs 8
     # options: --config benches/qwen3vl-2b/config.json --image-size 448 --threads 2
-    #          --bin target/release/agff-lens --python /work/pyenv/bin/python
+    #          --bin target/release/agff-lens --python .venv/bin/python
 
 Output: one JSON line with "candle_seconds", "torch_seconds" (per pair), "ratios"
 (candle/torch per pair), their medians, and candle's 1+K perspectives against one

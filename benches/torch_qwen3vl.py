@@ -7,7 +7,7 @@ tower + DeepStack + language model, no lm_head), last-token pooled and L2-normal
 QwenLM/Qwen3-VL-Embedding's Qwen3VLEmbedder does per input.  Preprocessing (resize, patchify,
 tokenise) is done once, outside the timed region, and reported separately.
 
-Usage (with the project venv, /work/pyenv/bin/python):
+Usage (in a venv made from benches/requirements.txt, e.g. .venv/bin/python):
     # tiny fixture folder (config + weights + processor files):
     benches/torch_qwen3vl.py --model tests/fixtures/qwen3vl/tiny-a --reps 5
     # the real Qwen3-VL-2B architecture with random float32 weights (~8.5 GB of RAM):
