@@ -296,8 +296,18 @@ impl Session {
         options: &SearchOptions,
     ) -> Result<(Vec<Hit>, Vec<f32>), SessionError> {
         let query = self.embed_unit(input)?;
-        let hits = search(&query, gallery, &self.scorer()?, options)?;
+        let hits = self.rank_embedded(gallery, &query, options)?;
         Ok((hits, query))
+    }
+
+    /// Ranks `gallery` for a query already embedded ([`Session::embed_unit`]).
+    pub fn rank_embedded(
+        &self,
+        gallery: &GalleryEmbeddings,
+        query: &[f32],
+        options: &SearchOptions,
+    ) -> Result<Vec<Hit>, SessionError> {
+        Ok(search(query, gallery, &self.scorer()?, options)?)
     }
 
     /// An explainer with this session's perspectives, fusion and soft prompts.
@@ -425,7 +435,7 @@ impl Session {
         gallery: &GalleryEmbeddings,
         slot: usize,
         method: ProjectionMethod,
-        query: Option<&EmbedInput>,
+        query: Option<&[f32]>,
         cancel: &dyn Fn() -> bool,
     ) -> Result<Option<PlacedProjection>, SessionError> {
         if slot >= gallery.per_item {
@@ -438,14 +448,10 @@ impl Session {
         let Some(projection) = project(&vectors, method, cancel) else {
             return Ok(None);
         };
-        let placed = match query {
-            Some(q) => {
-                let v = self.embed_unit(q)?;
-                let d = gallery.dim;
-                v.get(slot * d..(slot + 1) * d).map(|s| projection.place(s))
-            }
-            None => None,
-        };
+        let d = gallery.dim;
+        let placed = query
+            .and_then(|v| v.get(slot * d..(slot + 1) * d))
+            .map(|s| projection.place(s));
         Ok(Some((projection, placed)))
     }
 }

@@ -10,7 +10,7 @@
 use egui::{Color32, Pos2, Rect, Sense, Vec2};
 
 use super::LensApp;
-use super::worker::{Job, MapResult, Query};
+use super::worker::{Job, MapResult};
 use crate::explain::ColorMap;
 use crate::index::projection::ProjectionMethod;
 
@@ -276,14 +276,7 @@ fn nearest(
 
 /// Asks the model thread for a projection with the app's current settings and query.
 pub fn request(app: &mut LensApp) {
-    let query = app
-        .results
-        .as_ref()
-        .map(|r| r.results.query.clone())
-        .or_else(|| {
-            let t = app.query_text.trim();
-            (!t.is_empty()).then(|| Query::Text(t.to_owned()))
-        });
+    let query = app.current_query();
     app.submit(Job::Project {
         slot: app.map_slot,
         method: app.map_method,

@@ -437,18 +437,21 @@ impl LensApp {
         });
     }
 
-    /// Inspects gallery item `index` (a point of the map) for the current query; without
-    /// a query, says what to do.
-    pub fn inspect_gallery_item(&mut self, index: usize) {
-        let query = self
-            .results
+    /// The query of the last search, else the text typed in the query row.
+    pub fn current_query(&self) -> Option<Query> {
+        self.results
             .as_ref()
             .map(|r| r.results.query.clone())
             .or_else(|| {
                 let t = self.query_text.trim();
                 (!t.is_empty()).then(|| Query::Text(t.to_owned()))
-            });
-        let Some(query) = query else {
+            })
+    }
+
+    /// Inspects gallery item `index` (a point of the map) for the current query; without
+    /// a query, says what to do.
+    pub fn inspect_gallery_item(&mut self, index: usize) {
+        let Some(query) = self.current_query() else {
             self.info("type a query (Search view) to see why a point scores as it does");
             return;
         };

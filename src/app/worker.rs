@@ -214,6 +214,15 @@ pub struct Picture {
 }
 
 impl Picture {
+    /// One grey pixel: the picture of a file that could not be read any more.
+    pub fn placeholder() -> Self {
+        Self {
+            width: 1,
+            height: 1,
+            rgb: vec![128, 128, 128],
+        }
+    }
+
     /// Copies an image's pixels.
     pub fn from_image(image: &RgbImage) -> Self {
         Self {
@@ -934,12 +943,8 @@ impl Worker {
         let thumbs = top
             .iter()
             .map(|(p, _)| {
-                load_rgb(p).map_or(
-                    Picture {
-                        width: 1,
-                        height: 1,
-                        rgb: vec![128, 128, 128],
-                    },
+                load_rgb(p).map_or_else(
+                    |_| Picture::placeholder(),
                     |img| Picture::from_image(&fit(&img, RANKING_THUMB_SIDE)),
                 )
             })
@@ -1139,18 +1144,24 @@ impl Worker {
         let loaded = self.loaded()?;
         let gallery = self.gallery()?;
         let input = query.as_ref().map(query_input).transpose()?;
+        // Embedded once: placed on the map and ranked for the colours.
+        let query_vectors = input
+            .as_ref()
+            .map(|q| loaded.embed_unit(q))
+            .transpose()
+            .map_err(msg)?;
         let cancel = || self.cancel.load(Ordering::Relaxed);
         self.out.progress("map", 0, 0, "projecting");
         let Some((projection, placed)) = loaded
-            .project(gallery, slot, method, input.as_ref(), &cancel)
+            .project(gallery, slot, method, query_vectors.as_deref(), &cancel)
             .map_err(msg)?
         else {
             return Err(JobError::Cancelled);
         };
-        let scores = match &input {
+        let scores = match &query_vectors {
             Some(q) => {
-                let (hits, _) = loaded
-                    .rank(
+                let hits = loaded
+                    .rank_embedded(
                         gallery,
                         q,
                         &SearchOptions {
@@ -1179,11 +1190,7 @@ impl Worker {
             }
             let pic = load_rgb(p)
                 .map(|img| Picture::from_image(&fit(&img, MAP_THUMB_SIDE)))
-                .unwrap_or(Picture {
-                    width: 1,
-                    height: 1,
-                    rgb: vec![128, 128, 128],
-                });
+                .unwrap_or_else(|_| Picture::placeholder());
             thumbs.push(pic);
             if n % 256 == 255 {
                 self.out.progress("map", n + 1, total, "thumbnails");
