@@ -11,6 +11,11 @@
 //! `tokenizer_config.json` and `preprocessor_config.json` (both optional), and
 //! `model.safetensors` or `model.safetensors.index.json` with every shard it names.
 //!
+//! What this module adds to hf-hub is only what hf-hub does not do: which files a model
+//! needs (the shard index), `HF_HUB_OFFLINE`, timeouts and cancellation, and errors that
+//! say what to do. Cache look-ups, downloads and the cache's layout are hf-hub's (its
+//! cache-only `local_files_only` resolution replaces the 0.x `Cache::get`).
+//!
 //! Offline (`HF_HUB_OFFLINE=1`, or [`ResolveOptions::offline`]) nothing touches the network: the
 //! snapshot must already be complete in the cache. Online, a branch or tag is resolved to its
 //! commit with a `HEAD` request (files already in that commit's snapshot are not fetched again;
@@ -281,11 +286,6 @@ impl RepoId {
     fn id(&self) -> String {
         format!("{}/{}", self.owner, self.name)
     }
-
-    /// The repo's folder in the hub cache.
-    fn cache_folder(&self) -> String {
-        format!("models--{}--{}", self.owner, self.name)
-    }
 }
 
 /// The Hub's rules for the owner and the name: 1 to 96 of `A-Z a-z 0-9 - _ .`, starting and
@@ -368,53 +368,55 @@ enum Cached {
     Complete(PathBuf),
 }
 
-/// Looks `repo` up in `cache_dir` without any network access.
-fn lookup_cache(cache_dir: &Path, repo: &RepoId) -> Result<Cached> {
-    let repo_dir = cache_dir.join(repo.cache_folder());
-    let commit = if is_commit_hash(&repo.revision) {
-        repo.revision.clone()
-    } else {
-        let mut ref_path = repo_dir.join("refs");
-        ref_path.extend(repo.revision.split('/'));
-        match std::fs::read_to_string(&ref_path) {
-            Ok(text) => text.trim().to_owned(),
-            Err(_) => return Ok(Cached::Missing),
-        }
+/// Looks `revision` (a branch, tag or commit) of a repo up in the cache without any network
+/// access, through hf-hub's cache-only resolution (`local_files_only`: the revision's ref,
+/// the snapshot link, a dangling link counting as absent), one file a Qwen3-VL folder needs
+/// at a time.
+fn lookup_cache(hub: &HFRepositorySync<RepoTypeModel>, revision: &str) -> Result<Cached> {
+    let cached = |file: &str| -> Option<PathBuf> {
+        hub.download_file()
+            .filename(file)
+            .revision(revision)
+            .local_files_only(true)
+            .send()
+            .ok()
     };
-    if !is_commit_hash(&commit) {
-        return Ok(Cached::Missing);
+    let mut needed: Vec<String> = REQUIRED_FILES.iter().map(|f| (*f).to_owned()).collect();
+    let single = cached(SINGLE_WEIGHTS);
+    let index = if single.is_none() {
+        cached(WEIGHT_INDEX)
+    } else {
+        None
+    };
+    let mut found = single.clone().or_else(|| index.clone());
+    let mut missing = None;
+    for file in &needed {
+        match cached(file) {
+            Some(path) => found = found.or(Some(path)),
+            None => missing = missing.or_else(|| Some(file.clone())),
+        }
     }
-    let snapshot = repo_dir.join("snapshots").join(&commit);
-    if !snapshot.is_dir() {
+    // A snapshot is the folder of any file found in it.
+    let Some(snapshot) = found
+        .as_deref()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+    else {
         return Ok(Cached::Missing);
+    };
+    if missing.is_none() && single.is_none() {
+        match &index {
+            None => missing = Some(format!("{SINGLE_WEIGHTS} (or {WEIGHT_INDEX})")),
+            Some(index) => {
+                needed = shard_names(index)?;
+                missing = needed.iter().find(|f| cached(f).is_none()).cloned();
+            }
+        }
     }
-    Ok(match first_missing(&snapshot)? {
+    Ok(match missing {
         Some(missing) => Cached::Partial { snapshot, missing },
         None => Cached::Complete(snapshot),
     })
-}
-
-/// The first file a Qwen3-VL folder needs that `dir` lacks (a dangling cache link counts as
-/// missing), or `None`.
-fn first_missing(dir: &Path) -> Result<Option<String>> {
-    for file in REQUIRED_FILES {
-        if !dir.join(file).is_file() {
-            return Ok(Some(file.to_owned()));
-        }
-    }
-    if dir.join(SINGLE_WEIGHTS).is_file() {
-        return Ok(None);
-    }
-    let index = dir.join(WEIGHT_INDEX);
-    if !index.is_file() {
-        return Ok(Some(format!("{SINGLE_WEIGHTS} (or {WEIGHT_INDEX})")));
-    }
-    for shard in shard_names(&index)? {
-        if !dir.join(&shard).is_file() {
-            return Ok(Some(shard));
-        }
-    }
-    Ok(None)
 }
 
 #[derive(Deserialize)]
@@ -465,8 +467,12 @@ fn resolve_repo(
     let offline = options.offline.unwrap_or_else(offline_from_env);
     let client = build_client(repo, options, settings, offline)?;
     let cache_dir = client.cache_dir().to_path_buf();
+    let endpoint = client.endpoint().to_owned();
+    let client = HFClientSync::from_inner(client)
+        .map_err(|e| hub_error(&repo.id(), format!("cannot start the Hub client: {e}")))?;
+    let hub = client.model(repo.owner.as_str(), repo.name.as_str());
     if offline {
-        return match lookup_cache(&cache_dir, repo)? {
+        return match lookup_cache(&hub, &repo.revision)? {
             Cached::Complete(snapshot) => canonical(&snapshot).map(ModelSource::Local),
             Cached::Missing => Err(offline_error(repo, &cache_dir, None)),
             Cached::Partial { snapshot, missing } => {
@@ -476,16 +482,13 @@ fn resolve_repo(
     }
     // Online a damaged cache entry is not an error: the download repairs it.
     if is_commit_hash(&repo.revision)
-        && let Ok(Cached::Complete(snapshot)) = lookup_cache(&cache_dir, repo)
+        && let Ok(Cached::Complete(snapshot)) = lookup_cache(&hub, &repo.revision)
     {
         // A commit never changes: nothing to ask the Hub.
         return canonical(&snapshot).map(ModelSource::Local);
     }
-    let endpoint = client.endpoint().to_owned();
-    let client = HFClientSync::from_inner(client)
-        .map_err(|e| hub_error(&repo.id(), format!("cannot start the Hub client: {e}")))?;
     let mut fetcher = Fetcher {
-        hub: client.model(repo.owner.as_str(), repo.name.as_str()),
+        hub: hub.clone(),
         repo,
         key: format!("{endpoint}|{}|{}", cache_dir.display(), repo.id()),
         settings,
@@ -495,7 +498,7 @@ fn resolve_repo(
         Ok(snapshot) => canonical(&snapshot).map(ModelSource::Local),
         Err(Failure::Model(e)) => Err(e),
         Err(Failure::Unreachable { file, detail }) => {
-            if let Ok(Cached::Complete(snapshot)) = lookup_cache(&cache_dir, repo) {
+            if let Ok(Cached::Complete(snapshot)) = lookup_cache(&hub, &repo.revision) {
                 tracing::warn!(
                     "{}: the Hugging Face Hub ({endpoint}) could not be reached ({detail}); \
                      using the cached snapshot {}",
@@ -730,17 +733,19 @@ impl Fetcher<'_> {
                 self.fetch_required(&shard, &commit)?;
             }
         }
-        if let Some(missing) = first_missing(&snapshot)? {
-            return Err(hub_error(
-                &self.repo.id(),
-                format!(
-                    "{missing} is still missing from {} after the download",
-                    snapshot.display()
-                ),
-            )
-            .into());
-        }
-        Ok(snapshot)
+        let missing = match lookup_cache(&self.hub, &commit)? {
+            Cached::Complete(_) => return Ok(snapshot),
+            Cached::Partial { missing, .. } => missing,
+            Cached::Missing => "config.json".to_owned(),
+        };
+        Err(hub_error(
+            &self.repo.id(),
+            format!(
+                "{missing} is still missing from {} after the download",
+                snapshot.display()
+            ),
+        )
+        .into())
     }
 
     fn fetch_required(
@@ -1209,7 +1214,6 @@ mod tests {
         let id = RepoId::parse("Qwen/Qwen3-VL-2B-Instruct", None).unwrap();
         assert_eq!(id.id(), "Qwen/Qwen3-VL-2B-Instruct");
         assert_eq!(id.revision, "main");
-        assert_eq!(id.cache_folder(), "models--Qwen--Qwen3-VL-2B-Instruct");
         assert_eq!(RepoId::parse("o/n@v1.0", None).unwrap().revision, "v1.0");
         assert_eq!(
             RepoId::parse("o/n@refs/pr/3", None).unwrap().revision,
