@@ -371,7 +371,7 @@ impl DemoModel {
                         self.p(&format!("vision.stem.{i}.bias"))?,
                     )?;
                     if i < 2 {
-                        x = x.gelu()?;
+                        x = ops::gelu_tanh(&x)?;
                     }
                 }
                 let (b, h, w, c) = x.dims4()?;
@@ -415,7 +415,7 @@ impl DemoModel {
                 Some(self.p(&format!("{pre}.mlp.fc1.bias"))?),
             )?;
             let h = ops::linear(
-                &h.gelu()?,
+                &ops::gelu_tanh(&h)?,
                 self.p(&format!("{pre}.mlp.fc2.weight"))?,
                 Some(self.p(&format!("{pre}.mlp.fc2.bias"))?),
             )?;
@@ -437,8 +437,8 @@ impl DemoModel {
             &x,
             self.p("projector.fc1.weight")?,
             Some(self.p("projector.fc1.bias")?),
-        )?
-        .gelu()?;
+        )?;
+        let x = ops::gelu_tanh(&x)?;
         Ok(ops::linear(
             &x,
             self.p("projector.fc2.weight")?,
@@ -808,6 +808,10 @@ fn digest(weights: &[u8], config: &[u8]) -> String {
 /// even), as an explicit im2col and one matrix product, so its backward pass is the
 /// matrix product's: `weight` is `[C_out, 9·C]` with the inputs ordered (dy, dx, c),
 /// `bias` `[C_out]`. Returns `[B, H/2, W/2, C_out]`.
+///
+/// The im2col is one `index_select` of the zero-padded input's pixels (whose backward is
+/// one scatter-add), not nine strided slices: slices' backward passes each allocate and
+/// zero a full-size gradient, which made the stem's backward several times its forward.
 pub fn conv3x3_stride2(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
     let (b, h, w, c) = x.dims4()?;
     if h % 2 != 0 || w % 2 != 0 {
@@ -816,25 +820,23 @@ pub fn conv3x3_stride2(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Ten
         )));
     }
     let (ho, wo) = (h / 2, w / 2);
-    let xp = x.pad_with_zeros(1, 1, 1)?.pad_with_zeros(2, 1, 1)?;
-    let mut taps = Vec::with_capacity(9);
-    for dy in 0..3 {
-        // Rows dy, dy+2, …, dy+2(ho-1) of the padded input.
-        let rows = xp
-            .narrow(1, dy, 2 * ho)?
-            .reshape((b, ho, 2, w + 2, c))?
-            .narrow(2, 0, 1)?
-            .squeeze(2)?;
-        for dx in 0..3 {
-            taps.push(
-                rows.narrow(2, dx, 2 * wo)?
-                    .reshape((b, ho, wo, 2, c))?
-                    .narrow(3, 0, 1)?
-                    .squeeze(3)?,
-            );
+    let wp = w + 2;
+    let xp = x
+        .pad_with_zeros(1, 1, 1)?
+        .pad_with_zeros(2, 1, 1)?
+        .reshape((b, (h + 2) * wp, c))?;
+    let mut index = Vec::with_capacity(ho * wo * 9);
+    for oy in 0..ho {
+        for ox in 0..wo {
+            for dy in 0..3 {
+                for dx in 0..3 {
+                    index.push(((2 * oy + dy) * wp + 2 * ox + dx) as u32);
+                }
+            }
         }
     }
-    let cols = Tensor::cat(&taps, 3)?;
+    let index = Tensor::from_vec(index, ho * wo * 9, x.device())?;
+    let cols = xp.index_select(&index, 1)?.reshape((b, ho, wo, 9 * c))?;
     Ok(ops::linear(&cols, weight, Some(bias))?)
 }
 
