@@ -260,6 +260,7 @@ where
         );
         bar.set_prefix(label.to_string());
         let mut last = String::new();
+        let mut stage = String::new();
         for event in rx {
             match event {
                 TrainEvent::Started { resumed_from, .. } => bar.set_position(resumed_from),
@@ -270,6 +271,14 @@ where
                         r.loss, r.accuracy, r.lr, r.seconds
                     );
                     bar.set_message(last.clone());
+                    // The tower's pre-training writes no checkpoints: a quiet run still
+                    // says how it goes, at the checkpoint interval.
+                    if args.quiet
+                        && stage == "vision"
+                        && r.step % args.checkpoint_every.max(1) == 0
+                    {
+                        eprintln!("{label}/vision: step {}: {last}", r.step);
+                    }
                 }
                 TrainEvent::Checkpoint { step, dir } => {
                     if args.quiet {
@@ -282,6 +291,7 @@ where
                 TrainEvent::Paused => {}
                 TrainEvent::Finished(_) => bar.finish(),
                 TrainEvent::Stage { name, total_steps } => {
+                    stage.clone_from(&name);
                     bar.set_length(total_steps);
                     bar.set_position(0);
                     bar.set_prefix(format!("{label}/{name}"));

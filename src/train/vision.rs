@@ -58,7 +58,7 @@ impl Default for VisionSettings {
         Self {
             steps: 2000,
             batch: 32,
-            lr: 1e-3,
+            lr: 2e-3,
             warmup: 100,
             weight_decay: 0.05,
             clip: 1.0,
@@ -81,9 +81,16 @@ impl VisionSettings {
     }
 }
 
-/// One linear head per attribute, `weight [classes, width]`, `bias [classes]`.
+/// One linear head per attribute, `weight [classes, width]`, `bias [classes]`, plus the
+/// objectness head (object or background, every token).
+///
+/// The shape head is trained on object tokens only (8 classes in effect) and objectness
+/// separately: with shape's background class in one loss over all tokens, the 83% of
+/// background tokens dominated it and the heads learned "background" first (object-token
+/// training accuracy 0.003 after 100 steps, against 0.151 with the split).
 struct Heads {
     heads: Vec<(Attribute, Var, Var)>,
+    object: (Var, Var),
 }
 
 impl Heads {
@@ -98,11 +105,16 @@ impl Heads {
                 ))
             })
             .collect::<Result<Vec<_>, TrainError>>()?;
-        Ok(Self { heads })
+        let object = (
+            Var::zeros((2, width), DType::F32, device)?,
+            Var::zeros(2, DType::F32, device)?,
+        );
+        Ok(Self { heads, object })
     }
 
     fn vars(&self) -> Vec<(String, Var, bool)> {
-        self.heads
+        let mut vars: Vec<(String, Var, bool)> = self
+            .heads
             .iter()
             .flat_map(|(a, w, b)| {
                 [
@@ -110,17 +122,29 @@ impl Heads {
                     (format!("head.{}.bias", a.name()), b.clone(), false),
                 ]
             })
-            .collect()
+            .collect();
+        vars.push(("head.object.weight".into(), self.object.0.clone(), true));
+        vars.push(("head.object.bias".into(), self.object.1.clone(), false));
+        vars
     }
 }
 
 /// The rows of one attribute in a batch: indices into the flattened tokens
-/// (`b·N + t`) or images (`b`), and their classes.
-fn rows_of(labels: &[TokenLabels], attribute: Attribute, tokens: usize) -> (Vec<u32>, Vec<u32>) {
+/// (`b·N + t`) or images (`b`), and their classes. `objects_only` drops the background
+/// tokens (shape class 0).
+fn rows_of(
+    labels: &[TokenLabels],
+    attribute: Attribute,
+    tokens: usize,
+    objects_only: bool,
+) -> (Vec<u32>, Vec<u32>) {
     let mut rows = Vec::new();
     let mut classes = Vec::new();
     for (b, l) in labels.iter().enumerate() {
         for &(t, c) in l.of(attribute) {
+            if objects_only && attribute == Attribute::Shape && c == 0 {
+                continue;
+            }
             rows.push(if attribute.per_image() {
                 b as u32
             } else {
@@ -233,7 +257,7 @@ pub fn pretrain_vision(
         let mut terms = 0usize;
         let mut shape_acc = 0.0;
         for (attribute, w, b) in &heads.heads {
-            let (rows, classes) = rows_of(&labels, *attribute, tokens_per_image);
+            let (rows, classes) = rows_of(&labels, *attribute, tokens_per_image, true);
             if rows.is_empty() {
                 continue;
             }
@@ -257,6 +281,21 @@ pub fn pretrain_vision(
             });
             terms += 1;
         }
+        // Objectness: is any object under the token (the shape labels' class 0 or not).
+        let objectness: Vec<u32> = labels
+            .iter()
+            .flat_map(|l| l.object.iter().map(|o| u32::from(o.is_some())))
+            .collect();
+        let flat = features(&tokens, Attribute::Shape)?;
+        let logits = ops::linear(
+            &flat,
+            heads.object.0.as_tensor(),
+            Some(heads.object.1.as_tensor()),
+        )?;
+        let objectness = Tensor::new(objectness.as_slice(), &device)?;
+        let object_loss = candle_nn::loss::cross_entropy(&logits, &objectness)?;
+        let total = total.map(|t| t + object_loss).transpose()?;
+        terms += 1;
         let Some(total) = total else {
             return Err(TrainError::Data(
                 "a pre-training batch had no labels".into(),
@@ -435,8 +474,8 @@ pub fn probe_vision(
         ..ProbeReport::default()
     };
     for attribute in Attribute::ALL {
-        let (rows, y) = rows_of(&train_l, attribute, n);
-        let (test_rows, test_y) = rows_of(&test_l, attribute, n);
+        let (rows, y) = rows_of(&train_l, attribute, n, false);
+        let (test_rows, test_y) = rows_of(&test_l, attribute, n, false);
         if rows.is_empty() || test_rows.is_empty() {
             continue;
         }
@@ -452,17 +491,22 @@ pub fn probe_vision(
             .insert(name.clone(), accuracy(&logits, &test_y)?);
         report.rows.insert(name, test_y.len());
         if attribute == Attribute::Shape {
-            // Most tokens are background: the shape of the object under a token is scored
-            // on object tokens alone (the criterion), beside the all-token figure.
-            let objects: Vec<u32> = (0..test_y.len() as u32)
-                .filter(|&i| test_y[i as usize] != 0)
-                .collect();
-            if !objects.is_empty() {
-                let idx = Tensor::new(objects.as_slice(), &device)?;
-                let y: Vec<u32> = objects.iter().map(|&i| test_y[i as usize]).collect();
-                let acc = accuracy(&logits.index_select(&idx, 0)?, &y)?;
-                report.accuracy.insert(SHAPE_ON_OBJECTS.into(), acc);
-                report.rows.insert(SHAPE_ON_OBJECTS.into(), y.len());
+            // Most tokens are background: the shape of the object under a token is also
+            // probed on object tokens alone (the criterion), with a probe of its
+            // own (one fitted on every token spends itself on background).
+            let (rows, y) = rows_of(&train_l, attribute, n, true);
+            let (test_rows, test_y) = rows_of(&test_l, attribute, n, true);
+            if !rows.is_empty() && !test_rows.is_empty() {
+                let x = features(&train_x, attribute)?
+                    .index_select(&Tensor::new(rows.as_slice(), &device)?, 0)?;
+                let (w, b) = fit_probe(&x, &y, attribute.classes(), settings.steps)?;
+                let tx = features(&test_x, attribute)?
+                    .index_select(&Tensor::new(test_rows.as_slice(), &device)?, 0)?;
+                let logits = ops::linear(&tx, &w, Some(&b))?;
+                report
+                    .accuracy
+                    .insert(SHAPE_ON_OBJECTS.into(), accuracy(&logits, &test_y)?);
+                report.rows.insert(SHAPE_ON_OBJECTS.into(), test_y.len());
             }
         }
     }
