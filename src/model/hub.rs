@@ -30,7 +30,6 @@
 //! transfer is left to finish (or fail) in the background; asking for the same model again in
 //! this process attaches to it instead of starting a second copy.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::error::Error as StdError;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -39,9 +38,9 @@ use std::time::{Duration, Instant};
 
 use hf_hub::progress::{DownloadEvent, ProgressEvent, ProgressHandler};
 use hf_hub::{HFClient, HFClientSync, HFError, HFRepositorySync, RepoTypeModel};
-use serde::Deserialize;
 
 use super::error::{ModelError, Result};
+use super::weights::{SINGLE_WEIGHTS, WEIGHT_INDEX, shard_names};
 
 /// What `--model` named.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,8 +144,6 @@ const DEFAULT_REVISION: &str = "main";
 const OFFLINE_ENV: &str = "HF_HUB_OFFLINE";
 const REQUIRED_FILES: [&str; 2] = ["config.json", "tokenizer.json"];
 const OPTIONAL_FILES: [&str; 2] = ["tokenizer_config.json", "preprocessor_config.json"];
-const SINGLE_WEIGHTS: &str = "model.safetensors";
-const WEIGHT_INDEX: &str = "model.safetensors.index.json";
 /// How often the caller's thread looks at a running transfer (and at `cancelled()`).
 const TICK: Duration = Duration::from_millis(50);
 
@@ -417,45 +414,6 @@ fn lookup_cache(hub: &HFRepositorySync<RepoTypeModel>, revision: &str) -> Result
         Some(missing) => Cached::Partial { snapshot, missing },
         None => Cached::Complete(snapshot),
     })
-}
-
-#[derive(Deserialize)]
-struct ShardIndex {
-    weight_map: BTreeMap<String, String>,
-}
-
-/// The shard files `index` names, each once, in order; names that would leave the folder are
-/// refused.
-fn shard_names(index: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(index).map_err(|e| ModelError::io(index, e))?;
-    let parsed: ShardIndex = serde_json::from_str(&text).map_err(|source| ModelError::Json {
-        path: index.to_path_buf(),
-        what: "a safetensors shard index",
-        source,
-    })?;
-    let shards: BTreeSet<String> = parsed.weight_map.into_values().collect();
-    if shards.is_empty() {
-        return Err(ModelError::BadWeights {
-            path: index.to_path_buf(),
-            reason: "the shard index lists no tensors".into(),
-        });
-    }
-    if let Some(bad) = shards.iter().find(|s| !is_plain_relative(s)) {
-        return Err(ModelError::BadWeights {
-            path: index.to_path_buf(),
-            reason: format!("shard `{bad}` is not a file name inside the model folder"),
-        });
-    }
-    Ok(shards.into_iter().collect())
-}
-
-fn is_plain_relative(name: &str) -> bool {
-    !name.is_empty()
-        && !name.contains('\\')
-        && !name.contains(':')
-        && name
-            .split('/')
-            .all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 fn resolve_repo(

@@ -11,39 +11,76 @@ use serde::Deserialize;
 
 use super::error::{ModelError, Result};
 
+/// File name of a single-file checkpoint.
+pub const SINGLE_WEIGHTS: &str = "model.safetensors";
+/// File name of a sharded checkpoint's index.
+pub const WEIGHT_INDEX: &str = "model.safetensors.index.json";
+
 #[derive(Deserialize)]
 struct ShardIndex {
     weight_map: HashMap<String, String>,
 }
 
+/// The shard files a `model.safetensors.index.json` names, each once, in a stable order.
+/// The one parser of shard indexes (the loader and the Hub download use it).
+///
+/// # Errors
+/// [`ModelError::Io`]/[`ModelError::Json`] when the index cannot be read or parsed,
+/// [`ModelError::BadWeights`] when it lists no tensors or names a shard that is not a
+/// plain file name inside the model folder (absolute, `..`, a drive or backslash path):
+/// a model folder stays in its folder.
+pub fn shard_names(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index).map_err(|e| ModelError::io(index, e))?;
+    let parsed: ShardIndex = serde_json::from_str(&text).map_err(|source| ModelError::Json {
+        path: index.to_path_buf(),
+        what: "a safetensors shard index",
+        source,
+    })?;
+    let shards: BTreeSet<String> = parsed.weight_map.into_values().collect();
+    if shards.is_empty() {
+        return Err(ModelError::BadWeights {
+            path: index.to_path_buf(),
+            reason: "the shard index lists no tensors".into(),
+        });
+    }
+    if let Some(bad) = shards.iter().find(|s| !is_plain_relative(s)) {
+        return Err(ModelError::BadWeights {
+            path: index.to_path_buf(),
+            reason: format!("shard `{bad}` is not a file name inside the model folder"),
+        });
+    }
+    Ok(shards.into_iter().collect())
+}
+
+/// A relative path of plain components (no root, `.`, `..`, drive or backslash).
+fn is_plain_relative(name: &str) -> bool {
+    !name.is_empty()
+        && !name.contains('\\')
+        && !name.contains(':')
+        && name
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
 /// The safetensors files of a model folder, in a stable order.
+///
+/// # Errors
+/// [`ModelError::MissingFile`] when the folder has neither file or a shard is missing,
+/// and the errors of [`shard_names`].
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join("model.safetensors");
+    let single = dir.join(SINGLE_WEIGHTS);
     if single.is_file() {
         return Ok(vec![single]);
     }
-    let index_path = dir.join("model.safetensors.index.json");
+    let index_path = dir.join(WEIGHT_INDEX);
     if !index_path.is_file() {
         return Err(ModelError::MissingFile(
             dir.to_path_buf(),
             "model.safetensors or model.safetensors.index.json",
         ));
     }
-    let text = std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
-    let index: ShardIndex = serde_json::from_str(&text).map_err(|source| ModelError::Json {
-        path: index_path.clone(),
-        what: "a safetensors shard index",
-        source,
-    })?;
-    let shards: BTreeSet<&String> = index.weight_map.values().collect();
-    if shards.is_empty() {
-        return Err(ModelError::BadWeights {
-            path: index_path,
-            reason: "the shard index lists no tensors".into(),
-        });
-    }
     let mut files = Vec::new();
-    for shard in shards {
+    for shard in shard_names(&index_path)? {
         let path = dir.join(shard);
         if !path.is_file() {
             return Err(ModelError::MissingFile(
@@ -178,5 +215,38 @@ impl Weights {
                 reason: format!("tensor `{name}`: {e}"),
             })?;
         Ok(tensor.to_dtype(dtype)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_index_may_not_leave_the_model_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        for (shard, refused) in [
+            ("/etc/passwd", true),
+            ("../outside.safetensors", true),
+            ("sub/../../x.safetensors", true),
+            ("C:\\\\weights.safetensors", true),
+            ("model-00001-of-00001.safetensors", false),
+        ] {
+            let index = format!(r#"{{"weight_map":{{"a":"{shard}"}}}}"#);
+            std::fs::write(dir.path().join(WEIGHT_INDEX), index).unwrap();
+            let err = weight_files(dir.path()).unwrap_err().to_string();
+            if refused {
+                assert!(
+                    err.contains("not a file name inside the model folder"),
+                    "{shard}: {err}"
+                );
+            } else {
+                // A plain name is accepted, and then missing.
+                assert!(
+                    err.contains("a weight shard named in the index"),
+                    "{shard}: {err}"
+                );
+            }
+        }
     }
 }
