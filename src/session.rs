@@ -112,6 +112,108 @@ pub enum SessionError {
     /// cannot be written.
     #[error("{0}")]
     Input(String),
+    /// A text query that holds nothing the model can read ([`read_text_query`]).
+    #[error("{0}")]
+    Query(String),
+}
+
+/// A text query checked against the model that will read it ([`read_text_query`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextQuery {
+    /// The query as typed (the model reads it whole).
+    pub text: String,
+    /// Words the model does not know (read as its unknown token).
+    pub unknown_words: Vec<String>,
+    /// Characters the model's tokenizer drops (emoji and symbols for the demo model's
+    /// word-level vocabulary), each once.
+    pub dropped: Vec<char>,
+}
+
+impl TextQuery {
+    /// What the user should be told about this query, one sentence per kind of loss:
+    /// unknown words, dropped characters (empty when the model reads it all).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.unknown_words.is_empty() {
+            out.push(format!(
+                "the model does not know these words: {} (they are read as unknown)",
+                self.unknown_words.join(", ")
+            ));
+        }
+        if !self.dropped.is_empty() {
+            out.push(format!(
+                "the model cannot read these characters and drops them: {}",
+                describe_chars(&self.dropped)
+            ));
+        }
+        out
+    }
+}
+
+fn describe_chars(chars: &[char]) -> String {
+    chars
+        .iter()
+        .map(|&c| crate::util::text::describe_char(c))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks a text query before any model work: one that holds nothing is refused, and
+/// what the model will not read is listed ([`TextQuery::warnings`]). The app and every
+/// CLI command that takes `--query` go through it.
+///
+/// # Errors
+/// [`SessionError::Query`] when the text is empty, only whitespace or invisible
+/// characters (zero-width space, joiners, byte-order mark…), or, for a word-level model,
+/// holds no word the model knows (an emoji-only query for the demo model); the message
+/// names what was dropped or unknown.
+pub fn read_text_query(backbone: &dyn Backbone, text: &str) -> Result<TextQuery, SessionError> {
+    let visible = text
+        .chars()
+        .filter(|&c| !c.is_whitespace() && !crate::util::text::is_invisible(c))
+        .count();
+    if visible == 0 {
+        let invisible: Vec<char> = text
+            .chars()
+            .filter(|&c| crate::util::text::is_invisible(c))
+            .fold(Vec::new(), |mut v, c| {
+                if !v.contains(&c) {
+                    v.push(c);
+                }
+                v
+            });
+        return Err(SessionError::Query(if invisible.is_empty() {
+            "the query is empty: type what to look for".into()
+        } else {
+            format!(
+                "the query holds only invisible characters ({}): type what to look for",
+                describe_chars(&invisible)
+            )
+        }));
+    }
+    let query = TextQuery {
+        text: text.to_owned(),
+        unknown_words: backbone.unknown_words(text),
+        dropped: backbone.dropped_characters(text),
+    };
+    if backbone.known_words(text) == Some(0) {
+        let mut lost = Vec::new();
+        if !query.unknown_words.is_empty() {
+            lost.push(format!("unknown words: {}", query.unknown_words.join(", ")));
+        }
+        if !query.dropped.is_empty() {
+            lost.push(format!(
+                "dropped characters: {}",
+                describe_chars(&query.dropped)
+            ));
+        }
+        return Err(SessionError::Query(format!(
+            "the model reads no word of this query ({}); it knows only the words of its \
+             scenes, such as \"two red circles\"",
+            lost.join("; ")
+        )));
+    }
+    Ok(query)
 }
 
 /// How to load a model.

@@ -314,28 +314,49 @@ fn fine_tune_runs_a_few_steps() {
     }
     snapshot(&mut h, "app_fine_tune");
 
-    // A word the demo model does not know is reported, and the search still runs.
+    // A word the demo model does not know and an emoji are reported, and the search
+    // still runs.
     {
         let app = h.state_mut();
         app.tab = Tab::Search;
         app.query_image = None;
-        app.query_text = "a red zebra".into();
+        app.query_text = "a red zebra 😀".into();
         app.search();
     }
     step_until(&mut h, "the zebra search", |a| {
         !a.busy()
             && a.results
                 .as_ref()
-                .is_some_and(|r| r.results.unknown_words == ["zebra"])
+                .is_some_and(|r| r.results.warnings.len() == 2)
     });
+    for says in ["does not know these words: zebra", "drops them: “😀”"] {
+        assert!(
+            h.state()
+                .log
+                .iter()
+                .any(|l| l.error && l.text.contains(says)),
+            "{says}: {:?}",
+            h.state().log
+        );
+    }
+
+    // A query of invisible characters fails the job with the reason and keeps the
+    // previous results.
+    {
+        let app = h.state_mut();
+        app.query_text = "\u{200B}".into();
+        app.search();
+    }
+    step_until(&mut h, "the invisible search", |a| !a.busy());
     assert!(
         h.state()
             .log
             .iter()
-            .any(|l| l.error && l.text.contains("does not know these words: zebra")),
+            .any(|l| l.error && l.text.contains("only invisible characters (U+200B)")),
         "{:?}",
         h.state().log
     );
+    assert!(h.state().results.is_some(), "the zebra results are kept");
 }
 
 #[test]

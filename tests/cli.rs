@@ -667,3 +667,41 @@ fn bench_model_paced_reports_each_embedding_in_order() {
     assert_eq!(report["multi_seconds"].as_f64().unwrap(), times("multi")[1]);
     assert!(report["tokens"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn queries_that_hold_nothing_are_refused_and_dropped_characters_reported() {
+    let embed = |text: &str| {
+        agff_lens()
+            .args(["embed", "--model", "demo", "--text", text, "--json"])
+            .output()
+            .unwrap()
+    };
+    for (text, says) in [
+        ("", "the query is empty"),
+        ("   ", "the query is empty"),
+        ("\u{200B}", "only invisible characters (U+200B)"),
+        (
+            "\u{FEFF} \u{200D}",
+            "only invisible characters (U+FEFF, U+200D)",
+        ),
+        ("😀🎉", "reads no word of this query"),
+        ("zebra giraffe", "unknown words: zebra, giraffe"),
+    ] {
+        let out = embed(text);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{text:?}: {err}");
+        assert!(err.contains(says), "{text:?}: {err}");
+        assert!(!err.contains("panicked"), "{text:?}: {err}");
+    }
+    // Emoji-only also names what was dropped.
+    let err = String::from_utf8_lossy(&embed("😀").stderr).into_owned();
+    assert!(err.contains("“😀” (U+1F600)"), "{err}");
+    // A query the model can read is embedded; what it drops is said.
+    let out = embed("two red 😀 circles!");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("drops them: “😀” (U+1F600)") && !err.contains("“!”"),
+        "{err}"
+    );
+}

@@ -693,11 +693,8 @@ impl LensApp {
     }
 
     fn show_results(&mut self, ctx: &egui::Context, results: SearchResults) {
-        if !results.unknown_words.is_empty() {
-            self.error(format!(
-                "the model does not know these words: {} (they are read as unknown)",
-                results.unknown_words.join(", ")
-            ));
+        for warning in &results.warnings {
+            self.error(warning.clone());
         }
         self.info(format!(
             "{}: {} results in {:.0} ms",

@@ -326,8 +326,9 @@ pub struct SearchResults {
     pub items: Vec<ResultItem>,
     /// The model's perspective names, in slot order (global first).
     pub perspective_names: Vec<String>,
-    /// Words of a text query the model does not know (read as its unknown token).
-    pub unknown_words: Vec<String>,
+    /// What the model did not read of a text query (unknown words, dropped characters),
+    /// one sentence each.
+    pub warnings: Vec<String>,
     /// Wall-clock seconds of the search, thumbnails included.
     pub seconds: f64,
 }
@@ -618,11 +619,23 @@ impl DownloadProgress for HubProgress<'_> {
     }
 }
 
-fn query_input(query: &Query) -> Result<EmbedInput, JobError> {
+/// The query as model input, a text one checked by [`crate::session::read_text_query`]
+/// (one that holds nothing fails the job with the reason), and what the user should be
+/// told about it (unknown words, dropped characters).
+fn query_input(
+    backbone: &dyn crate::model::Backbone,
+    query: &Query,
+) -> Result<(EmbedInput, Vec<String>), JobError> {
     match query {
-        Query::Text(t) if t.trim().is_empty() => Err(msg("type a query first")),
-        Query::Text(t) => Ok(EmbedInput::text(t.clone())),
-        Query::Image(p) => Ok(EmbedInput::image(to_rgb8(&open_image(p).map_err(msg)?))),
+        Query::Text(t) => {
+            let checked = crate::session::read_text_query(backbone, t).map_err(msg)?;
+            let warnings = checked.warnings();
+            Ok((EmbedInput::text(checked.text), warnings))
+        }
+        Query::Image(p) => Ok((
+            EmbedInput::image(to_rgb8(&open_image(p).map_err(msg)?)),
+            Vec::new(),
+        )),
     }
 }
 
@@ -800,7 +813,7 @@ impl Worker {
         let start = std::time::Instant::now();
         let loaded = self.loaded()?;
         let gallery = self.gallery()?;
-        let input = query_input(&query)?;
+        let (input, warnings) = query_input(loaded.backbone.as_ref(), &query)?;
         let (hits, _) = loaded
             .rank(
                 gallery,
@@ -827,13 +840,9 @@ impl Worker {
                 self.out.progress("search", n + 1, top_k, "thumbnails");
             }
         }
-        let unknown_words = match &query {
-            Query::Text(t) => loaded.backbone.unknown_words(t),
-            Query::Image(_) => Vec::new(),
-        };
         let results = SearchResults {
             query,
-            unknown_words,
+            warnings,
             items,
             perspective_names: loaded
                 .perspectives
@@ -863,7 +872,7 @@ impl Worker {
                 .map(|it| it.path.clone())
                 .ok_or_else(|| msg(format!("result {i} is not in the gallery any more")))
         };
-        let input = query_input(&query)?;
+        let (input, _) = query_input(loaded.backbone.as_ref(), &query)?;
         let path = path_of(target)?;
         let image = load_rgb(&path)?;
         let explainer = loaded.explainer();
@@ -1143,7 +1152,10 @@ impl Worker {
     ) -> Result<Option<String>, JobError> {
         let loaded = self.loaded()?;
         let gallery = self.gallery()?;
-        let input = query.as_ref().map(query_input).transpose()?;
+        let input = query
+            .as_ref()
+            .map(|q| query_input(loaded.backbone.as_ref(), q).map(|(input, _)| input))
+            .transpose()?;
         // Embedded once: placed on the map and ranked for the colours.
         let query_vectors = input
             .as_ref()

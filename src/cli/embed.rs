@@ -80,14 +80,12 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         ));
     }
     for text in &args.texts {
-        let unknown = model.unknown_words(text);
-        if !unknown.is_empty() {
-            eprintln!(
-                "warning: the model does not know these words in {text:?}: {}",
-                unknown.join(", ")
-            );
+        let query = crate::session::read_text_query(model, text)
+            .with_context(|| format!("text {text:?}"))?;
+        for warning in query.warnings() {
+            eprintln!("warning: in {text:?}: {warning}");
         }
-        items.push(("text", text.clone(), EmbedInput::text(text.clone())));
+        items.push(("text", text.clone(), EmbedInput::text(query.text)));
     }
     let mut report = EmbedReport {
         model: model.identity().name.clone(),

@@ -162,7 +162,8 @@ pub struct QueryArgs {
 }
 
 impl QueryArgs {
-    /// The query as model input; warns about words a word-level model does not know.
+    /// The query as model input, checked by [`crate::session::read_text_query`]: one that
+    /// holds nothing is refused; unknown words and dropped characters are warned about.
     pub(crate) fn input(
         &self,
         backbone: &dyn crate::model::Backbone,
@@ -170,17 +171,11 @@ impl QueryArgs {
         use crate::model::image_io::{open_image, to_rgb8};
         match (&self.query, &self.query_image) {
             (Some(text), _) => {
-                if text.trim().is_empty() {
-                    anyhow::bail!("the query is empty: type what to look for");
+                let query = crate::session::read_text_query(backbone, text)?;
+                for warning in query.warnings() {
+                    eprintln!("warning: {warning}");
                 }
-                let unknown = backbone.unknown_words(text);
-                if !unknown.is_empty() {
-                    eprintln!(
-                        "warning: the model does not know these words: {}",
-                        unknown.join(", ")
-                    );
-                }
-                Ok(crate::model::EmbedInput::text(text.clone()))
+                Ok(crate::model::EmbedInput::text(query.text))
             }
             (None, Some(path)) => Ok(crate::model::EmbedInput::image(to_rgb8(&open_image(path)?))),
             (None, None) => anyhow::bail!("give --query TEXT or --query-image PATH"),

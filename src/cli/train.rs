@@ -273,9 +273,7 @@ where
                     bar.set_message(last.clone());
                     // The tower's pre-training writes no checkpoints: a quiet run still
                     // says how it goes, at the checkpoint interval.
-                    if args.quiet
-                        && stage == "vision"
-                        && r.step % args.checkpoint_every.max(1) == 0
+                    if args.quiet && stage == "vision" && r.step % args.checkpoint_every.max(1) == 0
                     {
                         eprintln!("{label}/vision: step {}: {last}", r.step);
                     }

@@ -129,6 +129,18 @@ pub trait Backbone: Send + Sync {
     fn unknown_words(&self, _text: &str) -> Vec<String> {
         Vec::new()
     }
+    /// Characters of `text` the tokenizer drops without a trace, each once in order of
+    /// appearance (a word-level vocabulary drops emoji and symbols; ASCII punctuation
+    /// separates words by design and is not listed); empty for subword tokenizers,
+    /// which read every byte.
+    fn dropped_characters(&self, _text: &str) -> Vec<char> {
+        Vec::new()
+    }
+    /// How many words of `text` a word-level vocabulary knows (`None` for subword
+    /// tokenizers, which read everything): a query with none holds nothing for the model.
+    fn known_words(&self, _text: &str) -> Option<usize> {
+        None
+    }
     /// Width of the embeddings.
     fn hidden_size(&self) -> usize;
     /// The device the model's weights live on; inputs and outputs are on it too.

@@ -997,6 +997,22 @@ impl Backbone for DemoModel {
         self.vocab.encode(text).1
     }
 
+    fn dropped_characters(&self, text: &str) -> Vec<char> {
+        let mut dropped: Vec<char> = Vec::new();
+        for c in text.chars() {
+            let separator = c.is_alphanumeric() || c.is_whitespace() || c.is_ascii_punctuation();
+            if !separator && !dropped.contains(&c) {
+                dropped.push(c);
+            }
+        }
+        dropped
+    }
+
+    fn known_words(&self, text: &str) -> Option<usize> {
+        let (ids, unknown) = self.vocab.encode(text);
+        Some(ids.len() - unknown.len())
+    }
+
     fn embed(
         &self,
         input: &EmbedInput,
