@@ -369,3 +369,54 @@ fn the_fused_only_explanation_gives_the_same_fused_map() {
         assert_eq!(full.perspective_maps.len(), 5);
     }
 }
+
+#[test]
+fn phone_and_camera_formats_are_listed_as_skipped_with_their_format() {
+    let dir = temp("formats");
+    // A HEIC photo, an AVIF, a JPEG XL and a camera RAW file: named by extension.
+    let heif_box = |brand: &[u8]| {
+        let mut b = vec![0, 0, 0, 24];
+        b.extend_from_slice(b"ftyp");
+        b.extend_from_slice(brand);
+        b.extend_from_slice(&[0; 12]);
+        b
+    };
+    std::fs::write(dir.join("IMG_0001.HEIC"), heif_box(b"heic")).unwrap();
+    std::fs::write(dir.join("pic.avif"), heif_box(b"avif")).unwrap();
+    std::fs::write(dir.join("pic.jxl"), [0xFF, 0x0A, 0, 0]).unwrap();
+    std::fs::write(dir.join("raw.CR2"), b"II*\0 raw").unwrap();
+    // A HEIC photo saved under a .jpg name: recognised from its bytes.
+    std::fs::write(dir.join("renamed.jpg"), heif_box(b"heic")).unwrap();
+    // A format this build decodes beyond the usual ones: indexed.
+    let tga = dir.join("scene.tga");
+    Scene::random(&mut SceneRng::new(5))
+        .render()
+        .save(&tga)
+        .unwrap();
+    let gallery = scan_gallery(&dir, &never, &mut |_| {}).unwrap();
+    let reason = |name: &str| {
+        gallery
+            .skipped
+            .iter()
+            .find(|s| s.path.file_name().unwrap() == name)
+            .map(|s| s.reason.clone())
+            .unwrap_or_else(|| panic!("{name} not listed: {:?}", gallery.skipped))
+    };
+    for (name, format) in [
+        ("IMG_0001.HEIC", "HEIC"),
+        ("pic.avif", "AVIF"),
+        ("pic.jxl", "JPEG XL"),
+        ("raw.CR2", "camera RAW (Canon CR2)"),
+        ("renamed.jpg", "HEIC"),
+    ] {
+        let r = reason(name);
+        assert!(
+            r.contains(format) && r.contains("cannot decode"),
+            "{name}: {r}"
+        );
+    }
+    assert_eq!(gallery.skipped.len(), 5, "{:?}", gallery.skipped);
+    let indexed: Vec<&PathBuf> = gallery.items.iter().map(|i| &i.path).collect();
+    assert_eq!(indexed, [&tga]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -95,6 +95,11 @@ pub fn run(args: &SearchArgs) -> anyhow::Result<()> {
     let never = || false;
     let gallery = scan_gallery(&args.gallery, &never, &mut |_| {})?;
     if gallery.items.is_empty() {
+        // A folder of phone photos (HEIC) holds files, just none this build decodes:
+        // say which and why before giving up.
+        for s in &gallery.skipped {
+            eprintln!("skipped {}: {}", s.path.display(), s.reason);
+        }
         return Err(crate::index::IndexError::Empty(args.gallery.clone()).into());
     }
     let bar = if args.json {

@@ -10,10 +10,88 @@ use image::{ImageReader, Limits};
 use super::IndexError;
 use crate::model::image_io::{MAX_ALLOC, MAX_SIDE};
 
-/// File name extensions looked at (case-insensitive).
-pub const IMAGE_EXTENSIONS: [&str; 9] = [
-    "jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "jfif",
+pub use crate::model::image_io::IMAGE_EXTENSIONS;
+
+/// Extensions of image formats a user would expect in a gallery that this build cannot
+/// decode, with the format's name: such files are listed as skipped, never ignored.
+pub const UNSUPPORTED_IMAGE_EXTENSIONS: [(&str, &str); 30] = [
+    ("heic", "HEIC (HEIF, phone photos)"),
+    ("heif", "HEIF"),
+    ("hif", "HEIF"),
+    ("avif", "AVIF"),
+    ("jxl", "JPEG XL"),
+    ("jp2", "JPEG 2000"),
+    ("j2k", "JPEG 2000"),
+    ("jpf", "JPEG 2000"),
+    ("psd", "Photoshop PSD"),
+    ("svg", "SVG (a vector drawing)"),
+    ("dng", "camera RAW (DNG)"),
+    ("cr2", "camera RAW (Canon CR2)"),
+    ("cr3", "camera RAW (Canon CR3)"),
+    ("crw", "camera RAW (Canon CRW)"),
+    ("nef", "camera RAW (Nikon NEF)"),
+    ("nrw", "camera RAW (Nikon NRW)"),
+    ("arw", "camera RAW (Sony ARW)"),
+    ("srf", "camera RAW (Sony SRF)"),
+    ("sr2", "camera RAW (Sony SR2)"),
+    ("orf", "camera RAW (Olympus ORF)"),
+    ("rw2", "camera RAW (Panasonic RW2)"),
+    ("raf", "camera RAW (Fujifilm RAF)"),
+    ("pef", "camera RAW (Pentax PEF)"),
+    ("srw", "camera RAW (Samsung SRW)"),
+    ("x3f", "camera RAW (Sigma X3F)"),
+    ("3fr", "camera RAW (Hasselblad 3FR)"),
+    ("iiq", "camera RAW (Phase One IIQ)"),
+    ("erf", "camera RAW (Epson ERF)"),
+    ("kdc", "camera RAW (Kodak KDC)"),
+    ("mrw", "camera RAW (Minolta MRW)"),
 ];
+
+/// The reason a file of an image format this build cannot decode is skipped.
+fn unsupported_reason(format: &str) -> String {
+    format!(
+        "{format} image: this build cannot decode that format; convert it to JPEG or PNG \
+         to index it"
+    )
+}
+
+/// The name of an unsupported image format recognised from a file's extension.
+fn unsupported_by_extension(path: &Path) -> Option<&'static str> {
+    let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+    UNSUPPORTED_IMAGE_EXTENSIONS
+        .iter()
+        .find(|(e, _)| *e == ext)
+        .map(|(_, name)| *name)
+}
+
+/// The name of an unsupported image format recognised from a file's first bytes (a HEIC
+/// photo saved as `.jpg` by a phone app, say): ISO-BMFF brands of HEIF/AVIF, the JPEG XL
+/// and JPEG 2000 signatures, Photoshop's.
+fn unsupported_by_content(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.len() >= 12 && &bytes[4..8] == b"ftyp" {
+        return match &bytes[8..12] {
+            b"heic" | b"heix" | b"hevc" | b"hevx" | b"heim" | b"heis" => {
+                Some("HEIC (HEIF, phone photos)")
+            }
+            b"mif1" | b"msf1" => Some("HEIF"),
+            b"avif" | b"avis" => Some("AVIF"),
+            b"crx " => Some("camera RAW (Canon CR3)"),
+            _ => None,
+        };
+    }
+    if bytes.starts_with(&[0xFF, 0x0A]) || bytes.starts_with(b"\0\0\0\x0CJXL \r\n\x87\n") {
+        return Some("JPEG XL");
+    }
+    if bytes.starts_with(b"\0\0\0\x0CjP  \r\n\x87\n")
+        || bytes.starts_with(&[0xFF, 0x4F, 0xFF, 0x51])
+    {
+        return Some("JPEG 2000");
+    }
+    if bytes.starts_with(b"8BPS") {
+        return Some("Photoshop PSD");
+    }
+    None
+}
 
 /// Files larger than this are skipped unread.
 pub const MAX_FILE_BYTES: u64 = 512 << 20;
@@ -49,7 +127,8 @@ pub struct Gallery {
     pub root: PathBuf,
     /// The images that passed the scan, in path order.
     pub items: Vec<GalleryItem>,
-    /// The image-named files that did not, with reasons, in path order.
+    /// The image-named files that did not (files of image formats this build cannot
+    /// decode among them, with the format named), with reasons, in path order.
     pub skipped: Vec<Skipped>,
 }
 
@@ -116,6 +195,11 @@ pub fn scan_gallery(
                 Ok(m) if m.is_file() => {
                     if has_image_extension(&path) {
                         files.push((path, m.len()));
+                    } else if let Some(format) = unsupported_by_extension(&path) {
+                        gallery.skipped.push(Skipped {
+                            path,
+                            reason: unsupported_reason(format),
+                        });
                     }
                 }
                 Ok(_) => {}
@@ -165,8 +249,12 @@ fn check_image(path: &Path, len: u64) -> Result<GalleryItem, String> {
     let mut reader = ImageReader::new(std::io::Cursor::new(&bytes))
         .with_guessed_format()
         .map_err(|e| format!("cannot read: {e}"))?;
+    crate::model::image_io::format_from_extension(&mut reader, path);
     let Some(format) = reader.format() else {
-        return Err("not an image (unknown format)".into());
+        return Err(match unsupported_by_content(&bytes) {
+            Some(format) => unsupported_reason(format),
+            None => "not an image (unknown format)".into(),
+        });
     };
     // JPEG decoders fill a cut-off scan with grey instead of failing, so check for the
     // end-of-image marker (padding after it is allowed).

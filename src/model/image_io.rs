@@ -6,6 +6,13 @@
 use std::io::BufReader;
 use std::path::Path;
 
+/// File name extensions of the formats this build decodes (case-insensitive): the `image`
+/// crate's default formats. Galleries and caption datasets look at these files.
+pub const IMAGE_EXTENSIONS: [&str; 21] = [
+    "jpg", "jpeg", "jfif", "jpe", "png", "webp", "bmp", "gif", "tif", "tiff", "tga", "ico", "pnm",
+    "ppm", "pgm", "pbm", "pam", "qoi", "hdr", "exr", "dds",
+];
+
 use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage, RgbaImage};
 
 use super::error::{ModelError, Result};
@@ -22,12 +29,27 @@ fn image_error(path: &Path, reason: impl ToString) -> ModelError {
     }
 }
 
+/// Sets `reader`'s format from `path`'s extension when the content named none and the
+/// extension is of a format without a signature (TGA): every other format is recognised
+/// from its bytes, so a text file named `.jpg` stays "not an image".
+pub fn format_from_extension<R: std::io::BufRead + std::io::Seek>(
+    reader: &mut ImageReader<R>,
+    path: &Path,
+) {
+    if reader.format().is_none()
+        && let Ok(format @ image::ImageFormat::Tga) = image::ImageFormat::from_path(path)
+    {
+        reader.set_format(format);
+    }
+}
+
 /// Opens and decodes an image file with EXIF orientation applied.
 pub fn open_image(path: &Path) -> Result<DynamicImage> {
     let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
     let mut reader = ImageReader::new(BufReader::new(file))
         .with_guessed_format()
         .map_err(|e| ModelError::io(path, e))?;
+    format_from_extension(&mut reader, path);
     if reader.format().is_none() {
         return Err(image_error(path, "not a known image format"));
     }

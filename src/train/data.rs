@@ -7,6 +7,7 @@ use image::RgbImage;
 
 use super::TrainError;
 use crate::model::image_io;
+use crate::model::image_io::IMAGE_EXTENSIONS;
 use crate::scenes::{MmvpPattern, Scene, ScenePair, SceneRng};
 
 /// One captioned image on disk.
@@ -46,8 +47,6 @@ pub enum DataSource {
     /// Captioned images read from disk.
     Pairs(Vec<CaptionPair>),
 }
-
-const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
 
 /// Reads a captioned data set: a JSONL file of `{"image": path, "text": caption}` (paths
 /// relative to the file; `file` and `caption` are accepted too, so the output of
