@@ -705,3 +705,48 @@ fn queries_that_hold_nothing_are_refused_and_dropped_characters_reported() {
         "{err}"
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn search_goes_on_without_a_cache_it_cannot_write_and_gives_raw_bytes_of_odd_paths() {
+    use std::os::unix::ffi::OsStrExt;
+    let gallery = temp("oddpaths");
+    std::fs::create_dir_all(&gallery).unwrap();
+    let odd = gallery.join(std::ffi::OsStr::from_bytes(b"sc\xffene.png"));
+    let mut rng = agff_lens::scenes::SceneRng::new(9);
+    agff_lens::scenes::Scene::random(&mut rng)
+        .render()
+        .save_with_format(&odd, image::ImageFormat::Png)
+        .unwrap();
+    // A file stands where the cache folder should be.
+    let blocker = temp("oddpaths-cache");
+    std::fs::create_dir_all(&blocker).unwrap();
+    std::fs::write(blocker.join("file"), b"x").unwrap();
+    let out = agff_lens()
+        .args([
+            "search",
+            "--model",
+            "demo",
+            "--query",
+            "a red circle",
+            "--json",
+        ])
+        .arg("--gallery")
+        .arg(&gallery)
+        .arg("--cache")
+        .arg(blocker.join("file").join("cache"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("is a file where the cache folder should be") && err.contains("going on"),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hit = &v["results"][0];
+    let bytes: Vec<u8> = serde_json::from_value(hit["path_bytes"].clone()).unwrap();
+    assert_eq!(bytes, odd.as_os_str().as_bytes());
+    let _ = std::fs::remove_dir_all(&gallery);
+    let _ = std::fs::remove_dir_all(&blocker);
+}

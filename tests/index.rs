@@ -174,8 +174,7 @@ fn a_folder_of_bad_files_is_indexed_around_them_with_reasons() {
         &agff_lens::index::perspectives_fingerprint(&model.default_perspectives(), &[]),
         5,
         model.hidden_size(),
-    )
-    .unwrap();
+    );
     assert!(problem.is_none());
     let _ = (
         std::fs::remove_dir_all(&dir),
@@ -251,15 +250,16 @@ fn two_writers_never_corrupt_the_cache() {
             let (cache_dir, id) = (&cache_dir, &id);
             s.spawn(move || {
                 for round in 0..5u32 {
-                    let (mut c, problem) = EmbeddingCache::open(cache_dir, id, "p", 2, 3).unwrap();
+                    let (mut c, problem) = EmbeddingCache::open(cache_dir, id, "p", 2, 3);
                     assert!(problem.is_none(), "{problem:?}");
                     c.insert(format!("{t}-{round}"), vec![t as f32; 6]).unwrap();
                     c.save().unwrap();
+                    assert!(c.unwritable().is_none(), "{:?}", c.unwritable());
                 }
             });
         }
     });
-    let (c, problem) = EmbeddingCache::open(&cache_dir, &id, "p", 2, 3).unwrap();
+    let (c, problem) = EmbeddingCache::open(&cache_dir, &id, "p", 2, 3);
     assert!(problem.is_none());
     assert_eq!(c.len(), 20, "every writer's entries survive");
     assert_eq!(c.get("3-4"), Some(&[3.0f32; 6][..]));
@@ -268,7 +268,7 @@ fn two_writers_never_corrupt_the_cache() {
         .open(c.path())
         .unwrap();
     f.write_all(b"x").unwrap();
-    let (_, problem) = EmbeddingCache::open(&cache_dir, &id, "p", 2, 3).unwrap();
+    let (_, problem) = EmbeddingCache::open(&cache_dir, &id, "p", 2, 3);
     assert!(problem.is_some());
     let _ = std::fs::remove_dir_all(&cache_dir);
 }
@@ -418,5 +418,44 @@ fn phone_and_camera_formats_are_listed_as_skipped_with_their_format() {
     assert_eq!(gallery.skipped.len(), 5, "{:?}", gallery.skipped);
     let indexed: Vec<&PathBuf> = gallery.items.iter().map(|i| &i.path).collect();
     assert_eq!(indexed, [&tga]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_cache_that_cannot_be_written_never_fails_the_job() {
+    let dir = temp("unwritable");
+    for i in 0..3 {
+        scene_png(&dir, &format!("s{i}.png"), 300 + i);
+    }
+    // A file stands where the cache folder should be.
+    let blocker = temp("unwritable-cache").join("cache");
+    std::fs::write(&blocker, b"not a folder").unwrap();
+    let model = DemoModel::embedded(&Device::Cpu).unwrap();
+    let gallery = scan_gallery(&dir, &never, &mut |_| {}).unwrap();
+    let (emb, report) = embed_gallery(
+        &model,
+        &model.default_perspectives(),
+        &gallery,
+        &blocker.join("sub"),
+        &never,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(emb.len(), 3, "the gallery is embedded from memory");
+    let problem = report
+        .cache_unwritable
+        .expect("the cache problem is reported");
+    let text = problem.to_string();
+    assert!(
+        text.contains("is a file where the cache folder should be")
+            && text.contains(blocker.to_str().unwrap())
+            && text.contains("going on without it"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read(&blocker).unwrap(),
+        b"not a folder",
+        "nothing touched"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -781,9 +781,11 @@ impl Worker {
             embedded: report.embedded,
             from_cache: report.from_cache,
             skipped,
-            cache_note: report
-                .cache_problem
-                .map(|p| format!("{}: {} (rebuilt)", p.path.display(), p.reason)),
+            cache_note: report.cache_unwritable.map(|p| p.to_string()).or_else(|| {
+                report
+                    .cache_problem
+                    .map(|p| format!("{}: {} (rebuilt)", p.path.display(), p.reason))
+            }),
             preview: embeddings
                 .items
                 .iter()

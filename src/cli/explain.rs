@@ -54,12 +54,18 @@ struct MapOut {
     cols: usize,
     values: Vec<f32>,
     png: String,
+    /// The path's raw bytes when it is not UTF-8 (`png` is then lossy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    png_bytes: Option<Vec<u8>>,
 }
 
 #[derive(Serialize)]
 struct Report {
     method: &'static str,
     image: String,
+    /// The path's raw bytes when it is not UTF-8 (`image` is then lossy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_bytes: Option<Vec<u8>>,
     scores: ScoresOut,
     perspective_maps: Vec<MapOut>,
     similarity_maps: Vec<MapOut>,
@@ -79,6 +85,9 @@ struct ScoresOut {
 #[derive(Serialize)]
 struct VersusOut {
     image: String,
+    /// The path's raw bytes when it is not UTF-8 (`image` is then lossy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_bytes: Option<Vec<u8>>,
     scores: ScoresOut,
     fused_diff: f32,
     similarity_diffs: std::collections::BTreeMap<&'static str, f32>,
@@ -124,6 +133,7 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
             cols: m.cols,
             values: m.values.clone(),
             png: path.display().to_string(),
+            png_bytes: super::non_utf8_bytes(&path),
         })
     };
     let perspective_maps = ex
@@ -151,6 +161,7 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
                 .map_or("GG", |m| m.name());
             Some(VersusOut {
                 image: p.display().to_string(),
+                image_bytes: super::non_utf8_bytes(p),
                 scores: scores_out(&c.b),
                 fused_diff: c.fused_diff,
                 similarity_diffs: by_similarity(c.similarity_diffs),
@@ -164,6 +175,7 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
     let report = Report {
         method: method.name(),
         image: args.image.display().to_string(),
+        image_bytes: super::non_utf8_bytes(&args.image),
         scores: scores_out(&ex.scores),
         perspective_maps,
         similarity_maps,

@@ -183,6 +183,15 @@ impl QueryArgs {
     }
 }
 
+/// The raw bytes of a path that is not valid UTF-8 (its JSON text is then lossy and a
+/// script could not open it), for a `*_bytes` field beside the text; `None` otherwise.
+pub(crate) fn non_utf8_bytes(path: &std::path::Path) -> Option<Vec<u8>> {
+    match path.to_str() {
+        Some(_) => None,
+        None => Some(path.as_os_str().as_encoded_bytes().to_vec()),
+    }
+}
+
 /// Parses the process arguments and runs the command.
 pub fn main() -> ExitCode {
     init_tracing();

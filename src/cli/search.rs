@@ -52,6 +52,9 @@ pub struct SearchArgs {
 #[derive(Serialize)]
 struct ResultOut {
     path: String,
+    /// The path's raw bytes when it is not UTF-8 (`path` is then lossy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path_bytes: Option<Vec<u8>>,
     score: f32,
     /// s_GG, s_FG, s_GF, s_FF (method.md §2).
     similarities: BTreeMap<&'static str, f32>,
@@ -63,6 +66,9 @@ struct ResultOut {
 #[derive(Serialize)]
 struct SkippedOut {
     path: String,
+    /// The path's raw bytes when it is not UTF-8 (`path` is then lossy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path_bytes: Option<Vec<u8>>,
     reason: String,
 }
 
@@ -119,6 +125,9 @@ pub fn run(args: &SearchArgs) -> anyhow::Result<()> {
             problem.reason
         );
     }
+    if let Some(problem) = &report.cache_unwritable {
+        eprintln!("warning: {problem}");
+    }
     let input = args.query.input(session.backbone.as_ref())?;
     let options = SearchOptions {
         top_k: args.top,
@@ -146,6 +155,7 @@ pub fn run(args: &SearchArgs) -> anyhow::Result<()> {
         .iter()
         .map(|h| ResultOut {
             path: embeddings.items[h.index].path.display().to_string(),
+            path_bytes: super::non_utf8_bytes(&embeddings.items[h.index].path),
             score: h.score,
             similarities: Similarity::ALL
                 .iter()
@@ -169,6 +179,7 @@ pub fn run(args: &SearchArgs) -> anyhow::Result<()> {
         .chain(&report.failed)
         .map(|s| SkippedOut {
             path: s.path.display().to_string(),
+            path_bytes: super::non_utf8_bytes(&s.path),
             reason: s.reason.clone(),
         })
         .collect();

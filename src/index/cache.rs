@@ -38,6 +38,54 @@ pub struct EmbeddingCache {
     dim: usize,
     entries: HashMap<String, Vec<f32>>,
     dirty: bool,
+    /// Set when the cache cannot be used on disk: it then lives in memory only.
+    unwritable: Option<CacheUnwritable>,
+}
+
+/// Why the cache could not be read or written on disk. The cache is an optimisation: the
+/// run goes on from memory and nothing is half-written; the next run embeds again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheUnwritable {
+    /// The cache folder, or the file in it, that failed.
+    pub path: PathBuf,
+    /// The cause in words: the disk is full, a read-only file system, no permission, a
+    /// file where the folder should be, or the operating system's message.
+    pub cause: String,
+}
+
+impl std::fmt::Display for CacheUnwritable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: the embedding cache cannot be used ({}); going on without it, so the \
+             next run embeds these images again",
+            self.path.display(),
+            self.cause
+        )
+    }
+}
+
+/// `e` (met at `path`) as a cause a user can act on.
+fn cause(path: &Path, e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+            format!("the disk is full: {e}")
+        }
+        ErrorKind::ReadOnlyFilesystem => format!("a read-only file system: {e}"),
+        ErrorKind::PermissionDenied => format!("no permission to write there: {e}"),
+        ErrorKind::NotADirectory | ErrorKind::AlreadyExists => {
+            // create_dir_all on a path with a file in it.
+            let file = path
+                .ancestors()
+                .find(|a| a.is_file())
+                .unwrap_or(path)
+                .display()
+                .to_string();
+            format!("{file} is a file where the cache folder should be")
+        }
+        _ => e.to_string(),
+    }
 }
 
 /// A fingerprint of a perspective set: names, instructions and soft-token counts (and
@@ -92,15 +140,16 @@ impl EmbeddingCache {
     }
 
     /// Opens (or starts) the cache in `dir`. A damaged file is not used: the problem is
-    /// returned with an empty cache that will replace the file on the next save.
+    /// returned with an empty cache that will replace the file on the next save. A folder
+    /// that cannot be created, read or locked gives a cache in memory only
+    /// ([`EmbeddingCache::unwritable`] says why); it never fails.
     pub fn open(
         dir: &Path,
         model: &ModelIdentity,
         perspectives: &str,
         per_item: usize,
         dim: usize,
-    ) -> Result<(Self, Option<CacheProblem>), IndexError> {
-        std::fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))?;
+    ) -> (Self, Option<CacheProblem>) {
         let path = Self::file_for(dir, model, perspectives);
         let mut cache = Self {
             path: path.clone(),
@@ -110,23 +159,51 @@ impl EmbeddingCache {
             dim,
             entries: HashMap::new(),
             dirty: false,
+            unwritable: None,
         };
-        let _lock = lock(&path)?;
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            cache.give_up(dir, &e);
+            return (cache, None);
+        }
+        let _lock = match lock(&path) {
+            Ok(l) => l,
+            Err((at, e)) => {
+                cache.give_up(&at, &e);
+                return (cache, None);
+            }
+        };
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((cache, None)),
-            Err(e) => return Err(IndexError::io(&path, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (cache, None),
+            Err(e) => {
+                cache.give_up(&path, &e);
+                return (cache, None);
+            }
         };
         match cache.parse(&bytes) {
             Ok(entries) => {
                 cache.entries = entries;
-                Ok((cache, None))
+                (cache, None)
             }
             Err(reason) => {
                 cache.dirty = true;
-                Ok((cache, Some(CacheProblem { path, reason })))
+                (cache, Some(CacheProblem { path, reason }))
             }
         }
+    }
+
+    /// Why the cache lives in memory only, if it does (set by [`EmbeddingCache::open`] or
+    /// by a [`EmbeddingCache::save`] that failed).
+    pub fn unwritable(&self) -> Option<&CacheUnwritable> {
+        self.unwritable.as_ref()
+    }
+
+    fn give_up(&mut self, at: &Path, e: &std::io::Error) {
+        tracing::debug!("embedding cache {}: {e}", at.display());
+        self.unwritable = Some(CacheUnwritable {
+            path: at.to_path_buf(),
+            cause: cause(at, e),
+        });
     }
 
     fn parse(&self, bytes: &[u8]) -> Result<HashMap<String, Vec<f32>>, String> {
@@ -226,11 +303,22 @@ impl EmbeddingCache {
 
     /// Writes the cache if it changed: under the lock, merging entries another instance
     /// saved meanwhile, into a temporary file that is synced and renamed over the old one.
+    /// A write that fails (disk full, read-only) leaves the old file as it was and turns
+    /// the cache to memory only ([`EmbeddingCache::unwritable`]); it is not an error.
+    ///
+    /// # Errors
+    /// Only [`IndexError::Cache`] when the header cannot be encoded.
     pub fn save(&mut self) -> Result<(), IndexError> {
-        if !self.dirty {
+        if !self.dirty || self.unwritable.is_some() {
             return Ok(());
         }
-        let _lock = lock(&self.path)?;
+        let _lock = match lock(&self.path) {
+            Ok(l) => l,
+            Err((at, e)) => {
+                self.give_up(&at, &e);
+                return Ok(());
+            }
+        };
         if let Ok(bytes) = std::fs::read(&self.path)
             && let Ok(theirs) = self.parse(&bytes)
         {
@@ -263,21 +351,42 @@ impl EmbeddingCache {
         }
         let checksum = blake3::hash(&body);
         body.extend_from_slice(checksum.as_bytes());
-        crate::util::write_atomic(&self.path, &body).map_err(|e| IndexError::io(&self.path, e))?;
-        self.dirty = false;
+        match crate::util::write_atomic(&self.path, &body) {
+            Ok(()) => self.dirty = false,
+            Err(e) => {
+                let path = self.path.clone();
+                self.give_up(&path, &e);
+            }
+        }
         Ok(())
     }
 }
 
-/// An exclusive lock on `<cache>.lock`, held until dropped.
-fn lock(path: &Path) -> Result<File, IndexError> {
+/// An exclusive lock on `<cache>.lock`, held until dropped; the error names the lock file.
+fn lock(path: &Path) -> Result<File, (PathBuf, std::io::Error)> {
     let lock_path = path.with_extension("lock");
     let f = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .map_err(|e| IndexError::io(&lock_path, e))?;
-    f.lock().map_err(|e| IndexError::io(&lock_path, e))?;
+        .map_err(|e| (lock_path.clone(), e))?;
+    f.lock().map_err(|e| (lock_path, e))?;
     Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_become_causes_a_user_can_act_on() {
+        let p = Path::new("/nowhere/cache");
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        assert!(cause(p, &full).starts_with("the disk is full"));
+        let ro = std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem);
+        assert!(cause(p, &ro).starts_with("a read-only file system"));
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert!(cause(p, &denied).starts_with("no permission"));
+    }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use candle_core::{DType, Tensor};
 
 use super::IndexError;
-use super::cache::{CacheProblem, EmbeddingCache, perspectives_fingerprint};
+use super::cache::{CacheProblem, CacheUnwritable, EmbeddingCache, perspectives_fingerprint};
 use super::gallery::{Gallery, GalleryItem, Skipped};
 use crate::agff::PerspectiveEmbeddings;
 use crate::model::image_io::{open_image, to_rgb8};
@@ -69,6 +69,9 @@ pub struct EmbedReport {
     pub failed: Vec<Skipped>,
     /// A damaged cache file that was set aside and rebuilt.
     pub cache_problem: Option<CacheProblem>,
+    /// Why the cache could not be read or written (disk full, read-only, a file where the
+    /// folder should be): the run went on from memory, nothing was half-written.
+    pub cache_unwritable: Option<CacheUnwritable>,
 }
 
 /// One input's unit perspective vectors, flattened.
@@ -146,7 +149,7 @@ pub fn embed_gallery_soft(
     let dim = backbone.hidden_size();
     let fingerprint = perspectives_fingerprint(perspectives, &soft_bytes(soft)?);
     let (mut cache, cache_problem) =
-        EmbeddingCache::open(cache_dir, backbone.identity(), &fingerprint, per_item, dim)?;
+        EmbeddingCache::open(cache_dir, backbone.identity(), &fingerprint, per_item, dim);
     let mut report = EmbedReport {
         cache_problem,
         ..EmbedReport::default()
@@ -200,5 +203,6 @@ pub fn embed_gallery_soft(
         progress(n + 1, total);
     }
     cache.save()?;
+    report.cache_unwritable = cache.unwritable().cloned();
     Ok((out, report))
 }

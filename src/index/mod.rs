@@ -9,7 +9,9 @@ mod search;
 
 use std::path::PathBuf;
 
-pub use cache::{CacheProblem, EmbeddingCache, default_cache_dir, perspectives_fingerprint};
+pub use cache::{
+    CacheProblem, CacheUnwritable, EmbeddingCache, default_cache_dir, perspectives_fingerprint,
+};
 pub use embed::{
     EmbedReport, GalleryEmbeddings, embed_gallery, embed_gallery_soft, embed_unit, embed_unit_soft,
 };
