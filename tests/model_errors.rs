@@ -100,3 +100,41 @@ fn unknown_architectures_and_configs_without_vision_are_refused() {
     assert!(err.contains("config.json") && err.contains("JSON"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_tensor_rewritten_in_place_changes_the_model_identity() {
+    let dir = copy_model("tiny-a", "inplace");
+    let identity = |dir: &Path| {
+        load_folder(dir, DType::F32, &Device::Cpu)
+            .unwrap()
+            .identity()
+            .clone()
+    };
+    let before = identity(&dir);
+    assert_eq!(
+        identity(&dir),
+        before,
+        "the same files give the same identity"
+    );
+    // Rewrite bytes deep inside one tensor, keeping the size (and so every header).
+    let weights = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let len = bytes.len();
+    let at = len - len / 3;
+    for b in &mut bytes[at..at + 64] {
+        *b ^= 0x55;
+    }
+    std::fs::write(&weights, &bytes).unwrap();
+    // A later modification time, as any real rewrite gets.
+    let f = std::fs::File::options().write(true).open(&weights).unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+        .unwrap();
+    drop(f);
+    let after = identity(&dir);
+    assert_eq!(after.name, before.name);
+    assert_ne!(
+        after.weights_digest, before.weights_digest,
+        "a cache keyed by the identity would serve stale vectors"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

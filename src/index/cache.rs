@@ -106,15 +106,7 @@ pub fn perspectives_fingerprint(set: &PerspectiveSet, soft: &[u8]) -> String {
 /// Where caches live: `$AGFF_LENS_CACHE`, else `$XDG_CACHE_HOME/agff-lens`, else
 /// `~/.cache/agff-lens`.
 pub fn default_cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("AGFF_LENS_CACHE") {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(dir).join("agff-lens");
-    }
-    std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".cache").join("agff-lens"))
-        .unwrap_or_else(|| std::env::temp_dir().join("agff-lens-cache"))
+    crate::util::cache_dir()
 }
 
 /// A problem found with an existing cache file (it is then rebuilt).

@@ -2,12 +2,12 @@
 //! `model.safetensors.index.json`. Every lookup checks the tensor's shape and names the
 //! file it came from when something is off.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::{ModelError, Result};
 
@@ -91,6 +91,73 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         files.push(path);
     }
     Ok(files)
+}
+
+/// File name of the digest memo inside the cache folder ([`crate::util::cache_dir`]).
+const DIGEST_MEMO: &str = "weight-digests.json";
+
+/// What the memo remembers of one weight file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct MemoEntry {
+    len: u64,
+    modified_ns: u128,
+    blake3: String,
+}
+
+/// The blake3 of a whole file (hex), streamed through a memory map on all cores, and
+/// remembered in `memo_dir` per (canonical path, size, modification time), so a
+/// multi-gigabyte checkpoint is hashed once and a file rewritten in place, even at the
+/// same size, is hashed again. The memo is an optimisation: one that cannot be read or
+/// written is ignored.
+///
+/// # Errors
+/// [`ModelError::Io`] when the file cannot be read.
+pub fn file_digest(path: &Path, memo_dir: &Path) -> Result<String> {
+    let meta = std::fs::metadata(path).map_err(|e| ModelError::io(path, e))?;
+    let modified_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let key = std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .to_string_lossy()
+        .into_owned();
+    let memo_path = memo_dir.join(DIGEST_MEMO);
+    let mut memo: BTreeMap<String, MemoEntry> = std::fs::read(&memo_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    if let Some(e) = memo.get(&key)
+        && e.len == meta.len()
+        && e.modified_ns == modified_ns
+        && modified_ns != 0
+    {
+        return Ok(e.blake3.clone());
+    }
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_mmap_rayon(path)
+        .map_err(|e| ModelError::io(path, e))?;
+    let digest = hasher.finalize().to_hex().to_string();
+    memo.insert(
+        key,
+        MemoEntry {
+            len: meta.len(),
+            modified_ns,
+            blake3: digest.clone(),
+        },
+    );
+    let written = serde_json::to_vec(&memo)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| {
+            std::fs::create_dir_all(memo_dir)?;
+            crate::util::write_atomic(&memo_path, &bytes)
+        });
+    if let Err(e) = written {
+        tracing::debug!("weight digest memo {}: {e}", memo_path.display());
+    }
+    Ok(digest)
 }
 
 /// Weights of one model, memory-mapped, converted to `dtype` on `device` when read; or
@@ -221,6 +288,35 @@ impl Weights {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_digests_are_remembered_until_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("w.safetensors");
+        std::fs::write(&file, vec![7u8; 100_000]).unwrap();
+        let memo = dir.path().join("memo");
+        let first = file_digest(&file, &memo).unwrap();
+        assert_eq!(first, blake3::hash(&[7u8; 100_000]).to_hex().to_string());
+        // The memo answers for an unchanged file: plant a marker to see it used.
+        let memo_file = memo.join(DIGEST_MEMO);
+        let text = std::fs::read_to_string(&memo_file).unwrap();
+        std::fs::write(&memo_file, text.replace(&first, "remembered")).unwrap();
+        assert_eq!(file_digest(&file, &memo).unwrap(), "remembered");
+        // Same size, new bytes and a new modification time: hashed again.
+        std::fs::write(&file, vec![8u8; 100_000]).unwrap();
+        let f = std::fs::File::options().write(true).open(&file).unwrap();
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+            .unwrap();
+        drop(f);
+        assert_eq!(
+            file_digest(&file, &memo).unwrap(),
+            blake3::hash(&[8u8; 100_000]).to_hex().to_string()
+        );
+        // A memo that cannot be written is no error.
+        let blocked = dir.path().join("blocked");
+        std::fs::write(&blocked, b"file").unwrap();
+        assert!(file_digest(&file, &blocked).is_ok());
+    }
 
     #[test]
     fn a_shard_index_may_not_leave_the_model_folder() {

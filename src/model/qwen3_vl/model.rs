@@ -55,23 +55,19 @@ pub struct Qwen3Vl {
     system_instruction: String,
 }
 
-/// A digest of the weight files that is cheap for multi-GB checkpoints: sizes, headers and
-/// 16 evenly spaced 4 KiB blocks of every file.
+/// A digest of the weight files: their whole contents ([`crate::model::weights::file_digest`],
+/// remembered per path, size and modification time), so a tensor rewritten in place gives
+/// another model identity and the embedding cache cannot serve stale vectors.
 fn weights_digest(files: &[PathBuf]) -> Result<String> {
-    use std::io::{Read, Seek, SeekFrom};
+    let memo = crate::util::cache_dir();
     let mut hasher = blake3::Hasher::new();
     for path in files {
-        let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
-        let len = f.metadata().map_err(|e| ModelError::io(path, e))?.len();
-        hasher.update(&len.to_le_bytes());
-        let mut buf = vec![0u8; 4096];
-        for i in 0..16u64 {
-            let at = len.saturating_sub(4096) * i / 15;
-            f.seek(SeekFrom::Start(at))
-                .map_err(|e| ModelError::io(path, e))?;
-            let n = f.read(&mut buf).map_err(|e| ModelError::io(path, e))?;
-            hasher.update(&buf[..n]);
-        }
+        let name = path
+            .file_name()
+            .map(|n| n.as_encoded_bytes())
+            .unwrap_or_default();
+        hasher.update(name);
+        hasher.update(crate::model::weights::file_digest(path, &memo)?.as_bytes());
     }
     Ok(hasher.finalize().to_hex()[..16].to_string())
 }
