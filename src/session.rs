@@ -20,7 +20,7 @@ use crate::explain::{Comparison, Explainer, Heatmap, Method, compare_breakdowns}
 use crate::index::projection::{Projection, ProjectionMethod, perspective_vectors, project};
 use crate::index::{
     EmbedReport, Gallery, GalleryEmbeddings, Hit, IndexError, SearchOptions, embed_gallery_soft,
-    embed_unit_soft, scan_gallery, search,
+    scan_gallery, search,
 };
 use crate::model::demo::DemoModel;
 use crate::model::hub::{DownloadProgress, ModelSource, ResolveOptions, resolve_model};
@@ -270,6 +270,9 @@ pub struct Session {
     pub fusion: Fusion,
     /// Soft prompts of a fine-tune, one per perspective (empty: the backbone's own).
     pub soft: Vec<Option<Tensor>>,
+    /// Cut a query text longer than the model reads to fit (with a warning) instead of
+    /// failing with [`ModelError::TooLong`] (`--truncate`; off by default).
+    pub truncate: bool,
 }
 
 impl Session {
@@ -282,6 +285,7 @@ impl Session {
             perspectives,
             fusion,
             soft: Vec::new(),
+            truncate: false,
         })
     }
 
@@ -361,11 +365,11 @@ impl Session {
 
     /// One input's unit perspective vectors `[(1+K)·d]`, flattened.
     pub fn embed_unit(&self, input: &EmbedInput) -> Result<Vec<f32>, SessionError> {
-        Ok(embed_unit_soft(
+        Ok(crate::index::embed_unit_with(
             self.backbone.as_ref(),
             input,
             &self.perspectives,
-            &self.soft,
+            &self.embed_options(),
         )?)
     }
 
@@ -420,6 +424,7 @@ impl Session {
             self.fusion.clone(),
         );
         explainer.soft_prompts = self.soft.clone();
+        explainer.truncate = self.truncate;
         explainer
     }
 
@@ -522,10 +527,12 @@ impl Session {
         })
     }
 
-    /// The embedding options of this session (its soft prompts).
+    /// The embedding options of this session (its soft prompts, whether long texts are
+    /// cut to fit).
     pub fn embed_options(&self) -> crate::model::EmbedOptions {
         crate::model::EmbedOptions {
             soft_prompts: self.soft.clone(),
+            truncate: self.truncate,
             ..crate::model::EmbedOptions::default()
         }
     }

@@ -138,3 +138,46 @@ fn a_tensor_rewritten_in_place_changes_the_model_identity() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_text_over_the_models_limit_is_refused_before_any_allocation_or_cut_with_truncate() {
+    use agff_lens::model::{EmbedInput, EmbedOptions, ModelError};
+    let model = load_folder(&fixture("tiny-a"), DType::F32, &Device::Cpu).unwrap();
+    let perspectives = model.default_perspectives();
+    // About 50,000 tokens: once a (total × total) mask of 10 GB aborted the process.
+    let long = "a red circle left of a blue square; ".repeat(2800);
+    let input = EmbedInput::text(long);
+    match model.embed(&input, &perspectives, &EmbedOptions::default()) {
+        Err(e @ ModelError::TooLong { tokens, limit, .. }) => {
+            assert_eq!(limit, 8192);
+            assert!(tokens > 20_000, "{tokens}");
+            let text = e.to_string();
+            assert!(
+                text.contains(&tokens.to_string())
+                    && text.contains("8192")
+                    && text.contains("--truncate"),
+                "{text}"
+            );
+        }
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("a 50k-token text was embedded"),
+    }
+    let cut = model
+        .embed(
+            &input,
+            &perspectives,
+            &EmbedOptions {
+                truncate: true,
+                ..EmbedOptions::default()
+            },
+        )
+        .unwrap();
+    let longest = cut
+        .branches
+        .iter()
+        .map(|b| b.input_ids.len())
+        .max()
+        .unwrap();
+    assert!(longest <= 8192, "{longest}");
+    assert!(longest > 8000, "cut to fit, not to nothing: {longest}");
+}

@@ -7,8 +7,8 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::agff::PerspectiveEmbeddings;
+use crate::model::EmbedInput;
 use crate::model::image_io::{open_image, to_rgb8};
-use crate::model::{EmbedInput, EmbedOptions};
 
 /// Options of `embed`.
 #[derive(Debug, Args)]
@@ -66,10 +66,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
     let session = args.run.session(&args.model)?;
     let model = session.backbone.as_ref();
     let perspectives = &session.perspectives;
-    let options = EmbedOptions {
-        soft_prompts: session.soft.clone(),
-        ..EmbedOptions::default()
-    };
+    let options = session.embed_options();
     let mut items: Vec<(&'static str, String, EmbedInput)> = Vec::new();
     for path in &args.images {
         let image = to_rgb8(&open_image(path)?);

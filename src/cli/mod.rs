@@ -123,6 +123,10 @@ pub struct RunArgs {
     /// saved run): embed and score with its perspectives, soft prompts and fusion.
     #[arg(long)]
     pub tuned: Option<std::path::PathBuf>,
+    /// Cut a query text longer than the model reads (Qwen3-VL: 8,192 tokens with its
+    /// prompt) to fit, with a warning, instead of refusing it.
+    #[arg(long)]
+    pub truncate: bool,
 }
 
 impl RunArgs {
@@ -142,6 +146,7 @@ impl RunArgs {
         if let Some(dir) = &self.tuned {
             session.apply_tuned(dir)?;
         }
+        session.truncate = self.truncate;
         Ok(session)
     }
 }

@@ -226,6 +226,8 @@ pub struct Explainer<'a> {
     pub attention_layers: usize,
     /// Soft-prompt vectors to embed with (e.g. a fine-tune's; empty: the backbone's own).
     pub soft_prompts: Vec<Option<Tensor>>,
+    /// Cut a query text longer than the model reads to fit instead of failing.
+    pub truncate: bool,
 }
 
 impl<'a> Explainer<'a> {
@@ -239,6 +241,7 @@ impl<'a> Explainer<'a> {
             similarity_config: SimilarityConfig::default(),
             attention_layers: 2,
             soft_prompts: Vec::new(),
+            truncate: false,
         }
     }
 
@@ -246,6 +249,7 @@ impl<'a> Explainer<'a> {
     pub fn embed_query(&self, query: &EmbedInput) -> Result<PerspectiveEmbeddings, ExplainError> {
         let options = EmbedOptions {
             soft_prompts: self.soft_prompts.clone(),
+            truncate: self.truncate,
             ..EmbedOptions::default()
         };
         let (q, _) =
@@ -329,6 +333,7 @@ impl<'a> Explainer<'a> {
                 0
             },
             track_visual_inputs: method == Method::Attribution,
+            ..EmbedOptions::default()
         };
         let (c, e) = PerspectiveEmbeddings::embed(
             self.backbone,

@@ -95,7 +95,17 @@ pub fn embed_unit_soft(
         soft_prompts: soft.to_vec(),
         ..EmbedOptions::default()
     };
-    let (unit, _) = PerspectiveEmbeddings::embed(backbone, input, perspectives, &options)?;
+    embed_unit_with(backbone, input, perspectives, &options)
+}
+
+/// [`embed_unit`] with every embedding option (soft prompts, truncation of long texts).
+pub fn embed_unit_with(
+    backbone: &dyn Backbone,
+    input: &EmbedInput,
+    perspectives: &PerspectiveSet,
+    options: &EmbedOptions,
+) -> Result<Vec<f32>, IndexError> {
+    let (unit, _) = PerspectiveEmbeddings::embed(backbone, input, perspectives, options)?;
     Ok(unit.tensor().flatten_all()?.to_vec1::<f32>()?)
 }
 

@@ -14,6 +14,7 @@ pub use cache::{
 };
 pub use embed::{
     EmbedReport, GalleryEmbeddings, embed_gallery, embed_gallery_soft, embed_unit, embed_unit_soft,
+    embed_unit_with,
 };
 pub use gallery::{
     Gallery, GalleryItem, IMAGE_EXTENSIONS, MAX_FILE_BYTES, Skipped, scan_gallery, thumbnail,

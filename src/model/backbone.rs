@@ -57,6 +57,9 @@ pub struct EmbedOptions {
     /// Make the visual-token inputs of the language model a gradient leaf (for
     /// attribution heatmaps).
     pub track_visual_inputs: bool,
+    /// Cut a text longer than the model reads to fit (keeping its start, with a warning)
+    /// instead of failing with [`super::ModelError::TooLong`].
+    pub truncate: bool,
 }
 
 /// The tokens one perspective branch fed to the model.

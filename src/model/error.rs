@@ -107,6 +107,21 @@ pub enum ModelError {
     /// dtype.
     #[error("input: {0}")]
     Input(String),
+    /// A text (with its prompt, image tokens and the longest perspective suffix) longer
+    /// than the model reads; checked before anything is allocated. `--truncate` cuts the
+    /// text to fit instead.
+    #[error(
+        "input: the text is {tokens} tokens with its prompt, longer than the {limit} the \
+         model reads ({why}); shorten it, or pass --truncate to cut it to fit"
+    )]
+    TooLong {
+        /// Tokens of the longest branch (prompt, image tokens, text, perspective suffix).
+        tokens: usize,
+        /// The most the model reads.
+        limit: usize,
+        /// Where the limit comes from.
+        why: String,
+    },
     /// Resolving a `--model` argument (a folder, the Hub, the Hugging Face cache) failed;
     /// the message names the argument and what to do.
     #[error("{0}")]

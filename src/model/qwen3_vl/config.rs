@@ -86,6 +86,9 @@ pub struct TextConfig {
     /// `hidden_act` (default `silu`). Read but not consulted: the MLP is always SwiGLU, as
     /// in every released Qwen3-VL checkpoint.
     pub hidden_act: String,
+    /// `max_position_embeddings`: the longest sequence the model was made for (default
+    /// 262 144, Qwen3-VL's).
+    pub max_position_embeddings: usize,
 }
 
 /// A whole Qwen3-VL config.
@@ -160,6 +163,12 @@ struct RawText {
     hidden_act: String,
     #[serde(default)]
     tie_word_embeddings: Option<bool>,
+    #[serde(default = "default_max_positions")]
+    max_position_embeddings: usize,
+}
+
+fn default_max_positions() -> usize {
+    262_144
 }
 
 #[derive(Deserialize)]
@@ -282,6 +291,7 @@ impl Qwen3VlConfig {
             mrope_section,
             attention_bias: rt.attention_bias,
             hidden_act: rt.hidden_act,
+            max_position_embeddings: rt.max_position_embeddings,
         };
         let vision_theta = rv
             .rope_theta

@@ -38,6 +38,10 @@ pub struct SequenceOutput {
     pub position_ids: [Vec<i64>; 3],
 }
 
+/// `max_length` of the Qwen3-VL-Embedding repository's `Qwen3VLEmbedder`: the most
+/// tokens it embeds.
+const EMBEDDER_MAX_LENGTH: usize = 8192;
+
 /// A Qwen3-VL checkpoint (Qwen3-VL-Instruct or Qwen3-VL-Embedding) used as an embedding
 /// backbone: last-token pooling of the final-normed hidden state after each perspective's
 /// suffix (method.md §1), as Qwen3-VL-Embedding's `Qwen3VLEmbedder` pools.
@@ -193,6 +197,20 @@ impl Qwen3Vl {
                 reason: e.to_string(),
             })?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// The text of token ids (the inverse of [`Qwen3Vl::tokenize`], for a truncated
+    /// text); synthetic-token models give an empty string.
+    fn detokenize(&self, ids: &[u32]) -> Result<String> {
+        let Some(tokenizer) = &self.tokenizer else {
+            return Ok(String::new());
+        };
+        tokenizer
+            .decode(ids, false)
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.dir.join("tokenizer.json"),
+                reason: e.to_string(),
+            })
     }
 
     /// Resizes, normalises and patches `image` with this model's processor settings
@@ -473,20 +491,70 @@ struct Prefix {
 }
 
 impl Qwen3Vl {
+    /// The most tokens one branch (prompt, image tokens, text and perspective suffix) may
+    /// hold: `max_position_embeddings`, and at most the 8,192 of `Qwen3VLEmbedder`'s
+    /// `max_length` (the released embedder's own cap).
+    pub fn max_tokens(&self) -> (usize, String) {
+        let positions = self.config.text.max_position_embeddings;
+        if positions > EMBEDDER_MAX_LENGTH {
+            (
+                EMBEDDER_MAX_LENGTH,
+                "Qwen3-VL-Embedding's max_length".into(),
+            )
+        } else {
+            (positions, "max_position_embeddings in config.json".into())
+        }
+    }
+
     fn prefix(
         &self,
         input: &EmbedInput,
         perspectives: &PerspectiveSet,
-        track_visual: bool,
+        options: &EmbedOptions,
     ) -> Result<Prefix> {
         let prepared = input
             .image
             .as_ref()
             .map(|img| self.prepare_image(img))
             .transpose()?;
-        // All perspectives share the prefix; tokenise it once.
+        // The longest perspective suffix, so the length check covers every branch.
+        let mut suffix_max = 0;
+        for p in &perspectives.perspectives {
+            let (_, suffix_text) = self.prompt_text(input, p);
+            suffix_max = suffix_max.max(self.tokenize(&suffix_text)?.len() + p.soft_tokens);
+        }
+        // All perspectives share the prefix; tokenise it once, and check its length before
+        // anything as large as the sequence is allocated.
         let (prefix_text, _) = self.prompt_text(input, &perspectives.perspectives[0]);
-        let ids = self.expand_image_tokens(self.tokenize(&prefix_text)?, prepared.as_ref())?;
+        let mut ids = self.expand_image_tokens(self.tokenize(&prefix_text)?, prepared.as_ref())?;
+        let (limit, why) = self.max_tokens();
+        if ids.len() + suffix_max > limit {
+            let tokens = ids.len() + suffix_max;
+            let Some(text) = input.text.as_deref().filter(|_| options.truncate) else {
+                return Err(ModelError::TooLong { tokens, limit, why });
+            };
+            let text_ids = self.tokenize(text)?;
+            let keep = text_ids.len().saturating_sub(tokens - limit);
+            let cut = self.detokenize(&text_ids[..keep])?;
+            let shorter = EmbedInput {
+                text: Some(cut),
+                ..input.clone()
+            };
+            let (prefix_text, _) = self.prompt_text(&shorter, &perspectives.perspectives[0]);
+            ids = self.expand_image_tokens(self.tokenize(&prefix_text)?, prepared.as_ref())?;
+            // Re-tokenising the cut text may merge differently: cut the ids themselves.
+            if ids.len() + suffix_max > limit {
+                return Err(ModelError::TooLong {
+                    tokens: ids.len() + suffix_max,
+                    limit,
+                    why,
+                });
+            }
+            tracing::warn!(
+                "the text was cut from {} to {keep} tokens to fit the model's {limit} ({why})",
+                text_ids.len()
+            );
+        }
         let run = self.image_run(&ids)?;
         let started = std::time::Instant::now();
         let vision = prepared
@@ -495,7 +563,9 @@ impl Qwen3Vl {
             .transpose()?;
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "vision tower");
         let visual_inputs = match &vision {
-            Some(v) if track_visual => Some(Var::from_tensor(&v.merged)?.as_tensor().clone()),
+            Some(v) if options.track_visual_inputs => {
+                Some(Var::from_tensor(&v.merged)?.as_tensor().clone())
+            }
             Some(v) => Some(v.merged.clone()),
             None => None,
         };
@@ -548,7 +618,7 @@ impl Qwen3Vl {
         strategy: BranchStrategy,
     ) -> Result<Embedding> {
         perspectives.validate().map_err(ModelError::Input)?;
-        let prefix = self.prefix(input, perspectives, options.track_visual_inputs)?;
+        let prefix = self.prefix(input, perspectives, options)?;
         let dtype = prefix.embeds.dtype();
         let suffixes = self.suffixes(input, perspectives, options, dtype)?;
         let lengths: Vec<usize> = suffixes

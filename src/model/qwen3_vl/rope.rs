@@ -131,6 +131,7 @@ mod tests {
             mrope_section: section,
             attention_bias: false,
             hidden_act: "silu".into(),
+            max_position_embeddings: 1024,
         }
     }
 
