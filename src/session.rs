@@ -225,6 +225,8 @@ pub struct LoadOptions {
     pub device: DeviceChoice,
     /// How a Hub repo id is resolved (offline, revision, cache folder).
     pub resolve: ResolveOptions,
+    /// How a Qwen3-VL model prepares images (profile, pixel budget; default: the model's).
+    pub images: crate::model::loader::ImageOptions,
 }
 
 impl Default for LoadOptions {
@@ -233,6 +235,7 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             device: DeviceChoice::Cpu,
             resolve: ResolveOptions::default(),
+            images: crate::model::loader::ImageOptions::default(),
         }
     }
 }
@@ -252,10 +255,11 @@ pub fn load_backbone(
     let device = options.device.open()?;
     match resolve_model(arg, &options.resolve, progress)? {
         ModelSource::Demo => Ok(Box::new(DemoModel::embedded(&device)?)),
-        ModelSource::Local(dir) => Ok(crate::model::loader::load_folder(
+        ModelSource::Local(dir) => Ok(crate::model::loader::load_folder_with(
             &dir,
             options.dtype,
             &device,
+            &options.images,
         )?),
     }
 }

@@ -244,6 +244,7 @@ fn two_writers_never_corrupt_the_cache() {
     let id = ModelIdentity {
         name: "m".into(),
         weights_digest: "d".into(),
+        preprocess: String::new(),
     };
     std::thread::scope(|s| {
         for t in 0..4u32 {

@@ -181,3 +181,61 @@ fn a_text_over_the_models_limit_is_refused_before_any_allocation_or_cut_with_tru
     assert!(longest <= 8192, "{longest}");
     assert!(longest > 8000, "cut to fit, not to nothing: {longest}");
 }
+
+#[test]
+fn an_embedding_release_gets_the_embedders_preprocessing_and_the_cache_key_follows() {
+    use agff_lens::model::loader::{ImageOptions, ProfileKind, load_folder_with};
+    let plain = copy_model("tiny-a", "profile-plain");
+    let release = plain
+        .parent()
+        .unwrap()
+        .join(format!("Qwen3-VL-Embedding-tiny-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&release);
+    std::fs::rename(copy_model("tiny-a", "profile-release"), &release).unwrap();
+    let prep = |dir: &Path, images: ImageOptions| {
+        load_folder_with(dir, DType::F32, &Device::Cpu, &images)
+            .unwrap()
+            .identity()
+            .preprocess
+            .clone()
+    };
+    assert_eq!(
+        prep(&release, ImageOptions::default()),
+        "embedder 4096..1843200"
+    );
+    assert!(prep(&plain, ImageOptions::default()).starts_with("processor "));
+    // A Hub cache snapshot is named by its commit: the repo folder decides.
+    let snapshot = std::env::temp_dir()
+        .join(format!("agff-profile-hub-{}", std::process::id()))
+        .join("models--Qwen--Qwen3-VL-Embedding-2B/snapshots/0123abcd");
+    assert_eq!(
+        agff_lens::model::qwen3_vl::default_profile(&snapshot),
+        agff_lens::model::qwen3_vl::PreprocessProfile::EMBEDDER
+    );
+    // Overrides: the profile and the pixel budget, both in the identity.
+    let small = ImageOptions {
+        profile: Some(ProfileKind::Processor),
+        min_pixels: Some(1024),
+        max_pixels: Some(200_704),
+    };
+    assert_eq!(prep(&release, small), "processor 1024..200704");
+    let err = load_folder_with(
+        &release,
+        DType::F32,
+        &Device::Cpu,
+        &ImageOptions {
+            min_pixels: Some(9000),
+            max_pixels: Some(10),
+            ..ImageOptions::default()
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("--min-pixels 9000 is more than --max-pixels 10"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&plain);
+    let _ = std::fs::remove_dir_all(&release);
+}

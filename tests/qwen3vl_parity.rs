@@ -313,3 +313,55 @@ fn half_precision_weights_load_and_stay_close() {
         assert!(cos > 0.99, "{dtype:?}: cosine {cos}");
     }
 }
+
+/// The `embedder` profile equals `qwen_vl_utils.fetch_image` (Pillow's bicubic resize
+/// after its `to_rgb`) pixel for pixel: references from tests/fixtures/make_embedder_resize.py.
+#[test]
+fn embedder_profile_resizes_pixel_for_pixel_like_fetch_image() {
+    use agff_lens::model::qwen3_vl::{PreprocessProfile, resized_image};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/embedder_resize");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let cases = manifest["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 7);
+    let config = ImageProcessorConfig::default();
+    for case in cases {
+        let name = case["input"].as_str().unwrap();
+        let input = to_rgb8(&open_image(&dir.join(name)).unwrap());
+        let want = open_image(&dir.join(case["output"].as_str().unwrap()))
+            .unwrap()
+            .to_rgb8();
+        let profile = PreprocessProfile::Embedder {
+            min_pixels: case["min_pixels"].as_u64().unwrap() as usize,
+            max_pixels: case["max_pixels"].as_u64().unwrap() as usize,
+        };
+        let got = resized_image(&input, &config, profile).unwrap();
+        assert_eq!(got.dimensions(), want.dimensions(), "{name}: size");
+        let differing = got
+            .as_raw()
+            .iter()
+            .zip(want.as_raw())
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(differing, 0, "{name}: {differing} channel values differ");
+    }
+    // The processor's resampler differs from Pillow's in its weights' precision: on the
+    // downscaled case the two disagree somewhere, so the test above is not vacuous.
+    let over = to_rgb8(&open_image(&dir.join("over_cap.in.png")).unwrap());
+    let budget = PreprocessProfile::Processor {
+        min_pixels: Some(4096),
+        max_pixels: Some(96 * 64),
+    };
+    let torch = resized_image(&over, &config, budget).unwrap();
+    let pillow = resized_image(
+        &over,
+        &config,
+        PreprocessProfile::Embedder {
+            min_pixels: 4096,
+            max_pixels: 96 * 64,
+        },
+    )
+    .unwrap();
+    assert_eq!(torch.dimensions(), pillow.dimensions());
+    assert_ne!(torch.as_raw(), pillow.as_raw());
+}

@@ -127,19 +127,54 @@ pub struct RunArgs {
     /// prompt) to fit, with a warning, instead of refusing it.
     #[arg(long)]
     pub truncate: bool,
+    /// How a Qwen3-VL model resizes images: `embedder` (as the released
+    /// Qwen3-VL-Embedding does: Pillow's bicubic, 4,096–1,843,200 pixels) or `processor`
+    /// (transformers' processor and preprocessor_config.json's budget). Default: `embedder`
+    /// for a Qwen3-VL-Embedding release, else `processor`.
+    #[arg(long, value_enum)]
+    pub preprocess: Option<Preprocess>,
+    /// Fewest pixels an image is resized to (overrides the profile's).
+    #[arg(long)]
+    pub min_pixels: Option<usize>,
+    /// Most pixels an image is resized to (overrides the profile's): fewer visual tokens,
+    /// faster on a CPU, a different embedding.
+    #[arg(long)]
+    pub max_pixels: Option<usize>,
+}
+
+/// `--preprocess`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preprocess {
+    /// The released embedder's path (`qwen_vl_utils.fetch_image`).
+    Embedder,
+    /// transformers' processor resizing itself.
+    Processor,
 }
 
 impl RunArgs {
     /// Loads `model` (terminal progress bars for a download) and applies `--perspectives`
     /// or `--tuned`.
     pub(crate) fn session(&self, model: &str) -> anyhow::Result<crate::session::Session> {
+        use crate::model::loader::{ImageOptions, ProfileKind};
         let options = crate::session::LoadOptions {
             dtype: self.dtype.dtype(),
             device: self.device,
+            images: ImageOptions {
+                profile: self.preprocess.map(|p| match p {
+                    Preprocess::Embedder => ProfileKind::Embedder,
+                    Preprocess::Processor => ProfileKind::Processor,
+                }),
+                min_pixels: self.min_pixels,
+                max_pixels: self.max_pixels,
+            },
             ..crate::session::LoadOptions::default()
         };
         let mut progress = progress::TerminalDownload::new();
         let mut session = crate::session::Session::load(model, &options, &mut progress)?;
+        let prep = &session.backbone.identity().preprocess;
+        if !prep.is_empty() {
+            eprintln!("images: {prep} pixels (--preprocess, --min-pixels, --max-pixels)");
+        }
         if let Some(path) = &self.perspectives {
             session.set_perspectives(crate::model::PerspectiveSet::from_file(path)?)?;
         }

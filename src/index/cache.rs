@@ -127,6 +127,8 @@ impl EmbeddingCache {
         h.update(&[0]);
         h.update(model.weights_digest.as_bytes());
         h.update(&[0]);
+        h.update(model.preprocess.as_bytes());
+        h.update(&[0]);
         h.update(perspectives.as_bytes());
         dir.join(format!("embeddings-{}.bin", &h.finalize().to_hex()[..20]))
     }

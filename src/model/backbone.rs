@@ -16,6 +16,10 @@ pub struct ModelIdentity {
     /// A short hex digest of the weights (`random` for random weights); a cache built
     /// with other weights is not reused.
     pub weights_digest: String,
+    /// How images are prepared, when the model has a choice (a Qwen3-VL model's
+    /// preprocessing profile and pixel budget, e.g. `embedder 4096..1843200`; empty
+    /// otherwise): part of the cache key, since it changes the vectors.
+    pub preprocess: String,
 }
 
 /// One item to embed: an image, a text, or both.

@@ -22,6 +22,39 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
 
 /// Loads the model in a Hugging Face folder; `config.json` says which architecture.
 pub fn load_folder(dir: &Path, dtype: DType, device: &Device) -> Result<Box<dyn Backbone>> {
+    load_folder_with(dir, dtype, device, &ImageOptions::default())
+}
+
+/// Which image preprocessing a user asked for (`None`: the model's default, see
+/// [`crate::model::qwen3_vl::default_profile`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImageOptions {
+    /// The profile: the released embedder's path or the processor's.
+    pub profile: Option<ProfileKind>,
+    /// Fewest pixels after resizing (overrides the profile's).
+    pub min_pixels: Option<usize>,
+    /// Most pixels after resizing (overrides the profile's): the CPU user's speed knob.
+    pub max_pixels: Option<usize>,
+}
+
+/// The two preprocessing profiles of a Qwen3-VL model
+/// ([`crate::model::qwen3_vl::PreprocessProfile`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileKind {
+    /// `qwen_vl_utils.fetch_image` with the embedder's budget, as `Qwen3VLEmbedder` runs.
+    Embedder,
+    /// transformers' processor resizing itself.
+    Processor,
+}
+
+/// [`load_folder`] with the image preprocessing chosen (models without a choice, such as
+/// a demo folder, ignore it).
+pub fn load_folder_with(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+    images: &ImageOptions,
+) -> Result<Box<dyn Backbone>> {
     if !dir.is_dir() {
         return Err(ModelError::MissingFile(
             dir.to_path_buf(),
@@ -36,5 +69,22 @@ pub fn load_folder(dir: &Path, dtype: DType, device: &Device) -> Result<Box<dyn 
         return Ok(Box::new(super::demo::DemoModel::load(dir, device)?));
     }
     // Qwen3-VL is the one real architecture so far; its loader rejects others by name.
-    Ok(Box::new(Qwen3Vl::load(dir, dtype, device)?))
+    let mut model = Qwen3Vl::load(dir, dtype, device)?;
+    if *images != ImageOptions::default() {
+        use super::qwen3_vl::PreprocessProfile;
+        let base = match images.profile {
+            Some(ProfileKind::Embedder) => PreprocessProfile::EMBEDDER,
+            Some(ProfileKind::Processor) => PreprocessProfile::PROCESSOR,
+            None => model.preprocess_profile(),
+        };
+        if let (Some(min), Some(max)) = (images.min_pixels, images.max_pixels)
+            && min > max
+        {
+            return Err(ModelError::Input(format!(
+                "--min-pixels {min} is more than --max-pixels {max}"
+            )));
+        }
+        model.set_preprocess(base.with_budget(images.min_pixels, images.max_pixels));
+    }
+    Ok(Box::new(model))
 }

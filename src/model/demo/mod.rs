@@ -195,6 +195,7 @@ impl DemoModel {
             identity: ModelIdentity {
                 name: "agff-lens-demo".into(),
                 weights_digest,
+                preprocess: String::new(),
             },
             device: device.clone(),
         }

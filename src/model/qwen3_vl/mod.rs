@@ -8,4 +8,5 @@ pub mod text;
 pub mod vision;
 
 pub use config::Qwen3VlConfig;
-pub use model::{BranchStrategy, Qwen3Vl};
+pub use model::{BranchStrategy, Qwen3Vl, default_profile};
+pub use preprocess::{PreprocessProfile, Resampler, resized_image};

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use image::RgbImage;
 
 use super::config::Qwen3VlConfig;
-use super::preprocess::{ImageProcessorConfig, PreparedImage, preprocess};
+use super::preprocess::{ImageProcessorConfig, PreparedImage, PreprocessProfile, preprocess_with};
 use super::rope::{TextRope, position_ids};
 use super::text::{Injection, KvCache, RunOptions, TextModel};
 use super::vision::VisionModel;
@@ -38,6 +38,33 @@ pub struct SequenceOutput {
     pub position_ids: [Vec<i64>; 3],
 }
 
+/// The profile a folder gets by default: [`PreprocessProfile::EMBEDDER`] for a
+/// Qwen3-VL-Embedding release (the folder's name, or for a Hugging Face cache snapshot
+/// `models--Qwen--Qwen3-VL-Embedding-2B/snapshots/<commit>` the repo's, or an
+/// `architectures` entry of config.json, says "Embedding"), else the processor's.
+pub fn default_profile(dir: &Path) -> PreprocessProfile {
+    let says_embedding = |s: &str| s.to_ascii_lowercase().contains("embedding");
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    let mut names: Vec<String> = name(dir).into_iter().collect();
+    if let Some(parent) = dir.parent()
+        && name(parent).as_deref() == Some("snapshots")
+        && let Some(repo) = parent.parent().and_then(name)
+    {
+        names.push(repo);
+    }
+    let archs = std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("architectures").cloned())
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    if names.iter().any(|n| says_embedding(n)) || says_embedding(&archs) {
+        PreprocessProfile::EMBEDDER
+    } else {
+        PreprocessProfile::PROCESSOR
+    }
+}
+
 /// `max_length` of the Qwen3-VL-Embedding repository's `Qwen3VLEmbedder`: the most
 /// tokens it embeds.
 const EMBEDDER_MAX_LENGTH: usize = 8192;
@@ -48,6 +75,8 @@ const EMBEDDER_MAX_LENGTH: usize = 8192;
 pub struct Qwen3Vl {
     dir: PathBuf,
     config: Qwen3VlConfig,
+    /// How images are resized ([`Qwen3Vl::set_preprocess`]).
+    profile: PreprocessProfile,
     processor: ImageProcessorConfig,
     /// `None` for random-weight benchmark models: see [`synthetic_tokens`].
     tokenizer: Option<tokenizers::Tokenizer>,
@@ -122,14 +151,22 @@ impl Qwen3Vl {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "qwen3-vl".into());
+        let profile = default_profile(dir);
         let identity = ModelIdentity {
             name,
             weights_digest: weights_digest(&weights.files())?,
+            preprocess: profile.describe(&processor),
         };
+        tracing::info!(
+            "{}: images are prepared with the {} profile",
+            dir.display(),
+            identity.preprocess
+        );
         Ok(Self {
             dir: dir.to_path_buf(),
             rope: TextRope::new(&config.text),
             config,
+            profile,
             processor,
             tokenizer: Some(tokenizer),
             vision,
@@ -150,6 +187,7 @@ impl Qwen3Vl {
         device: &Device,
     ) -> Result<Self> {
         let weights = Weights::random(dtype, device);
+        let preprocess = PreprocessProfile::PROCESSOR.describe(&processor);
         let vision = VisionModel::load(&weights, &config.vision, "model.visual")?;
         let text = TextModel::load(&weights, &config.text, "model.language_model")?;
         Ok(Self {
@@ -163,7 +201,9 @@ impl Qwen3Vl {
             identity: ModelIdentity {
                 name: "random".into(),
                 weights_digest: "random".into(),
+                preprocess,
             },
+            profile: PreprocessProfile::PROCESSOR,
             device: device.clone(),
             system_instruction: DEFAULT_SYSTEM_INSTRUCTION.into(),
         })
@@ -217,7 +257,19 @@ impl Qwen3Vl {
     /// ([`preprocess`]); [`ModelError::Input`] for an empty image or an aspect ratio over
     /// 200.
     pub fn prepare_image(&self, image: &RgbImage) -> Result<PreparedImage> {
-        preprocess(image, &self.processor)
+        preprocess_with(image, &self.processor, self.profile)
+    }
+
+    /// The preprocessing profile images are prepared with.
+    pub fn preprocess_profile(&self) -> PreprocessProfile {
+        self.profile
+    }
+
+    /// Prepares images with `profile` from now on; the identity (and so the embedding
+    /// cache key) follows.
+    pub fn set_preprocess(&mut self, profile: PreprocessProfile) {
+        self.profile = profile;
+        self.identity.preprocess = profile.describe(&self.processor);
     }
 
     /// Expands the single image placeholder to one id per merged image token.

@@ -204,14 +204,29 @@ fn cubic(x: f64) -> f64 {
     }
 }
 
+/// Which fixed-point bicubic resampler: both are Pillow's algorithm (separable, horizontal
+/// pass first, antialiased support, weights normalised then rounded half away from zero,
+/// sums rounded and clipped to 8 bits) and differ only in the weights' precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resampler {
+    /// torch's uint8 antialiased kernel (from Pillow-SIMD), what transformers'
+    /// `Qwen2VLImageProcessor` runs: int16 weights with the most fractional bits that fit
+    /// the largest weight.
+    Torch,
+    /// Pillow's `Image.resize(size)` (its default BICUBIC filter; `ImagingResample` in
+    /// `Resample.c`): 22 fractional bits in 32-bit weights. What `qwen_vl_utils.fetch_image`
+    /// runs, so what the released Qwen3-VL-Embedding embedder sees.
+    Pillow,
+}
+
 /// Fixed-point resampling taps of one axis.
 struct AxisTaps {
     /// `(first input index, weights)` of each output index.
-    taps: Vec<(usize, Vec<i16>)>,
+    taps: Vec<(usize, Vec<i32>)>,
     precision: u32,
 }
 
-fn axis_taps(input: usize, output: usize) -> AxisTaps {
+fn axis_taps(input: usize, output: usize, resampler: Resampler) -> AxisTaps {
     let scale = input as f64 / output as f64;
     let (support, inv) = if scale >= 1.0 {
         (2.0 * scale, 1.0 / scale)
@@ -238,11 +253,19 @@ fn axis_taps(input: usize, output: usize) -> AxisTaps {
         wt_max = w.iter().copied().fold(wt_max, f64::max);
         rows.push((xmin, w));
     }
-    let mut precision = 0u32;
-    while precision < 22 && ((0.5 + wt_max * f64::from(1u32 << (precision + 1))) as i64) < (1 << 15)
-    {
-        precision += 1;
-    }
+    let precision = match resampler {
+        // `PRECISION_BITS = 32 - 8 - 2` in Pillow's Resample.c.
+        Resampler::Pillow => 22,
+        Resampler::Torch => {
+            let mut precision = 0u32;
+            while precision < 22
+                && ((0.5 + wt_max * f64::from(1u32 << (precision + 1))) as i64) < (1 << 15)
+            {
+                precision += 1;
+            }
+            precision
+        }
+    };
     let one = f64::from(1u32 << precision);
     let taps = rows
         .into_iter()
@@ -251,9 +274,9 @@ fn axis_taps(input: usize, output: usize) -> AxisTaps {
                 .iter()
                 .map(|&v| {
                     if v >= 0.0 {
-                        (v * one + 0.5).trunc() as i16
+                        (v * one + 0.5).trunc() as i32
                     } else {
-                        (v * one - 0.5).trunc() as i16
+                        (v * one - 0.5).trunc() as i32
                     }
                 })
                 .collect();
@@ -272,11 +295,12 @@ fn resample_pass(
     cols: usize,
     out_len: usize,
     horizontal: bool,
+    resampler: Resampler,
 ) -> Vec<u8> {
     let axis = if horizontal {
-        axis_taps(cols, out_len)
+        axis_taps(cols, out_len, resampler)
     } else {
-        axis_taps(rows, out_len)
+        axis_taps(rows, out_len, resampler)
     };
     let (out_rows, out_cols) = if horizontal {
         (rows, out_len)
@@ -302,7 +326,7 @@ fn resample_pass(
                     } else {
                         plane[(first + j) * cols + k]
                     };
-                    acc += i32::from(w) * i32::from(px);
+                    acc += w * i32::from(px);
                 }
                 dst[r * out_cols + k] = (acc >> axis.precision).clamp(0, 255) as u8;
             }
@@ -312,36 +336,191 @@ fn resample_pass(
 }
 
 /// Resizes planar `[3][h][w]` u8 pixels to `(out_h, out_w)` with antialiased bicubic
-/// (horizontal pass first; a pass whose size does not change is skipped).
+/// (horizontal pass first; a pass whose size does not change is skipped), torch's weights.
 pub fn resize_bicubic_aa(planar: &[u8], h: usize, w: usize, out_h: usize, out_w: usize) -> Vec<u8> {
+    resize_bicubic(planar, h, w, out_h, out_w, Resampler::Torch)
+}
+
+/// [`resize_bicubic_aa`] with the chosen resampler's weights.
+pub fn resize_bicubic(
+    planar: &[u8],
+    h: usize,
+    w: usize,
+    out_h: usize,
+    out_w: usize,
+    resampler: Resampler,
+) -> Vec<u8> {
     let channels = planar.len() / (h * w).max(1);
     let mut data = planar.to_vec();
     let mut cur_w = w;
     if out_w != w {
-        data = resample_pass(&data, channels, h, w, out_w, true);
+        data = resample_pass(&data, channels, h, w, out_w, true, resampler);
         cur_w = out_w;
     }
     if out_h != h {
-        data = resample_pass(&data, channels, h, cur_w, out_h, false);
+        data = resample_pass(&data, channels, h, cur_w, out_h, false, resampler);
     }
     data
 }
 
-/// Preprocesses an 8-bit RGB image.
-pub fn preprocess(image: &RgbImage, config: &ImageProcessorConfig) -> Result<PreparedImage> {
+/// Fewest pixels the released embedder resizes to: `Qwen3VLEmbedder`'s `min_pixels`
+/// (`4·32·32`).
+pub const EMBEDDER_MIN_PIXELS: usize = 4 * 32 * 32;
+/// Most pixels the released embedder resizes to: `Qwen3VLEmbedder`'s `max_pixels`
+/// (`1800·32·32`, about 1,800 visual tokens).
+pub const EMBEDDER_MAX_PIXELS: usize = 1800 * 32 * 32;
+
+/// How an image is resized before the processor normalises and patches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PreprocessProfile {
+    /// The released Qwen3-VL-Embedding path (its `Qwen3VLEmbedder`): `qwen_vl_utils`'
+    /// `fetch_image`, i.e. `smart_resize` with factor `patch·merge` (32) between
+    /// `min_pixels` and `max_pixels` (the embedder's own 4,096 and 1,843,200 unless
+    /// overridden, not `preprocessor_config.json`'s), Pillow's bicubic
+    /// [`Resampler::Pillow`], then the processor with `do_resize=False`.
+    Embedder {
+        /// Fewest pixels after resizing.
+        min_pixels: usize,
+        /// Most pixels after resizing.
+        max_pixels: usize,
+    },
+    /// transformers' `Qwen2VLImageProcessor` resizing itself: `preprocessor_config.json`'s
+    /// pixel budget (or `min_pixels`/`max_pixels` overrides), torch's kernel.
+    Processor {
+        /// Fewest pixels after resizing (`None`: the config's).
+        min_pixels: Option<usize>,
+        /// Most pixels after resizing (`None`: the config's).
+        max_pixels: Option<usize>,
+    },
+}
+
+impl PreprocessProfile {
+    /// The released embedder's path with its own pixel budget.
+    pub const EMBEDDER: Self = Self::Embedder {
+        min_pixels: EMBEDDER_MIN_PIXELS,
+        max_pixels: EMBEDDER_MAX_PIXELS,
+    };
+
+    /// The processor's own path and budget.
+    pub const PROCESSOR: Self = Self::Processor {
+        min_pixels: None,
+        max_pixels: None,
+    };
+
+    /// This profile with the pixel budget overridden where given.
+    pub fn with_budget(self, min: Option<usize>, max: Option<usize>) -> Self {
+        match self {
+            Self::Embedder {
+                min_pixels,
+                max_pixels,
+            } => Self::Embedder {
+                min_pixels: min.unwrap_or(min_pixels),
+                max_pixels: max.unwrap_or(max_pixels),
+            },
+            Self::Processor {
+                min_pixels,
+                max_pixels,
+            } => Self::Processor {
+                min_pixels: min.or(min_pixels),
+                max_pixels: max.or(max_pixels),
+            },
+        }
+    }
+
+    /// The processor settings this profile resizes with, and the resampler.
+    fn resize_settings(self, config: &ImageProcessorConfig) -> (ImageProcessorConfig, Resampler) {
+        let mut c = config.clone();
+        match self {
+            Self::Embedder {
+                min_pixels,
+                max_pixels,
+            } => {
+                c.min_pixels = min_pixels;
+                c.max_pixels = max_pixels;
+                (c, Resampler::Pillow)
+            }
+            Self::Processor {
+                min_pixels,
+                max_pixels,
+            } => {
+                c.min_pixels = min_pixels.unwrap_or(c.min_pixels);
+                c.max_pixels = max_pixels.unwrap_or(c.max_pixels);
+                (c, Resampler::Torch)
+            }
+        }
+    }
+
+    /// A short description for messages and the cache key: `embedder 4096..1843200`,
+    /// `processor 65536..16777216` (the effective budget under `config`).
+    pub fn describe(self, config: &ImageProcessorConfig) -> String {
+        let (c, _) = self.resize_settings(config);
+        let name = match self {
+            Self::Embedder { .. } => "embedder",
+            Self::Processor { .. } => "processor",
+        };
+        format!("{name} {}..{}", c.min_pixels, c.max_pixels)
+    }
+}
+
+/// The image resized under `profile`, planar `[3][rh][rw]`, and `(rh, rw)`.
+fn resize_planar(
+    image: &RgbImage,
+    config: &ImageProcessorConfig,
+    profile: PreprocessProfile,
+) -> Result<(Vec<u8>, usize, usize)> {
     let (w, h) = (image.width() as usize, image.height() as usize);
-    let (rh, rw) = smart_resize(h, w, config)?;
+    let (resize_config, resampler) = profile.resize_settings(config);
+    let (rh, rw) = smart_resize(h, w, &resize_config)?;
     let mut planar = vec![0u8; 3 * h * w];
     for (i, px) in image.pixels().enumerate() {
         for c in 0..3 {
             planar[c * h * w + i] = px[c];
         }
     }
-    let resized = if (rh, rw) == (h, w) {
-        planar
-    } else {
-        resize_bicubic_aa(&planar, h, w, rh, rw)
-    };
+    if (rh, rw) == (h, w) {
+        return Ok((planar, rh, rw));
+    }
+    Ok((resize_bicubic(&planar, h, w, rh, rw, resampler), rh, rw))
+}
+
+/// The 8-bit image as `profile` resizes it, before normalisation: for
+/// [`PreprocessProfile::Embedder`], what `qwen_vl_utils.fetch_image` returns.
+///
+/// # Errors
+/// As [`preprocess_with`].
+pub fn resized_image(
+    image: &RgbImage,
+    config: &ImageProcessorConfig,
+    profile: PreprocessProfile,
+) -> Result<RgbImage> {
+    let (planar, rh, rw) = resize_planar(image, config, profile)?;
+    let n = rh * rw;
+    let mut out = RgbImage::new(rw as u32, rh as u32);
+    for (i, px) in out.pixels_mut().enumerate() {
+        for c in 0..3 {
+            px[c] = planar[c * n + i];
+        }
+    }
+    Ok(out)
+}
+
+/// Preprocesses an 8-bit RGB image as transformers' processor does
+/// ([`PreprocessProfile::PROCESSOR`]).
+pub fn preprocess(image: &RgbImage, config: &ImageProcessorConfig) -> Result<PreparedImage> {
+    preprocess_with(image, config, PreprocessProfile::PROCESSOR)
+}
+
+/// Preprocesses an 8-bit RGB image under `profile`: resize (see [`PreprocessProfile`]),
+/// then `(x − 255·mean)/(255·std)` and patching as the processor does.
+///
+/// # Errors
+/// [`ModelError::Input`] for an image without pixels or with an aspect ratio over 200.
+pub fn preprocess_with(
+    image: &RgbImage,
+    config: &ImageProcessorConfig,
+    profile: PreprocessProfile,
+) -> Result<PreparedImage> {
+    let (resized, rh, rw) = resize_planar(image, config, profile)?;
 
     // (x − mean·255)/(std·255) in f32, exactly as transformers fuses rescale and normalise.
     let inv_rescale = (1.0 / config.rescale_factor) as f32;
