@@ -365,3 +365,37 @@ fn embedder_profile_resizes_pixel_for_pixel_like_fetch_image() {
     assert_eq!(torch.dimensions(), pillow.dimensions());
     assert_ne!(torch.as_raw(), pillow.as_raw());
 }
+
+/// JPEGs decode to libjpeg-turbo's pixels, as PIL gives them: references from
+/// tests/fixtures/make_jpeg_decode.py (4:2:0, 4:2:2, 4:4:4, grey, progressive, restart
+/// markers, odd sizes).
+#[test]
+fn jpeg_decoding_equals_libjpeg_turbo() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jpeg_decode");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let cases = manifest["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 7);
+    let mut image_crate_differs = false;
+    for case in cases {
+        let name = case["jpeg"].as_str().unwrap();
+        let got = to_rgb8(&open_image(&dir.join(name)).unwrap());
+        let want = open_image(&dir.join(case["pixels"].as_str().unwrap()))
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(got.dimensions(), want.dimensions(), "{name}");
+        let differing = got
+            .as_raw()
+            .iter()
+            .zip(want.as_raw())
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(differing, 0, "{name}: {differing} channel values differ");
+        // The image crate's own decoder (what was used before) disagrees somewhere.
+        let other = image::load_from_memory(&std::fs::read(dir.join(name)).unwrap())
+            .unwrap()
+            .to_rgb8();
+        image_crate_differs |= other.as_raw() != want.as_raw();
+    }
+    assert!(image_crate_differs, "the test would pass with any decoder");
+}

@@ -1,9 +1,12 @@
 //! Decoding any image a user points at into 8-bit RGB, the way the model processors expect:
 //! EXIF orientation applied, grayscale expanded, alpha composited over white, 16-bit
 //! reduced to 8-bit. Decoding limits keep a hostile header (50,000 × 50,000 pixels) from
-//! exhausting memory.
+//! exhausting memory. JPEGs (YCbCr, RGB or grey) are decoded with libjpeg-turbo's code
+//! (through `mozjpeg`) with its defaults, as PIL and torchvision decode them, so a photo
+//! gives the Python reference's pixels exactly; CMYK JPEGs and every other format go
+//! through the `image` crate.
 
-use std::io::BufReader;
+use std::io::Cursor;
 use std::path::Path;
 
 /// File name extensions of the formats this build decodes (case-insensitive): the `image`
@@ -45,14 +48,14 @@ pub fn format_from_extension<R: std::io::BufRead + std::io::Seek>(
 
 /// Opens and decodes an image file with EXIF orientation applied.
 pub fn open_image(path: &Path) -> Result<DynamicImage> {
-    let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
-    let mut reader = ImageReader::new(BufReader::new(file))
+    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    let mut reader = ImageReader::new(Cursor::new(&bytes))
         .with_guessed_format()
         .map_err(|e| ModelError::io(path, e))?;
     format_from_extension(&mut reader, path);
-    if reader.format().is_none() {
+    let Some(format) = reader.format() else {
         return Err(image_error(path, "not a known image format"));
-    }
+    };
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
@@ -60,12 +63,64 @@ pub fn open_image(path: &Path) -> Result<DynamicImage> {
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(|e| image_error(path, e))?;
     let orientation = decoder.orientation().map_err(|e| image_error(path, e))?;
-    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| image_error(path, e))?;
+    let jpeg = if format == image::ImageFormat::Jpeg {
+        decode_jpeg(&bytes).map_err(|e| image_error(path, e))?
+    } else {
+        None
+    };
+    let mut image = match jpeg {
+        Some(rgb) => DynamicImage::ImageRgb8(rgb),
+        None => DynamicImage::from_decoder(decoder).map_err(|e| image_error(path, e))?,
+    };
     image.apply_orientation(orientation);
     if image.width() == 0 || image.height() == 0 {
         return Err(image_error(path, "the image has no pixels"));
     }
     Ok(image)
+}
+
+/// Decodes a JPEG as libjpeg-turbo does with its defaults (islow IDCT, fancy upsampling),
+/// which is what PIL and torchvision do: `Ok(None)` for a colour space it does not turn
+/// into RGB (CMYK, YCCK), left to the `image` crate. The header is checked against
+/// [`MAX_SIDE`] and [`MAX_ALLOC`] before any pixel is decoded.
+///
+/// # Errors
+/// The library's message for a corrupt stream (its fatal errors unwind and are caught here;
+/// they never reach the panic hook).
+pub fn decode_jpeg(bytes: &[u8]) -> std::result::Result<Option<RgbImage>, String> {
+    use mozjpeg::ColorSpace;
+    let run = || -> std::io::Result<Option<RgbImage>> {
+        let d = mozjpeg::Decompress::new_mem(bytes)?;
+        if !matches!(
+            d.color_space(),
+            ColorSpace::JCS_YCbCr | ColorSpace::JCS_RGB | ColorSpace::JCS_GRAYSCALE
+        ) {
+            return Ok(None);
+        }
+        let (w, h) = (d.width(), d.height());
+        let too_big = w > MAX_SIDE as usize
+            || h > MAX_SIDE as usize
+            || (w as u64) * (h as u64) * 3 > MAX_ALLOC;
+        if too_big || w == 0 || h == 0 {
+            return Err(std::io::Error::other(format!(
+                "{w}×{h} pixels is outside the decoding limits"
+            )));
+        }
+        let mut started = d.rgb()?;
+        let data: Vec<u8> = started.read_scanlines()?;
+        started.finish()?;
+        RgbImage::from_raw(w as u32, h as u32, data)
+            .map(Some)
+            .ok_or_else(|| std::io::Error::other("the JPEG decoded to fewer pixels than its size"))
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(payload) => Err(payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "the JPEG could not be decoded".into())),
+    }
 }
 
 /// 8-bit RGB: grayscale is replicated, alpha is composited over a white background (as
@@ -90,6 +145,28 @@ pub fn to_rgb8(image: &DynamicImage) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_corrupt_jpeg_is_an_error_not_a_crash() {
+        // A start-of-image marker, then garbage: libjpeg's fatal error comes back as Err.
+        let mut bytes = vec![0xFF, 0xD8, 0xFF, 0xC0, 0x00, 0x02];
+        bytes.extend((0..200u32).map(|i| (i * 37 % 251) as u8));
+        let err = decode_jpeg(&bytes).unwrap_err();
+        assert!(!err.is_empty());
+        // A valid JPEG decodes; a header claiming more than the limits is refused unread.
+        let mut ok = Vec::new();
+        image::DynamicImage::ImageRgb8(RgbImage::from_pixel(9, 5, image::Rgb([200, 30, 90])))
+            .write_to(&mut Cursor::new(&mut ok), image::ImageFormat::Jpeg)
+            .unwrap();
+        let img = decode_jpeg(&ok).unwrap().unwrap();
+        assert_eq!(img.dimensions(), (9, 5));
+        let sof = ok.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        // SOF0: length (2), precision (1), height (2), width (2).
+        ok[sof + 5..sof + 7].copy_from_slice(&60_000u16.to_be_bytes());
+        ok[sof + 7..sof + 9].copy_from_slice(&60_000u16.to_be_bytes());
+        let err = decode_jpeg(&ok).unwrap_err();
+        assert!(err.contains("outside the decoding limits"), "{err}");
+    }
     use image::{GrayImage, Luma, Rgba};
 
     #[test]

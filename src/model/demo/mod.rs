@@ -1246,6 +1246,7 @@ mod tests {
             soft_prompts: given,
             track_visual_inputs: true,
             attention_layers: 1,
+            truncate: false,
         };
         let e = m.embed(&EmbedInput::image(image(5)), &p, &opts).unwrap();
         let loss = e.vectors.i(1).unwrap().sum_all().unwrap();

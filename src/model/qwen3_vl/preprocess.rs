@@ -595,18 +595,18 @@ mod tests {
     #[test]
     fn bicubic_weights_match_torch() {
         // 300 → 96: precision 16, first output's int16 taps.
-        let a = axis_taps(300, 96);
+        let a = axis_taps(300, 96, Resampler::Torch);
         assert_eq!(a.precision, 16);
         assert_eq!(
             a.taps[0],
             (0, vec![17454, 22647, 18487, 8988, 836, -1614, -1160, -102])
         );
         assert_eq!(a.taps[95].0, 292);
-        let a = axis_taps(451, 448);
+        let a = axis_taps(451, 448, Resampler::Torch);
         assert_eq!(a.precision, 15);
         assert_eq!(a.taps[0], (0, vec![32603, 169, -4]));
         assert_eq!(a.taps[1].1, vec![-54, 32542, 288, -9]);
-        let a = axis_taps(60, 224);
+        let a = axis_taps(60, 224, Resampler::Torch);
         assert_eq!(a.precision, 14);
         assert_eq!(a.taps[0].1, vec![18196, -1812]);
         assert_eq!(a.taps[100], (25, vec![-1158, 10987, 7392, -837]));
