@@ -578,6 +578,18 @@ mod tests {
     }
 
     #[test]
+    fn a_12_megapixel_photo_costs_7_times_fewer_tokens_under_the_embedder_profile() {
+        let config = ImageProcessorConfig::default();
+        let side = |profile: PreprocessProfile| {
+            let (c, _) = profile.resize_settings(&config);
+            smart_resize(3000, 4000, &c).unwrap()
+        };
+        // Visual tokens: (h/16)·(w/16)/4 after the 2×2 merge.
+        assert_eq!(side(PreprocessProfile::EMBEDDER), (1152, 1536)); // 1,728 tokens
+        assert_eq!(side(PreprocessProfile::PROCESSOR), (3008, 4000)); // 11,750 tokens
+    }
+
+    #[test]
     fn smart_resize_matches_transformers_examples() {
         let c = qwen(65_536, 16_777_216);
         assert_eq!(smart_resize(300, 451, &c).unwrap(), (288, 448));
