@@ -155,7 +155,7 @@ mod tests {
         assert!(!err.is_empty());
         // A valid JPEG decodes; a header claiming more than the limits is refused unread.
         let mut ok = Vec::new();
-        image::DynamicImage::ImageRgb8(RgbImage::from_pixel(9, 5, image::Rgb([200, 30, 90])))
+        DynamicImage::ImageRgb8(RgbImage::from_pixel(9, 5, image::Rgb([200, 30, 90])))
             .write_to(&mut Cursor::new(&mut ok), image::ImageFormat::Jpeg)
             .unwrap();
         let img = decode_jpeg(&ok).unwrap().unwrap();

@@ -97,7 +97,7 @@ fn weights_digest(files: &[PathBuf]) -> Result<String> {
     for path in files {
         let name = path
             .file_name()
-            .map(|n| n.as_encoded_bytes())
+            .map(std::ffi::OsStr::as_encoded_bytes)
             .unwrap_or_default();
         hasher.update(name);
         hasher.update(crate::model::weights::file_digest(path, &memo)?.as_bytes());
