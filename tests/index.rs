@@ -108,18 +108,21 @@ impl FromBytesCompat for std::ffi::OsStr {
     }
 }
 
+/// Why the scan skipped the file called `name` (panics when it did not).
+fn skip_reason(gallery: &agff_lens::index::Gallery, name: &str) -> String {
+    gallery
+        .skipped
+        .iter()
+        .find(|s| s.path.file_name().unwrap() == name)
+        .map(|s| s.reason.clone())
+        .unwrap_or_else(|| panic!("{name} not skipped: {:?}", gallery.skipped))
+}
+
 #[test]
 fn a_folder_of_bad_files_is_indexed_around_them_with_reasons() {
     let (dir, good) = bad_folder();
     let gallery = scan_gallery(&dir, &never, &mut |_| {}).unwrap();
-    let reason = |name: &str| {
-        gallery
-            .skipped
-            .iter()
-            .find(|s| s.path.file_name().unwrap() == name)
-            .map(|s| s.reason.clone())
-            .unwrap_or_else(|| panic!("{name} not skipped: {:?}", gallery.skipped))
-    };
+    let reason = |name: &str| skip_reason(&gallery, name);
     assert!(reason("empty.png").contains("empty"));
     assert!(reason("notes.jpg").contains("not an image"));
     let huge = reason("huge.png");
@@ -395,14 +398,7 @@ fn phone_and_camera_formats_are_listed_as_skipped_with_their_format() {
         .save(&tga)
         .unwrap();
     let gallery = scan_gallery(&dir, &never, &mut |_| {}).unwrap();
-    let reason = |name: &str| {
-        gallery
-            .skipped
-            .iter()
-            .find(|s| s.path.file_name().unwrap() == name)
-            .map(|s| s.reason.clone())
-            .unwrap_or_else(|| panic!("{name} not listed: {:?}", gallery.skipped))
-    };
+    let reason = |name: &str| skip_reason(&gallery, name);
     for (name, format) in [
         ("IMG_0001.HEIC", "HEIC"),
         ("pic.avif", "AVIF"),

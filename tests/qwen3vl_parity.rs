@@ -314,6 +314,18 @@ fn half_precision_weights_load_and_stay_close() {
     }
 }
 
+/// Two images of the same size with every channel value equal.
+fn assert_same_pixels(got: &image::RgbImage, want: &image::RgbImage, name: &str) {
+    assert_eq!(got.dimensions(), want.dimensions(), "{name}: size");
+    let differing = got
+        .as_raw()
+        .iter()
+        .zip(want.as_raw())
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(differing, 0, "{name}: {differing} channel values differ");
+}
+
 /// The `embedder` profile equals `qwen_vl_utils.fetch_image` (Pillow's bicubic resize
 /// after its `to_rgb`) pixel for pixel: references from tests/fixtures/make_embedder_resize.py.
 #[test]
@@ -336,14 +348,7 @@ fn embedder_profile_resizes_pixel_for_pixel_like_fetch_image() {
             max_pixels: case["max_pixels"].as_u64().unwrap() as usize,
         };
         let got = resized_image(&input, &config, profile).unwrap();
-        assert_eq!(got.dimensions(), want.dimensions(), "{name}: size");
-        let differing = got
-            .as_raw()
-            .iter()
-            .zip(want.as_raw())
-            .filter(|(a, b)| a != b)
-            .count();
-        assert_eq!(differing, 0, "{name}: {differing} channel values differ");
+        assert_same_pixels(&got, &want, name);
     }
     // The processor's resampler differs from Pillow's in its weights' precision: on the
     // downscaled case the two disagree somewhere, so the test above is not vacuous.
@@ -383,14 +388,7 @@ fn jpeg_decoding_equals_libjpeg_turbo() {
         let want = open_image(&dir.join(case["pixels"].as_str().unwrap()))
             .unwrap()
             .to_rgb8();
-        assert_eq!(got.dimensions(), want.dimensions(), "{name}");
-        let differing = got
-            .as_raw()
-            .iter()
-            .zip(want.as_raw())
-            .filter(|(a, b)| a != b)
-            .count();
-        assert_eq!(differing, 0, "{name}: {differing} channel values differ");
+        assert_same_pixels(&got, &want, name);
         // The image crate's own decoder (what was used before) disagrees somewhere.
         let other = image::load_from_memory(&std::fs::read(dir.join(name)).unwrap())
             .unwrap()

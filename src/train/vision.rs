@@ -473,40 +473,35 @@ pub fn probe_vision(
         test_scenes: settings.test_scenes,
         ..ProbeReport::default()
     };
+    // One probe: fitted on the training scenes' rows, scored on the held-out ones;
+    // `None` when either side has no row of it.
+    let probe =
+        |attribute: Attribute, objects_only: bool| -> Result<Option<(f64, usize)>, TrainError> {
+            let (rows, y) = rows_of(&train_l, attribute, n, objects_only);
+            let (test_rows, test_y) = rows_of(&test_l, attribute, n, objects_only);
+            if rows.is_empty() || test_rows.is_empty() {
+                return Ok(None);
+            }
+            let x = features(&train_x, attribute)?
+                .index_select(&Tensor::new(rows.as_slice(), &device)?, 0)?;
+            let (w, b) = fit_probe(&x, &y, attribute.classes(), settings.steps)?;
+            let tx = features(&test_x, attribute)?
+                .index_select(&Tensor::new(test_rows.as_slice(), &device)?, 0)?;
+            let logits = ops::linear(&tx, &w, Some(&b))?;
+            Ok(Some((accuracy(&logits, &test_y)?, test_y.len())))
+        };
     for attribute in Attribute::ALL {
-        let (rows, y) = rows_of(&train_l, attribute, n, false);
-        let (test_rows, test_y) = rows_of(&test_l, attribute, n, false);
-        if rows.is_empty() || test_rows.is_empty() {
-            continue;
-        }
-        let x = features(&train_x, attribute)?
-            .index_select(&Tensor::new(rows.as_slice(), &device)?, 0)?;
-        let (w, b) = fit_probe(&x, &y, attribute.classes(), settings.steps)?;
-        let tx = features(&test_x, attribute)?
-            .index_select(&Tensor::new(test_rows.as_slice(), &device)?, 0)?;
-        let logits = ops::linear(&tx, &w, Some(&b))?;
-        let name = attribute.name().to_string();
-        report
-            .accuracy
-            .insert(name.clone(), accuracy(&logits, &test_y)?);
-        report.rows.insert(name, test_y.len());
+        let mut scored = vec![(attribute.name().to_string(), probe(attribute, false)?)];
         if attribute == Attribute::Shape {
             // Most tokens are background: the shape of the object under a token is also
             // probed on object tokens alone (the criterion), with a probe of its
             // own (one fitted on every token spends itself on background).
-            let (rows, y) = rows_of(&train_l, attribute, n, true);
-            let (test_rows, test_y) = rows_of(&test_l, attribute, n, true);
-            if !rows.is_empty() && !test_rows.is_empty() {
-                let x = features(&train_x, attribute)?
-                    .index_select(&Tensor::new(rows.as_slice(), &device)?, 0)?;
-                let (w, b) = fit_probe(&x, &y, attribute.classes(), settings.steps)?;
-                let tx = features(&test_x, attribute)?
-                    .index_select(&Tensor::new(test_rows.as_slice(), &device)?, 0)?;
-                let logits = ops::linear(&tx, &w, Some(&b))?;
-                report
-                    .accuracy
-                    .insert(SHAPE_ON_OBJECTS.into(), accuracy(&logits, &test_y)?);
-                report.rows.insert(SHAPE_ON_OBJECTS.into(), test_y.len());
+            scored.push((SHAPE_ON_OBJECTS.to_string(), probe(attribute, true)?));
+        }
+        for (name, score) in scored {
+            if let Some((acc, rows)) = score {
+                report.accuracy.insert(name.clone(), acc);
+                report.rows.insert(name, rows);
             }
         }
     }
