@@ -750,3 +750,29 @@ fn search_goes_on_without_a_cache_it_cannot_write_and_gives_raw_bytes_of_odd_pat
     let _ = std::fs::remove_dir_all(&gallery);
     let _ = std::fs::remove_dir_all(&blocker);
 }
+
+#[test]
+fn bench_tower_reports_seconds_per_pretraining_step() {
+    let out = agff_lens()
+        .args(["bench", "tower", "--steps", "2", "--batch", "2", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["steps"], 2);
+    let (min, median, max) = (
+        v["min_s"].as_f64().unwrap(),
+        v["median_s"].as_f64().unwrap(),
+        v["max_s"].as_f64().unwrap(),
+    );
+    assert!(0.0 < min && min <= median && median <= max, "{v}");
+    let bad = agff_lens()
+        .args(["bench", "tower", "--steps", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+}

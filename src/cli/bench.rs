@@ -433,3 +433,86 @@ pub fn model(args: &ModelArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Options of `bench tower`.
+#[derive(Debug, Args)]
+pub struct TowerArgs {
+    /// Timed steps (after 2 untimed warm-up steps).
+    #[arg(long, default_value_t = 20)]
+    pub steps: u64,
+    /// Scenes per step.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Print JSON instead of a line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct TowerReport {
+    steps: usize,
+    batch: usize,
+    median_s: f64,
+    min_s: f64,
+    max_s: f64,
+    scenes_per_s: f64,
+}
+
+/// `bench tower`: the demo recipe's stage-1 step (render, forward, backward, AdamW) on a
+/// freshly initialised demo model, CPU, median seconds per step.
+pub fn tower(args: &TowerArgs) -> anyhow::Result<()> {
+    use crate::model::demo::{DemoConfig, DemoModel};
+    use crate::train::vision::{VisionSettings, pretrain_vision};
+    use crate::train::{TrainControl, TrainEvent};
+    if args.steps == 0 || args.batch == 0 {
+        anyhow::bail!("--steps and --batch must be positive");
+    }
+    let words = crate::scenes::vocabulary();
+    let config = DemoConfig::new(&words, DemoConfig::default_perspectives(4));
+    let mut model = DemoModel::random(config, 0, &Device::Cpu)?;
+    let out = tempfile::tempdir().context("a temporary folder for the tower")?;
+    let warm = 2;
+    let (tx, rx) = std::sync::mpsc::sync_channel((args.steps + warm) as usize + 16);
+    let settings = VisionSettings {
+        steps: args.steps + warm,
+        batch: args.batch,
+        ..VisionSettings::default()
+    };
+    pretrain_vision(
+        &mut model,
+        &settings,
+        out.path(),
+        &TrainControl::default(),
+        &Some(tx),
+    )?;
+    let mut seconds: Vec<f64> = rx
+        .try_iter()
+        .filter_map(|e| match e {
+            TrainEvent::Step(r) => Some(r.seconds),
+            _ => None,
+        })
+        .skip(warm as usize)
+        .collect();
+    let report = TowerReport {
+        steps: seconds.len(),
+        batch: args.batch,
+        median_s: median(seconds.clone()),
+        min_s: seconds.iter().copied().fold(f64::INFINITY, f64::min),
+        max_s: seconds.iter().copied().fold(0.0, f64::max),
+        scenes_per_s: args.batch as f64 / median(std::mem::take(&mut seconds)),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "tower step (batch {}): median {:.3} s (min {:.3}, max {:.3}) over {} steps, {:.1} scenes/s",
+            report.batch,
+            report.median_s,
+            report.min_s,
+            report.max_s,
+            report.steps,
+            report.scenes_per_s
+        );
+    }
+    Ok(())
+}

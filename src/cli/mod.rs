@@ -57,6 +57,8 @@ pub enum BenchCommand {
     Model(bench::ModelArgs),
     /// Gallery embedding throughput and search latency.
     Search(bench_search::SearchBenchArgs),
+    /// Seconds per step of the demo tower's dense pre-training (stage 1 of the recipe).
+    Tower(bench::TowerArgs),
 }
 
 /// Options of `gui`.
@@ -288,5 +290,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Fusion(args)) => bench::fusion(&args),
         Command::Bench(BenchCommand::Model(args)) => bench::model(&args),
         Command::Bench(BenchCommand::Search(args)) => bench_search::run(&args),
+        Command::Bench(BenchCommand::Tower(args)) => bench::tower(&args),
     }
 }
