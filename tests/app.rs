@@ -387,13 +387,24 @@ fn a_hugging_face_folder_loads_indexes_and_explains() {
     assert!(err.contains("no-such-model"), "{err}");
     assert!(h.state().model_name.is_none());
 
-    // The tiny Qwen3-VL checkpoint (real folder format) by path.
+    // The tiny Qwen3-VL checkpoint (real folder format) by path, with the released
+    // embedder's preprocessing and a smaller pixel budget chosen in the settings.
     h.state_mut().model_field = fixtures.join("tiny-a").display().to_string();
+    h.state_mut().settings.preprocess = "embedder".into();
+    h.state_mut().settings.max_pixels = 200_704;
     h.get_by_label("Load").click();
     h.step();
     step_until(&mut h, "the Qwen3-VL model", |a| {
         a.model_name.is_some() && !a.busy()
     });
+    assert!(
+        h.state()
+            .log
+            .iter()
+            .any(|l| l.text.contains("images: embedder 4096..200704 pixels")),
+        "{:?}",
+        h.state().log
+    );
     h.get_by_label("Open folder…").click();
     h.step();
     step_until(&mut h, "the photos", |a| a.gallery.is_some() && !a.busy());

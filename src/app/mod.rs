@@ -132,6 +132,27 @@ pub struct Settings {
     /// Fine-tune: a query whose ranking is shown before and after the run (empty:
     /// none).
     pub heldout: String,
+    /// How a Qwen3-VL model resizes images: empty (the model's default), `embedder` or
+    /// `processor` (the CLI's `--preprocess`); applied at the next load.
+    pub preprocess: String,
+    /// Most pixels an image is resized to (0: the profile's; the CLI's `--max-pixels`).
+    pub max_pixels: usize,
+}
+
+impl Settings {
+    /// The image preprocessing to load a model with.
+    pub fn image_options(&self) -> crate::model::loader::ImageOptions {
+        use crate::model::loader::ProfileKind;
+        crate::model::loader::ImageOptions {
+            profile: match self.preprocess.as_str() {
+                "embedder" => Some(ProfileKind::Embedder),
+                "processor" => Some(ProfileKind::Processor),
+                _ => None,
+            },
+            min_pixels: None,
+            max_pixels: (self.max_pixels > 0).then_some(self.max_pixels),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -155,6 +176,8 @@ impl Default for Settings {
             train_fusion: true,
             train_folder: String::new(),
             heldout: "a red circle".into(),
+            preprocess: String::new(),
+            max_pixels: 0,
         }
     }
 }
@@ -376,7 +399,10 @@ impl LensApp {
             app.query_text = q.clone();
         }
         if options.autostart {
-            app.submit(Job::LoadModel(ModelChoice::Demo));
+            app.submit(Job::LoadModel(
+                ModelChoice::Demo,
+                app.settings.image_options(),
+            ));
             app.submit(Job::IndexDemo {
                 count: options.demo_scenes,
                 seed: DEMO_GALLERY_SEED,
@@ -766,7 +792,7 @@ impl LensApp {
         } else {
             ModelChoice::Named(arg)
         };
-        self.submit(Job::LoadModel(choice));
+        self.submit(Job::LoadModel(choice, self.settings.image_options()));
     }
 
     fn keyboard(&mut self, ctx: &egui::Context) {
@@ -927,6 +953,25 @@ impl LensApp {
             if ui.button("Load").clicked() || enter {
                 self.load_model();
             }
+            ui.menu_button("images", |ui| {
+                ui.label("How a Qwen3-VL model resizes images (at the next Load):");
+                for (value, label) in [
+                    ("", "the model's default"),
+                    (
+                        "embedder",
+                        "embedder: as Qwen3-VL-Embedding (Pillow, ≤ 1,843,200 px)",
+                    ),
+                    ("processor", "processor: as transformers' image processor"),
+                ] {
+                    ui.radio_value(&mut self.settings.preprocess, value.to_owned(), label);
+                }
+                ui.add(
+                    egui::DragValue::new(&mut self.settings.max_pixels)
+                        .range(0..=50_000_000)
+                        .prefix("at most ")
+                        .suffix(" pixels (0: the profile's)"),
+                );
+            });
             ui.separator();
             if ui.button("Open folder…").clicked() {
                 self.open_folder(None);

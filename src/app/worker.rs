@@ -121,7 +121,7 @@ pub enum PairsSource {
 pub enum Job {
     /// Load a model (replacing the current one; the gallery is dropped with it).
     /// Answered by [`Event::ModelLoaded`].
-    LoadModel(ModelChoice),
+    LoadModel(ModelChoice, crate::model::loader::ImageOptions),
     /// Render `count` demo scenes (once, into the cache folder) and index them.
     IndexDemo {
         /// Number of scenes.
@@ -190,7 +190,7 @@ impl Job {
     /// The job's short name, as [`Event`]s and the log report it.
     pub fn name(&self) -> &'static str {
         match self {
-            Job::LoadModel(_) => "load model",
+            Job::LoadModel(..) => "load model",
             Job::IndexDemo { .. } | Job::IndexFolder(_) => "index",
             Job::Search { .. } => "search",
             Job::Explain { .. } => "explain",
@@ -659,7 +659,7 @@ impl Worker {
             return false;
         }
         let result = match job {
-            Job::LoadModel(choice) => self.load_model(&choice),
+            Job::LoadModel(choice, images) => self.load_model(&choice, images),
             Job::IndexDemo { count, seed } => self.index_demo(count, seed),
             Job::IndexFolder(dir) => self.index_folder(&dir),
             Job::Search {
@@ -706,7 +706,11 @@ impl Worker {
             .ok_or_else(|| msg("open a folder of images first"))
     }
 
-    fn load_model(&mut self, choice: &ModelChoice) -> Result<Option<String>, JobError> {
+    fn load_model(
+        &mut self,
+        choice: &ModelChoice,
+        images: crate::model::loader::ImageOptions,
+    ) -> Result<Option<String>, JobError> {
         let arg = match choice {
             ModelChoice::Demo => "demo",
             ModelChoice::Named(arg) => arg.trim(),
@@ -720,6 +724,7 @@ impl Worker {
         };
         let options = LoadOptions {
             device: self.device,
+            images,
             ..LoadOptions::default()
         };
         let session = Session::load(arg, &options, &mut progress).map_err(|e| {
@@ -731,6 +736,7 @@ impl Worker {
         })?;
         let perspectives = session.perspectives.clone();
         let name = session.backbone.identity().name.clone();
+        let preprocess = session.backbone.identity().preprocess.clone();
         let dim = session.backbone.hidden_size();
         self.model = Some(session);
         // Embeddings of another model mean nothing to this one.
@@ -741,7 +747,11 @@ impl Worker {
             perspectives,
             dim,
         });
-        Ok(Some(format!("loaded {name}")))
+        Ok(Some(if preprocess.is_empty() {
+            format!("loaded {name}")
+        } else {
+            format!("loaded {name}; images: {preprocess} pixels")
+        }))
     }
 
     fn index_demo(&mut self, count: usize, seed: u64) -> Result<Option<String>, JobError> {
