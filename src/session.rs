@@ -19,8 +19,7 @@ use crate::agff::{FusedScorer, Fusion, PairScore, PerspectiveEmbeddings, Similar
 use crate::explain::{Comparison, Explainer, Heatmap, Method, compare_breakdowns};
 use crate::index::projection::{Projection, ProjectionMethod, perspective_vectors, project};
 use crate::index::{
-    EmbedReport, Gallery, GalleryEmbeddings, Hit, IndexError, SearchOptions, embed_gallery_soft,
-    scan_gallery, search,
+    EmbedReport, Gallery, GalleryEmbeddings, Hit, IndexError, SearchOptions, scan_gallery, search,
 };
 use crate::model::demo::DemoModel;
 use crate::model::hub::{DownloadProgress, ModelSource, ResolveOptions, resolve_model};
@@ -277,6 +276,9 @@ pub struct Session {
     /// Cut a query text longer than the model reads to fit (with a warning) instead of
     /// failing with [`ModelError::TooLong`] (`--truncate`; off by default).
     pub truncate: bool,
+    /// Matryoshka dimensions of every embedding (`--dim`; `None`: all), set with
+    /// [`Session::set_dim`].
+    dim: Option<usize>,
 }
 
 impl Session {
@@ -290,7 +292,32 @@ impl Session {
             fusion,
             soft: Vec::new(),
             truncate: false,
+            dim: None,
         })
+    }
+
+    /// Embeds with the first `dim` coordinates of every embedding, renormalised
+    /// (Matryoshka; `None`: all of them). The gallery must be indexed again (the cache key
+    /// holds it).
+    ///
+    /// # Errors
+    /// [`SessionError::Input`] when `dim` is 0 or more than the model's width.
+    pub fn set_dim(&mut self, dim: Option<usize>) -> Result<(), SessionError> {
+        let hidden = self.backbone.hidden_size();
+        if let Some(d) = dim
+            && (d == 0 || d > hidden)
+        {
+            return Err(SessionError::Input(format!(
+                "--dim {d}: the model's embeddings have {hidden} dimensions; give 1 to {hidden}"
+            )));
+        }
+        self.dim = dim;
+        Ok(())
+    }
+
+    /// The width of this session's embeddings: the Matryoshka dimensions, or the model's.
+    pub fn dim(&self) -> usize {
+        self.dim.unwrap_or_else(|| self.backbone.hidden_size())
     }
 
     /// [`load_backbone`] then [`Session::new`].
@@ -386,10 +413,10 @@ impl Session {
         cancel: &dyn Fn() -> bool,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<(GalleryEmbeddings, EmbedReport), SessionError> {
-        Ok(embed_gallery_soft(
+        Ok(crate::index::embed_gallery_with(
             self.backbone.as_ref(),
             &self.perspectives,
-            &self.soft,
+            &self.embed_options(),
             gallery,
             cache_dir,
             cancel,
@@ -429,6 +456,7 @@ impl Session {
         );
         explainer.soft_prompts = self.soft.clone();
         explainer.truncate = self.truncate;
+        explainer.dim = self.dim;
         explainer
     }
 
@@ -537,6 +565,7 @@ impl Session {
         crate::model::EmbedOptions {
             soft_prompts: self.soft.clone(),
             truncate: self.truncate,
+            dim: self.dim,
             ..crate::model::EmbedOptions::default()
         }
     }

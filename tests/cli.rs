@@ -776,3 +776,125 @@ fn bench_tower_reports_seconds_per_pretraining_step() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));
 }
+
+#[test]
+fn matryoshka_dim_keeps_a_renormalised_prefix_and_is_checked() {
+    let embed = |extra: &[&str]| {
+        let out = agff_lens()
+            .args([
+                "embed",
+                "--model",
+                "demo",
+                "--text",
+                "two red circles",
+                "--json",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            out.stdout,
+        )
+    };
+    let vectors = |stdout: &[u8]| -> Vec<Vec<f64>> {
+        let v: serde_json::Value = serde_json::from_slice(stdout).unwrap();
+        v["items"][0]["perspectives"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| serde_json::from_value(p["embedding"].clone()).unwrap())
+            .collect()
+    };
+    let (code, err, full) = embed(&[]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err, short) = embed(&["--dim", "32"]);
+    assert_eq!(code, Some(0), "{err}");
+    for (f, s) in vectors(&full).iter().zip(vectors(&short)) {
+        assert_eq!(s.len(), 32);
+        let norm = f[..32].iter().map(|x| x * x).sum::<f64>().sqrt();
+        for (a, b) in f[..32].iter().zip(&s) {
+            assert!((a / norm - b).abs() < 1e-5, "{a} / {norm} vs {b}");
+        }
+    }
+    for bad in ["0", "129"] {
+        let (code, err, _) = embed(&["--dim", bad]);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(
+            err.contains(&format!("--dim {bad}")) && err.contains("give 1 to 128"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn search_and_explain_work_on_a_matryoshka_prefix() {
+    let gallery = temp("dimgallery");
+    std::fs::create_dir_all(&gallery).unwrap();
+    let mut rng = agff_lens::scenes::SceneRng::new(21);
+    for i in 0..4 {
+        agff_lens::scenes::Scene::random(&mut rng)
+            .render()
+            .save(gallery.join(format!("s{i}.png")))
+            .unwrap();
+    }
+    let cache = temp("dimcache");
+    let search = |dim: &str| {
+        agff_lens()
+            .args([
+                "search",
+                "--model",
+                "demo",
+                "--query",
+                "a red circle",
+                "--json",
+            ])
+            .args(["--dim", dim])
+            .arg("--gallery")
+            .arg(&gallery)
+            .arg("--cache")
+            .arg(&cache)
+            .output()
+            .unwrap()
+    };
+    for dim in ["16", "128", "16"] {
+        let out = search(dim);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["results"].as_array().unwrap().len(), 4);
+    }
+    // Each width has its own cache entry: the third search reads the first one's.
+    let v: serde_json::Value = serde_json::from_slice(&search("16").stdout).unwrap();
+    assert_eq!(v["from_cache"], 4);
+    let out_dir = temp("dimexplain");
+    let out = agff_lens()
+        .args([
+            "explain",
+            "--model",
+            "demo",
+            "--query",
+            "a red circle",
+            "--method",
+            "similarity",
+        ])
+        .args(["--dim", "16", "--json"])
+        .arg("--image")
+        .arg(gallery.join("s0.png"))
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for d in [gallery, cache, out_dir] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

@@ -41,7 +41,18 @@ impl PerspectiveEmbeddings {
         options: &crate::model::EmbedOptions,
     ) -> Result<(Self, crate::model::Embedding)> {
         let e = backbone.embed(input, perspectives, options)?;
-        let unit = Self::from_raw(e.vectors.to_dtype(candle_core::DType::F32)?.unsqueeze(0)?)?;
+        let mut raw = e.vectors.to_dtype(candle_core::DType::F32)?;
+        if let Some(dim) = options.dim {
+            let hidden = raw.dim(D::Minus1)?;
+            if dim == 0 || dim > hidden {
+                return Err(AgffError::Model(crate::model::ModelError::Input(format!(
+                    "--dim {dim}: the model's embeddings have {hidden} dimensions; give 1 to {hidden}"
+                ))));
+            }
+            // Matryoshka: the prefix, renormalised below.
+            raw = raw.narrow(1, 0, dim)?;
+        }
+        let unit = Self::from_raw(raw.unsqueeze(0)?)?;
         Ok((unit, e))
     }
 

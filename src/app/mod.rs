@@ -137,20 +137,25 @@ pub struct Settings {
     pub preprocess: String,
     /// Most pixels an image is resized to (0: the profile's; the CLI's `--max-pixels`).
     pub max_pixels: usize,
+    /// Matryoshka dimensions of the embeddings (0: all; the CLI's `--dim`).
+    pub dim: usize,
 }
 
 impl Settings {
-    /// The image preprocessing to load a model with.
-    pub fn image_options(&self) -> crate::model::loader::ImageOptions {
+    /// How to load a model: image preprocessing and Matryoshka dimensions.
+    pub fn load_settings(&self) -> worker::LoadSettings {
         use crate::model::loader::ProfileKind;
-        crate::model::loader::ImageOptions {
-            profile: match self.preprocess.as_str() {
-                "embedder" => Some(ProfileKind::Embedder),
-                "processor" => Some(ProfileKind::Processor),
-                _ => None,
+        worker::LoadSettings {
+            images: crate::model::loader::ImageOptions {
+                profile: match self.preprocess.as_str() {
+                    "embedder" => Some(ProfileKind::Embedder),
+                    "processor" => Some(ProfileKind::Processor),
+                    _ => None,
+                },
+                min_pixels: None,
+                max_pixels: (self.max_pixels > 0).then_some(self.max_pixels),
             },
-            min_pixels: None,
-            max_pixels: (self.max_pixels > 0).then_some(self.max_pixels),
+            dim: (self.dim > 0).then_some(self.dim),
         }
     }
 }
@@ -178,6 +183,7 @@ impl Default for Settings {
             heldout: "a red circle".into(),
             preprocess: String::new(),
             max_pixels: 0,
+            dim: 0,
         }
     }
 }
@@ -401,7 +407,7 @@ impl LensApp {
         if options.autostart {
             app.submit(Job::LoadModel(
                 ModelChoice::Demo,
-                app.settings.image_options(),
+                app.settings.load_settings(),
             ));
             app.submit(Job::IndexDemo {
                 count: options.demo_scenes,
@@ -792,7 +798,7 @@ impl LensApp {
         } else {
             ModelChoice::Named(arg)
         };
-        self.submit(Job::LoadModel(choice, self.settings.image_options()));
+        self.submit(Job::LoadModel(choice, self.settings.load_settings()));
     }
 
     fn keyboard(&mut self, ctx: &egui::Context) {
@@ -954,7 +960,7 @@ impl LensApp {
                 self.load_model();
             }
             ui.menu_button("images", |ui| {
-                ui.label("How a Qwen3-VL model resizes images (at the next Load):");
+                ui.label("How the model is loaded (at the next Load):");
                 for (value, label) in [
                     ("", "the model's default"),
                     (
@@ -970,6 +976,12 @@ impl LensApp {
                         .range(0..=50_000_000)
                         .prefix("at most ")
                         .suffix(" pixels (0: the profile's)"),
+                );
+                ui.add(
+                    egui::DragValue::new(&mut self.settings.dim)
+                        .range(0..=8192)
+                        .prefix("embedding dims: ")
+                        .suffix(" (0: all; Matryoshka prefix)"),
                 );
             });
             ui.separator();

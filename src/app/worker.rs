@@ -116,12 +116,22 @@ pub enum PairsSource {
     Folder(PathBuf),
 }
 
+/// How a model is loaded, as the settings say: image preprocessing and Matryoshka
+/// dimensions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadSettings {
+    /// The image preprocessing profile and pixel budget (`--preprocess`, `--max-pixels`).
+    pub images: crate::model::loader::ImageOptions,
+    /// The first N dimensions of every embedding, renormalised (`--dim`; `None`: all).
+    pub dim: Option<usize>,
+}
+
 /// Work for the model thread.
 #[derive(Debug, Clone)]
 pub enum Job {
     /// Load a model (replacing the current one; the gallery is dropped with it).
     /// Answered by [`Event::ModelLoaded`].
-    LoadModel(ModelChoice, crate::model::loader::ImageOptions),
+    LoadModel(ModelChoice, LoadSettings),
     /// Render `count` demo scenes (once, into the cache folder) and index them.
     IndexDemo {
         /// Number of scenes.
@@ -659,7 +669,7 @@ impl Worker {
             return false;
         }
         let result = match job {
-            Job::LoadModel(choice, images) => self.load_model(&choice, images),
+            Job::LoadModel(choice, load) => self.load_model(&choice, load),
             Job::IndexDemo { count, seed } => self.index_demo(count, seed),
             Job::IndexFolder(dir) => self.index_folder(&dir),
             Job::Search {
@@ -709,7 +719,7 @@ impl Worker {
     fn load_model(
         &mut self,
         choice: &ModelChoice,
-        images: crate::model::loader::ImageOptions,
+        load: LoadSettings,
     ) -> Result<Option<String>, JobError> {
         let arg = match choice {
             ModelChoice::Demo => "demo",
@@ -724,20 +734,21 @@ impl Worker {
         };
         let options = LoadOptions {
             device: self.device,
-            images,
+            images: load.images,
             ..LoadOptions::default()
         };
-        let session = Session::load(arg, &options, &mut progress).map_err(|e| {
+        let mut session = Session::load(arg, &options, &mut progress).map_err(|e| {
             if self.cancel.load(Ordering::Relaxed) {
                 JobError::Cancelled
             } else {
                 msg(e)
             }
         })?;
+        session.set_dim(load.dim).map_err(msg)?;
         let perspectives = session.perspectives.clone();
         let name = session.backbone.identity().name.clone();
         let preprocess = session.backbone.identity().preprocess.clone();
-        let dim = session.backbone.hidden_size();
+        let dim = session.dim();
         self.model = Some(session);
         // Embeddings of another model mean nothing to this one.
         self.gallery = None;

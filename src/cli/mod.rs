@@ -142,6 +142,10 @@ pub struct RunArgs {
     /// faster on a CPU, a different embedding.
     #[arg(long)]
     pub max_pixels: Option<usize>,
+    /// Matryoshka: keep the first N dimensions of every embedding, then L2-renormalise
+    /// (Qwen3-VL-Embedding is trained for such prefixes; part of the cache key).
+    #[arg(long)]
+    pub dim: Option<usize>,
 }
 
 /// `--preprocess`.
@@ -184,6 +188,7 @@ impl RunArgs {
             session.apply_tuned(dir)?;
         }
         session.truncate = self.truncate;
+        session.set_dim(self.dim)?;
         Ok(session)
     }
 }

@@ -228,6 +228,9 @@ pub struct Explainer<'a> {
     pub soft_prompts: Vec<Option<Tensor>>,
     /// Cut a query text longer than the model reads to fit instead of failing.
     pub truncate: bool,
+    /// Matryoshka dimensions of the embeddings (`None`: all); similarity maps compare the
+    /// same prefix of the visual tokens' states.
+    pub dim: Option<usize>,
 }
 
 impl<'a> Explainer<'a> {
@@ -242,6 +245,7 @@ impl<'a> Explainer<'a> {
             attention_layers: 2,
             soft_prompts: Vec::new(),
             truncate: false,
+            dim: None,
         }
     }
 
@@ -250,6 +254,7 @@ impl<'a> Explainer<'a> {
         let options = EmbedOptions {
             soft_prompts: self.soft_prompts.clone(),
             truncate: self.truncate,
+            dim: self.dim,
             ..EmbedOptions::default()
         };
         let (q, _) =
@@ -333,7 +338,8 @@ impl<'a> Explainer<'a> {
                 0
             },
             track_visual_inputs: method == Method::Attribution,
-            ..EmbedOptions::default()
+            truncate: self.truncate,
+            dim: self.dim,
         };
         let (c, e) = PerspectiveEmbeddings::embed(
             self.backbone,
@@ -401,7 +407,10 @@ impl<'a> Explainer<'a> {
                         per.push(heat(name, values));
                     }
                 } else {
-                    let hidden = visual.hidden.detach().to_dtype(DType::F32)?;
+                    let mut hidden = visual.hidden.detach().to_dtype(DType::F32)?;
+                    if let Some(d) = self.dim {
+                        hidden = hidden.narrow(D::Minus1, 0, d)?;
+                    }
                     let norm = hidden
                         .sqr()?
                         .sum_keepdim(D::Minus1)?

@@ -154,10 +154,41 @@ pub fn embed_gallery_soft(
     cancel: &dyn Fn() -> bool,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(GalleryEmbeddings, EmbedReport), IndexError> {
+    let options = EmbedOptions {
+        soft_prompts: soft.to_vec(),
+        ..EmbedOptions::default()
+    };
+    embed_gallery_with(
+        backbone,
+        perspectives,
+        &options,
+        gallery,
+        cache_dir,
+        cancel,
+        progress,
+    )
+}
+
+/// [`embed_gallery`] with every embedding option; the soft prompts and the Matryoshka
+/// dimensions are part of the cache key.
+pub fn embed_gallery_with(
+    backbone: &dyn Backbone,
+    perspectives: &PerspectiveSet,
+    options: &EmbedOptions,
+    gallery: &Gallery,
+    cache_dir: &Path,
+    cancel: &dyn Fn() -> bool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(GalleryEmbeddings, EmbedReport), IndexError> {
+    let soft = options.soft_prompts.as_slice();
     perspectives.validate().map_err(IndexError::Input)?;
     let per_item = perspectives.perspectives.len();
-    let dim = backbone.hidden_size();
-    let fingerprint = perspectives_fingerprint(perspectives, &soft_bytes(soft)?);
+    let dim = options.dim.unwrap_or_else(|| backbone.hidden_size());
+    let mut key = soft_bytes(soft)?;
+    if let Some(d) = options.dim {
+        key.extend_from_slice(format!("dim={d}").as_bytes());
+    }
+    let fingerprint = perspectives_fingerprint(perspectives, &key);
     let (mut cache, cache_problem) =
         EmbeddingCache::open(cache_dir, backbone.identity(), &fingerprint, per_item, dim);
     let mut report = EmbedReport {
@@ -184,11 +215,11 @@ pub fn embed_gallery_soft(
             let vectors = open_image(&item.path)
                 .map_err(|e| e.to_string())
                 .and_then(|img| {
-                    embed_unit_soft(
+                    embed_unit_with(
                         backbone,
                         &EmbedInput::image(to_rgb8(&img)),
                         perspectives,
-                        soft,
+                        options,
                     )
                     .map_err(|e| e.to_string())
                 });

@@ -13,8 +13,8 @@ pub use cache::{
     CacheProblem, CacheUnwritable, EmbeddingCache, default_cache_dir, perspectives_fingerprint,
 };
 pub use embed::{
-    EmbedReport, GalleryEmbeddings, embed_gallery, embed_gallery_soft, embed_unit, embed_unit_soft,
-    embed_unit_with,
+    EmbedReport, GalleryEmbeddings, embed_gallery, embed_gallery_soft, embed_gallery_with,
+    embed_unit, embed_unit_soft, embed_unit_with,
 };
 pub use gallery::{
     Gallery, GalleryItem, IMAGE_EXTENSIONS, MAX_FILE_BYTES, Skipped, scan_gallery, thumbnail,

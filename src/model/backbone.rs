@@ -64,6 +64,11 @@ pub struct EmbedOptions {
     /// Cut a text longer than the model reads to fit (keeping its start, with a warning)
     /// instead of failing with [`super::ModelError::TooLong`].
     pub truncate: bool,
+    /// Matryoshka dimensions: keep the first `dim` coordinates of every embedding before
+    /// L2-normalising (Qwen3-VL-Embedding is trained for such prefixes); `None`: all.
+    /// Applied where embeddings are normalised
+    /// ([`crate::agff::PerspectiveEmbeddings::embed`]).
+    pub dim: Option<usize>,
 }
 
 /// The tokens one perspective branch fed to the model.

@@ -1247,6 +1247,7 @@ mod tests {
             track_visual_inputs: true,
             attention_layers: 1,
             truncate: false,
+            dim: None,
         };
         let e = m.embed(&EmbedInput::image(image(5)), &p, &opts).unwrap();
         let loss = e.vectors.i(1).unwrap().sum_all().unwrap();
