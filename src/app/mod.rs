@@ -356,6 +356,10 @@ impl LensApp {
             }
             None => false,
         };
+        // A user may type or paste any character (an emoji, a script the bundled fonts
+        // lack): what no font can draw is drawn as a box, never a panic.
+        cc.egui_ctx
+            .set_missing_glyph_policy(egui::epaint::text::MissingGlyphPolicy::Tofu);
         let ctx = cc.egui_ctx.clone();
         let worker = WorkerHandle::spawn(
             options.cache_dir.clone(),
