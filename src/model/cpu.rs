@@ -437,6 +437,53 @@ impl SharedDst {
 unsafe impl Send for SharedDst {}
 unsafe impl Sync for SharedDst {}
 
+/// Which keys each query may attend to in [`attention_heads_into`].
+#[derive(Debug, Clone, Copy)]
+pub enum AttentionMask<'a> {
+    /// Every key (full attention).
+    None,
+    /// An additive `[n, n]` mask (0 or −∞).
+    Dense(&'a [f32]),
+    /// Packed perspective branches after a causal prefix
+    /// ([`crate::model::perspective::branch_mask`]), built one block of rows at a time:
+    /// no `[n, n]` buffer, so a long text costs no quadratic memory.
+    Branches {
+        /// Tokens of the shared prefix.
+        prefix: usize,
+        /// Tokens of each branch suffix.
+        lengths: &'a [usize],
+    },
+}
+
+impl AttentionMask<'_> {
+    /// Whether it fits `n` positions.
+    fn fits(&self, n: usize) -> bool {
+        match self {
+            Self::None => true,
+            Self::Dense(m) => m.len() == n * n,
+            Self::Branches { prefix, lengths } => prefix + lengths.iter().sum::<usize>() == n,
+        }
+    }
+
+    /// Adds rows `first..first + rows` of the mask to `scores` (`[rows, n]`), using `buf`
+    /// (`rows·n` long) for a built mask.
+    fn add_to(&self, scores: &mut [f32], first: usize, n: usize, buf: &mut [f32]) {
+        let rows = scores.len() / n.max(1);
+        match self {
+            Self::None => {}
+            Self::Dense(m) => add_rows_masked(scores, &m[first * n..][..rows * n]),
+            Self::Branches { prefix, lengths } => {
+                let buf = &mut buf[..rows * n];
+                buf.fill(f32::NEG_INFINITY);
+                for (i, row) in buf.chunks_mut(n).enumerate() {
+                    crate::model::perspective::branch_mask_row(0, *prefix, lengths, first + i, row);
+                }
+                add_rows_masked(scores, buf);
+            }
+        }
+    }
+}
+
 /// Query rows per task of [`attention_heads_into`]: a block's scores (`ATTENTION_ROWS × n`)
 /// stay in the core's L2 cache between the two GEMMs and the softmax.
 const ATTENTION_ROWS: usize = 64;
@@ -444,8 +491,8 @@ const ATTENTION_ROWS: usize = 64;
 /// Softmax attention `softmax(q·kᵀ·scale + mask)·v` with `q` `[q_heads, n, hd]` and `k`,
 /// `v` `[kv_heads, n, hd]` (query head h reads key/value head `h / (q_heads/kv_heads)`,
 /// as grouped-query attention repeats them), written into `out` `[n, q_heads·hd]` (head h
-/// in columns `h·hd..(h+1)·hd`, the layout the output projection reads). `mask` is an
-/// additive `[n, n]` mask (0 or −∞), none for full attention. Blocks of query rows of
+/// in columns `h·hd..(h+1)·hd`, the layout the output projection reads). `mask` says which
+/// keys each query sees ([`AttentionMask`]). Blocks of query rows of
 /// each head run in parallel, each on one core: scores, their exponentials, the product
 /// with v, then each output row divided by its row's sum (instead of normalising the
 /// n-long rows of probabilities).
@@ -460,7 +507,7 @@ pub fn attention_heads_into(
     (q_heads, kv_heads): (usize, usize),
     hd: usize,
     scale: f32,
-    mask: Option<&[f32]>,
+    mask: AttentionMask<'_>,
     out: &mut [f32],
 ) {
     assert!(q_heads > 0 && kv_heads > 0 && hd > 0 && q_heads.is_multiple_of(kv_heads));
@@ -468,7 +515,7 @@ pub fn attention_heads_into(
     let n = size / hd;
     assert!(q.len() == q_heads * n * hd && out.len() == q.len());
     assert!(k.len() == kv_heads * size && v.len() == k.len());
-    assert!(mask.is_none_or(|m| m.len() == n * n));
+    assert!(mask.fits(n));
     if n == 0 {
         return;
     }
@@ -477,8 +524,19 @@ pub fn attention_heads_into(
     let blocks = n.div_ceil(ATTENTION_ROWS);
     let dst = SharedDst(out.as_mut_ptr());
     (0..q_heads * blocks).into_par_iter().for_each_init(
-        || (vec![0f32; ATTENTION_ROWS * n], vec![0f32; ATTENTION_ROWS]),
-        |(scores, sums), task| {
+        || {
+            let built = if matches!(mask, AttentionMask::Branches { .. }) {
+                ATTENTION_ROWS * n
+            } else {
+                0
+            };
+            (
+                vec![0f32; ATTENTION_ROWS * n],
+                vec![0f32; ATTENTION_ROWS],
+                vec![0f32; built],
+            )
+        },
+        |(scores, sums, built), task| {
             let (h, b) = (task / blocks, task % blocks);
             let first = b * ATTENTION_ROWS;
             let rows = ATTENTION_ROWS.min(n - first);
@@ -514,9 +572,7 @@ pub fn attention_heads_into(
                     gemm::Parallelism::None,
                 );
             }
-            if let Some(mask) = mask {
-                add_rows_masked(scores, &mask[first * n..][..rows * n]);
-            }
+            mask.add_to(scores, first, n, built);
             for (row, sum) in scores.chunks_mut(n).zip(sums.iter_mut()) {
                 *sum = exp_row(row);
             }
@@ -688,7 +744,16 @@ mod tests {
         assert_eq!(v, flat(&vt));
         let scale = 0.3;
         let mut out = vec![f32::NAN; n * d];
-        attention_heads_into(&q, &k, &v, (heads, heads), hd, scale, None, &mut out);
+        attention_heads_into(
+            &q,
+            &k,
+            &v,
+            (heads, heads),
+            hd,
+            scale,
+            AttentionMask::None,
+            &mut out,
+        );
         let probs = candle_nn::ops::softmax(
             &(qt.matmul(&kt.t().unwrap()).unwrap() * f64::from(scale)).unwrap(),
             D::Minus1,
@@ -724,7 +789,16 @@ mod tests {
         let scale = 0.7;
         let mut out = vec![f32::NAN; q_heads * n * hd];
         let heads = (q_heads, kv_heads);
-        attention_heads_into(&q, &k, &v, heads, hd, scale, Some(&mask), &mut out);
+        attention_heads_into(
+            &q,
+            &k,
+            &v,
+            heads,
+            hd,
+            scale,
+            AttentionMask::Dense(&mask),
+            &mut out,
+        );
         let qt = tensor(&q, &[q_heads, n, hd]);
         // Each key/value head serves q_heads/kv_heads consecutive query heads.
         let repeat = |x: &[f32]| {

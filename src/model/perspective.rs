@@ -17,25 +17,34 @@ use super::error::{ModelError, Result};
 /// query position may attend to a key and `masked` (−∞, or a large negative number where
 /// a finite value is needed) where it may not. The one mask builder of both backbones.
 pub fn branch_mask(pad: usize, prefix: usize, lengths: &[usize], masked: f32) -> Vec<f32> {
-    let lp = pad + prefix;
-    let total = lp + lengths.iter().sum::<usize>();
+    let total = pad + prefix + lengths.iter().sum::<usize>();
     let mut mask = vec![masked; total * total];
-    for q in 0..pad {
-        mask[q * total + q] = 0.0;
-    }
-    for q in pad..lp {
-        mask[q * total + pad..=q * total + q].fill(0.0);
-    }
-    let mut start = lp;
-    for &len in lengths {
-        for q in start..start + len {
-            let row = &mut mask[q * total..(q + 1) * total];
-            row[pad..lp].fill(0.0);
-            row[start..=q].fill(0.0);
-        }
-        start += len;
+    for (q, row) in mask.chunks_mut(total.max(1)).enumerate().take(total) {
+        branch_mask_row(pad, prefix, lengths, q, row);
     }
     mask
+}
+
+/// Row `q` of [`branch_mask`], written into `row` (`T` long, already filled with the
+/// masked value): zeros where query `q` may attend. Attention kernels build the mask one
+/// block of rows at a time with it, so no `[T, T]` buffer is needed.
+pub fn branch_mask_row(pad: usize, prefix: usize, lengths: &[usize], q: usize, row: &mut [f32]) {
+    let lp = pad + prefix;
+    if q < pad {
+        row[q] = 0.0;
+    } else if q < lp {
+        row[pad..=q].fill(0.0);
+    } else {
+        let mut start = lp;
+        for &len in lengths {
+            if q < start + len {
+                row[pad..lp].fill(0.0);
+                row[start..=q].fill(0.0);
+                return;
+            }
+            start += len;
+        }
+    }
 }
 
 /// One perspective.

@@ -396,6 +396,7 @@ impl Qwen3Vl {
                 capture_attention,
                 keep_layer_outputs,
                 mask: None,
+                branches: None,
             },
         )?;
         Ok(SequenceOutput {
@@ -706,7 +707,8 @@ impl Qwen3Vl {
                     }
                     let embeds = Tensor::cat(&parts, 0)?.unsqueeze(0)?;
                     let (cos, sin) = self.rope.cos_sin(&positions, dtype, &self.device)?;
-                    let mask = branch_mask(lp, &lengths, &self.device)?;
+                    // The branch mask is built a block of rows at a time on the CPU path
+                    // (no [T, T] buffer), densely on the tensor path.
                     let out = self.text.run(
                         &embeds,
                         &cos,
@@ -716,7 +718,8 @@ impl Qwen3Vl {
                         &RunOptions {
                             capture_attention: &capture,
                             keep_layer_outputs: false,
-                            mask: Some(&mask),
+                            mask: None,
+                            branches: Some((lp, &lengths)),
                         },
                     )?;
                     let hidden = out.hidden.squeeze(0)?;
@@ -789,6 +792,7 @@ impl Qwen3Vl {
                             capture_attention: &capture,
                             keep_layer_outputs: false,
                             mask: None,
+                            branches: None,
                         },
                     )?;
                     let mut pooled = Vec::with_capacity(lengths.len());
@@ -867,14 +871,6 @@ impl Qwen3Vl {
             visual,
         })
     }
-}
-
-/// The additive mask of a packed sequence `[prefix (lp) | suffix lengths…]`
-/// ([`crate::model::perspective::branch_mask`]) as a `[T, T]` tensor.
-fn branch_mask(lp: usize, lengths: &[usize], device: &Device) -> Result<Tensor> {
-    let total = lp + lengths.iter().sum::<usize>();
-    let mask = crate::model::perspective::branch_mask(0, lp, lengths, f32::NEG_INFINITY);
-    Ok(Tensor::from_vec(mask, (total, total), device)?)
 }
 
 impl Backbone for Qwen3Vl {

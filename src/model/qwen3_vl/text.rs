@@ -100,8 +100,21 @@ pub struct RunOptions<'a> {
     /// Whether to keep every layer's output.
     pub keep_layer_outputs: bool,
     /// An explicit additive mask `[S, past+S]` (0 = may attend, −∞ = may not) instead of
-    /// the causal one; packed perspective branches use it.
+    /// the causal one.
     pub mask: Option<&'a Tensor>,
+    /// Packed perspective branches: `(prefix, suffix lengths)` (method.md §1). The CPU
+    /// path builds their mask a block of rows at a time; the tensor path builds the dense
+    /// mask. Ignored when `mask` is given.
+    pub branches: Option<(usize, &'a [usize])>,
+}
+
+/// The mask [`TextModel::run_cpu`] applies.
+#[derive(Clone, Copy)]
+enum CpuMask<'a> {
+    /// A dense additive `[S, S]` tensor.
+    Dense(&'a Tensor),
+    /// Packed branches after a causal prefix, never materialised.
+    Branches(usize, &'a [usize]),
 }
 
 /// Tensors added to the hidden states after the first layers (DeepStack), at positions
@@ -246,17 +259,38 @@ impl TextModel {
     ) -> Result<TextOutput> {
         let (b, s, _) = embeds.dims3()?;
         let past_len = past.map_or(0, |p| p.len);
-        let mask = match options.mask {
-            Some(m) => m.clone(),
-            None => causal_mask(s, past_len, embeds.device())?,
+        let dense = || -> Result<Tensor> {
+            Ok(match (options.mask, options.branches) {
+                (Some(m), _) => m.clone(),
+                (None, Some((prefix, lengths))) => {
+                    let t = prefix + lengths.iter().sum::<usize>();
+                    let m = crate::model::perspective::branch_mask(
+                        0,
+                        prefix,
+                        lengths,
+                        f32::NEG_INFINITY,
+                    );
+                    Tensor::from_vec(m, (t, t), embeds.device())?
+                }
+                (None, None) => causal_mask(s, past_len, embeds.device())?,
+            })
         };
-        if past.is_none()
-            && options.capture_attention.is_empty()
-            && !options.keep_layer_outputs
-            && let Some(out) = self.run_cpu(embeds, cos, sin, &mask, injection)?
-        {
-            return Ok(out);
+        if past.is_none() && options.capture_attention.is_empty() && !options.keep_layer_outputs {
+            let out = match (options.mask, options.branches) {
+                (None, Some((prefix, lengths))) => self.run_cpu(
+                    embeds,
+                    cos,
+                    sin,
+                    CpuMask::Branches(prefix, lengths),
+                    injection,
+                )?,
+                _ => self.run_cpu(embeds, cos, sin, CpuMask::Dense(&dense()?), injection)?,
+            };
+            if let Some(out) = out {
+                return Ok(out);
+            }
         }
+        let mask = dense()?;
         let mut x = embeds.clone();
         let mut cache = Vec::with_capacity(self.layers.len());
         let mut attentions = Vec::new();
@@ -302,7 +336,7 @@ impl TextModel {
         embeds: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Tensor,
+        mask: CpuMask<'_>,
         injection: Option<&Injection<'_>>,
     ) -> Result<Option<TextOutput>> {
         let c = &self.config;
@@ -313,15 +347,29 @@ impl TextModel {
             c.head_dim,
             c.intermediate_size,
         );
-        if b != 1 || mask.dims() != [s, s] || cos.dims() != [s, hd] || sin.dims() != [s, hd] {
+        let mask_fits = match mask {
+            CpuMask::Dense(m) => m.dims() == [s, s],
+            CpuMask::Branches(prefix, lengths) => prefix + lengths.iter().sum::<usize>() == s,
+        };
+        if b != 1 || !mask_fits || cos.dims() != [s, hd] || sin.dims() != [s, hd] {
             return Ok(None);
         }
-        let (Some(x_view), Some(cos), Some(sin), Some(mask)) = (
-            f32_view(embeds),
-            f32_view(cos),
-            f32_view(sin),
-            f32_view(mask),
-        ) else {
+        let dense_view = match mask {
+            CpuMask::Dense(m) => match f32_view(m) {
+                Some(v) => Some(v),
+                None => return Ok(None),
+            },
+            CpuMask::Branches(..) => None,
+        };
+        let attention_mask = match (mask, &dense_view) {
+            (CpuMask::Branches(prefix, lengths), _) => {
+                cpu::AttentionMask::Branches { prefix, lengths }
+            }
+            (CpuMask::Dense(_), Some(v)) => cpu::AttentionMask::Dense(v),
+            (CpuMask::Dense(_), None) => return Ok(None),
+        };
+        let (Some(x_view), Some(cos), Some(sin)) = (f32_view(embeds), f32_view(cos), f32_view(sin))
+        else {
             return Ok(None);
         };
         let layers = self
@@ -369,7 +417,7 @@ impl TextModel {
                 rope: (&cos, &sin),
             };
             cpu::split_heads(&qkv, &split, [&mut q, &mut k, &mut v]);
-            cpu::attention_heads_into(&q, &k, &v, (nh, nkv), hd, scale, Some(&mask), &mut attn);
+            cpu::attention_heads_into(&q, &k, &v, (nh, nkv), hd, scale, attention_mask, &mut attn);
             if let Some(bias) = &l.o_b {
                 cpu::add_rows(&mut x, bias);
             }
@@ -578,9 +626,25 @@ mod tests {
                     }
                 }
                 let fast = text
-                    .run_cpu(&embeds, &cos, &sin, &mask, Some(&injection))
+                    .run_cpu(&embeds, &cos, &sin, CpuMask::Dense(&mask), Some(&injection))
                     .unwrap()
                     .expect("f32 on the CPU takes the in-place path");
+                // The same mask built a block of rows at a time gives the same states.
+                let blocks = text
+                    .run_cpu(
+                        &embeds,
+                        &cos,
+                        &sin,
+                        CpuMask::Branches(7, &[3, 3]),
+                        Some(&injection),
+                    )
+                    .unwrap()
+                    .expect("f32 on the CPU takes the in-place path");
+                assert_eq!(
+                    max_diff(&fast.hidden, &blocks.hidden),
+                    0.0,
+                    "{name}: block-built branch mask"
+                );
                 // Asking for the layer outputs keeps `run` on the tensor layers.
                 let options = RunOptions {
                     keep_layer_outputs: true,

@@ -414,7 +414,16 @@ impl VisionModel {
             cpu::fill_rows(&mut qkv, &b.qkv.b);
             cpu::matmul_wt(&y, &b.qkv.w, d, &mut qkv, true);
             cpu::split_heads(&qkv, &split, [&mut q, &mut k, &mut v]);
-            cpu::attention_heads_into(&q, &k, &v, (nh, nh), hd, scale, None, &mut attn);
+            cpu::attention_heads_into(
+                &q,
+                &k,
+                &v,
+                (nh, nh),
+                hd,
+                scale,
+                cpu::AttentionMask::None,
+                &mut attn,
+            );
             cpu::add_rows(&mut x_buf, &b.proj.b);
             cpu::matmul_wt(&attn, &b.proj.w, d, &mut x_buf, true);
             cpu::layer_norm_rows(&x_buf, &b.norm2.w, &b.norm2.b, eps, &mut y);
