@@ -341,6 +341,10 @@ fn fine_tune_on_a_scenes_folder_writes_soft_prompts_and_fusion() {
             "2",
             "--batch",
             "4",
+            // A soft temperature: the demo model already tells these captions apart, and
+            // at the default τ its InfoNCE loss (and gradient) would round to zero.
+            "--tau",
+            "1.0",
             "--quiet",
         ])
         .output()
