@@ -147,6 +147,16 @@ fn bench_fusion_rejects_bad_settings() {
     }
 }
 
+/// The JSON a command printed, after checking it succeeded (its stderr otherwise).
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn temp(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("agff-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -741,13 +751,12 @@ fn search_goes_on_without_a_cache_it_cannot_write_and_gives_raw_bytes_of_odd_pat
         .arg(blocker.join("file").join("cache"))
         .output()
         .unwrap();
+    let v = json_of(&out);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
     assert!(
         err.contains("is a file where the cache folder should be") && err.contains("going on"),
         "{err}"
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let hit = &v["results"][0];
     let bytes: Vec<u8> = serde_json::from_value(hit["path_bytes"].clone()).unwrap();
     assert_eq!(bytes, odd.as_os_str().as_bytes());
@@ -761,12 +770,7 @@ fn bench_tower_reports_seconds_per_pretraining_step() {
         .args(["bench", "tower", "--steps", "2", "--batch", "2", "--json"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = json_of(&out);
     assert_eq!(v["steps"], 2);
     let (min, median, max) = (
         v["min_s"].as_f64().unwrap(),
@@ -863,17 +867,11 @@ fn search_and_explain_work_on_a_matryoshka_prefix() {
             .unwrap()
     };
     for dim in ["16", "128", "16"] {
-        let out = search(dim);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = json_of(&search(dim));
         assert_eq!(v["results"].as_array().unwrap().len(), 4);
     }
     // Each width has its own cache entry: the third search reads the first one's.
-    let v: serde_json::Value = serde_json::from_slice(&search("16").stdout).unwrap();
+    let v = json_of(&search("16"));
     assert_eq!(v["from_cache"], 4);
     let out_dir = temp("dimexplain");
     let out = agff_lens()

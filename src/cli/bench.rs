@@ -485,7 +485,7 @@ pub fn tower(args: &TowerArgs) -> anyhow::Result<()> {
         &TrainControl::default(),
         &Some(tx),
     )?;
-    let mut seconds: Vec<f64> = rx
+    let seconds: Vec<f64> = rx
         .try_iter()
         .filter_map(|e| match e {
             TrainEvent::Step(r) => Some(r.seconds),
@@ -493,13 +493,14 @@ pub fn tower(args: &TowerArgs) -> anyhow::Result<()> {
         })
         .skip(warm as usize)
         .collect();
+    let median_s = median(seconds.clone());
     let report = TowerReport {
         steps: seconds.len(),
         batch: args.batch,
-        median_s: median(seconds.clone()),
+        median_s,
         min_s: seconds.iter().copied().fold(f64::INFINITY, f64::min),
         max_s: seconds.iter().copied().fold(0.0, f64::max),
-        scenes_per_s: args.batch as f64 / median(std::mem::take(&mut seconds)),
+        scenes_per_s: args.batch as f64 / median_s,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
