@@ -397,3 +397,93 @@ fn jpeg_decoding_equals_libjpeg_turbo() {
     }
     assert!(image_crate_differs, "the test would pass with any decoder");
 }
+
+/// The `embedder` profile equals the authors' whole image path
+/// (`qwen_vl_utils.process_vision_info`, the processor with `do_resize=False`, the model,
+/// last-token pooling) on both tiny checkpoints, for inputs over the pixel cap, under the
+/// minimum, RGBA, grey and palette: the same grid, the same pixel values, the same tokens
+/// and an embedding cosine ≥ 0.99999. References from tests/fixtures/make_embedder_parity.py.
+#[test]
+fn embedder_profile_equals_the_authors_embedding_path() {
+    use agff_lens::model::qwen3_vl::PreprocessProfile;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = root.join("embedder_parity");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let cases = manifest["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 12);
+    let mut models: HashMap<String, Qwen3Vl> = HashMap::new();
+    for case in cases {
+        let model_name = case["model"].as_str().unwrap().to_string();
+        let label = format!("{model_name}/{}", case["case"].as_str().unwrap());
+        let model = models
+            .entry(model_name.clone())
+            .or_insert_with(|| load(&model_name, DType::F32));
+        model.set_preprocess(PreprocessProfile::Embedder {
+            min_pixels: case["min_pixels"].as_u64().unwrap() as usize,
+            max_pixels: case["max_pixels"].as_u64().unwrap() as usize,
+        });
+        let r =
+            candle_core::safetensors::load(dir.join(case["file"].as_str().unwrap()), &Device::Cpu)
+                .unwrap();
+        let img = to_rgb8(
+            &open_image(
+                &root
+                    .join("embedder_resize")
+                    .join(case["input"].as_str().unwrap()),
+            )
+            .unwrap(),
+        );
+
+        let prepared = model.prepare_image(&img).unwrap();
+        let grid: Vec<i64> = r["image_grid_thw"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(
+            prepared.grid_thw.map(|v| v as i64).to_vec(),
+            grid,
+            "{label}: grid"
+        );
+        let want = &r["pixel_values"];
+        let ours = Tensor::from_slice(&prepared.pixel_values, want.dims(), &Device::Cpu).unwrap();
+        let err = max_abs(&ours, want);
+        assert!(err <= 1e-6, "{label}: pixel values differ by {err}");
+
+        let input = EmbedInput {
+            image: Some(img),
+            text: case["text"].as_str().map(String::from),
+        };
+        let emb = model
+            .embed(
+                &input,
+                &PerspectiveSet::default_real(),
+                &EmbedOptions::default(),
+            )
+            .unwrap();
+        assert_eq!(
+            emb.branches[0].input_ids,
+            ids(&r["input_ids"]),
+            "{label}: tokens"
+        );
+        let cos = cosine(&emb.vectors.get(0).unwrap(), &r["embedding"]);
+        eprintln!("{label}: max |Δ pixel| = {err:e}, embedding cosine = {cos:.9}");
+        assert!(cos >= 0.99999, "{label}: embedding cosine {cos}");
+
+        // The processor's path on the same budget resamples differently: the references
+        // tell the two profiles apart wherever the image is resized.
+        if case["case"] == "over_cap" {
+            model.set_preprocess(PreprocessProfile::Processor {
+                min_pixels: case["min_pixels"].as_u64().map(|v| v as usize),
+                max_pixels: case["max_pixels"].as_u64().map(|v| v as usize),
+            });
+            let other = model.prepare_image(input.image.as_ref().unwrap()).unwrap();
+            let other = Tensor::from_slice(&other.pixel_values, want.dims(), &Device::Cpu).unwrap();
+            assert!(
+                max_abs(&other, want) > 0.0,
+                "{label}: the test cannot tell the profiles apart"
+            );
+        }
+    }
+}
