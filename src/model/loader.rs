@@ -68,7 +68,17 @@ pub fn load_folder_with(
     if super::demo::DemoModel::is_demo_folder(dir) {
         return Ok(Box::new(super::demo::DemoModel::load(dir, device)?));
     }
-    // Qwen3-VL is the one real architecture so far; its loader rejects others by name.
+    if super::siglip::is_siglip_folder(dir) {
+        // SigLIP has one preprocessing (its processor's fixed size): no profile to choose.
+        if *images != ImageOptions::default() {
+            tracing::warn!(
+                "{}: SigLIP resizes every image to its processor's size; --preprocess, --min-pixels and --max-pixels are for Qwen3-VL and are ignored",
+                dir.display()
+            );
+        }
+        return Ok(Box::new(super::siglip::Siglip::load(dir, dtype, device)?));
+    }
+    // Otherwise Qwen3-VL; its loader rejects other architectures by name.
     let mut model = Qwen3Vl::load(dir, dtype, device)?;
     if *images != ImageOptions::default() {
         use super::qwen3_vl::PreprocessProfile;

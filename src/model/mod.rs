@@ -12,6 +12,7 @@ pub mod loader;
 pub mod ops;
 pub mod perspective;
 pub mod qwen3_vl;
+pub mod siglip;
 pub mod weights;
 
 #[cfg(test)]

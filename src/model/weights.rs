@@ -160,6 +160,27 @@ pub fn file_digest(path: &Path, memo_dir: &Path) -> Result<String> {
     Ok(digest)
 }
 
+/// A digest of the weight files: their whole contents ([`file_digest`],
+/// remembered per path, size and modification time), so a tensor rewritten in place gives
+/// another model identity and the embedding cache cannot serve stale vectors. Short hex
+/// (16 digits) over each file's name and digest, in the order given.
+///
+/// # Errors
+/// [`ModelError::Io`] when a file cannot be read.
+pub fn weights_digest(files: &[PathBuf]) -> Result<String> {
+    let memo = crate::util::cache_dir();
+    let mut hasher = blake3::Hasher::new();
+    for path in files {
+        let name = path
+            .file_name()
+            .map(std::ffi::OsStr::as_encoded_bytes)
+            .unwrap_or_default();
+        hasher.update(name);
+        hasher.update(file_digest(path, &memo)?.as_bytes());
+    }
+    Ok(hasher.finalize().to_hex()[..16].to_string())
+}
+
 /// Weights of one model, memory-mapped, converted to `dtype` on `device` when read; or
 /// random normal values of whatever shape is asked for (for benchmarks at a real
 /// configuration without its checkpoint).

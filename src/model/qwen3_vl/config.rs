@@ -11,8 +11,7 @@ use serde_json::Value;
 use crate::model::error::{ModelError, Result};
 
 /// Architectures this implementation loads.
-pub const SUPPORTED_ARCHITECTURES: &str =
-    "Qwen3VLForConditionalGeneration, Qwen3VLModel (model_type qwen3_vl)";
+pub const SUPPORTED_ARCHITECTURES: &str = "Qwen3VLForConditionalGeneration, Qwen3VLModel (model_type qwen3_vl); SiglipModel (model_type siglip)";
 
 /// The vision tower's settings.
 #[derive(Debug, Clone, PartialEq)]

@@ -16,7 +16,7 @@ use crate::model::backbone::{
 };
 use crate::model::error::{ModelError, Result};
 use crate::model::perspective::{Perspective, PerspectiveSet};
-use crate::model::weights::Weights;
+use crate::model::weights::{Weights, weights_digest};
 
 /// The embedding models' default system instruction (Qwen3-VL-Embedding's `Qwen3VLEmbedder`).
 pub const DEFAULT_SYSTEM_INSTRUCTION: &str = "Represent the user's input.";
@@ -86,23 +86,6 @@ pub struct Qwen3Vl {
     identity: ModelIdentity,
     device: Device,
     system_instruction: String,
-}
-
-/// A digest of the weight files: their whole contents ([`crate::model::weights::file_digest`],
-/// remembered per path, size and modification time), so a tensor rewritten in place gives
-/// another model identity and the embedding cache cannot serve stale vectors.
-fn weights_digest(files: &[PathBuf]) -> Result<String> {
-    let memo = crate::util::cache_dir();
-    let mut hasher = blake3::Hasher::new();
-    for path in files {
-        let name = path
-            .file_name()
-            .map(std::ffi::OsStr::as_encoded_bytes)
-            .unwrap_or_default();
-        hasher.update(name);
-        hasher.update(crate::model::weights::file_digest(path, &memo)?.as_bytes());
-    }
-    Ok(hasher.finalize().to_hex()[..16].to_string())
 }
 
 impl Qwen3Vl {

@@ -226,12 +226,28 @@ struct AxisTaps {
     precision: u32,
 }
 
+#[cfg(test)]
 fn axis_taps(input: usize, output: usize, resampler: Resampler) -> AxisTaps {
+    filtered_taps(input, output, resampler, false)
+}
+
+/// [`axis_taps`] with the bicubic (`bilinear` false) or the triangle filter: torch's and
+/// Pillow's antialiased kernels differ between the two only in the filter and its support
+/// (2 and 1 input pixels at scale 1).
+fn filtered_taps(input: usize, output: usize, resampler: Resampler, bilinear: bool) -> AxisTaps {
     let scale = input as f64 / output as f64;
+    let base = if bilinear { 1.0 } else { 2.0 };
+    let filter = |x: f64| {
+        if bilinear {
+            (1.0 - x.abs()).max(0.0)
+        } else {
+            cubic(x)
+        }
+    };
     let (support, inv) = if scale >= 1.0 {
-        (2.0 * scale, 1.0 / scale)
+        (base * scale, 1.0 / scale)
     } else {
-        (2.0, 1.0)
+        (base, 1.0)
     };
     let kmax = support.ceil() as usize * 2 + 1;
     let mut rows = Vec::with_capacity(output);
@@ -244,7 +260,7 @@ fn axis_taps(input: usize, output: usize, resampler: Resampler) -> AxisTaps {
             .max(0) as usize;
         let size = xmax.saturating_sub(xmin).min(kmax);
         let mut w: Vec<f64> = (0..size)
-            .map(|j| cubic((j as f64 + xmin as f64 - center + 0.5) * inv))
+            .map(|j| filter((j as f64 + xmin as f64 - center + 0.5) * inv))
             .collect();
         let total: f64 = w.iter().sum();
         if total != 0.0 {
@@ -296,11 +312,12 @@ fn resample_pass(
     out_len: usize,
     horizontal: bool,
     resampler: Resampler,
+    bilinear: bool,
 ) -> Vec<u8> {
     let axis = if horizontal {
-        axis_taps(cols, out_len, resampler)
+        filtered_taps(cols, out_len, resampler, bilinear)
     } else {
-        axis_taps(rows, out_len, resampler)
+        filtered_taps(rows, out_len, resampler, bilinear)
     };
     let (out_rows, out_cols) = if horizontal {
         (rows, out_len)
@@ -350,15 +367,30 @@ pub fn resize_bicubic(
     out_w: usize,
     resampler: Resampler,
 ) -> Vec<u8> {
+    resize_planar_filtered(planar, h, w, out_h, out_w, resampler, false)
+}
+
+/// Resizes planar `[C][h][w]` u8 pixels to `(out_h, out_w)`, antialiased, with the
+/// bicubic (`bilinear` false) or the bilinear filter: horizontal pass first, a pass whose
+/// size does not change skipped, as torch's uint8 kernel and Pillow do.
+pub fn resize_planar_filtered(
+    planar: &[u8],
+    h: usize,
+    w: usize,
+    out_h: usize,
+    out_w: usize,
+    resampler: Resampler,
+    bilinear: bool,
+) -> Vec<u8> {
     let channels = planar.len() / (h * w).max(1);
     let mut data = planar.to_vec();
     let mut cur_w = w;
     if out_w != w {
-        data = resample_pass(&data, channels, h, w, out_w, true, resampler);
+        data = resample_pass(&data, channels, h, w, out_w, true, resampler, bilinear);
         cur_w = out_w;
     }
     if out_h != h {
-        data = resample_pass(&data, channels, h, cur_w, out_h, false, resampler);
+        data = resample_pass(&data, channels, h, cur_w, out_h, false, resampler, bilinear);
     }
     data
 }
