@@ -7,7 +7,7 @@
 //! `models--owner--name/{refs/<revision>, snapshots/<commit>/, blobs/}`, so folders downloaded by
 //! Python's `huggingface_hub` are found and the other way round.
 //!
-//! Only the files a Qwen3-VL folder needs are fetched: `config.json`, `tokenizer.json`,
+//! Only the files a model folder needs (Qwen3-VL and SigLIP alike) are fetched: `config.json`, `tokenizer.json`,
 //! `tokenizer_config.json` and `preprocessor_config.json` (both optional), and
 //! `model.safetensors` or `model.safetensors.index.json` with every shard it names.
 //!
@@ -1596,6 +1596,57 @@ mod tests {
         let got3 = resolve_with("owner/name", &online(cache.path()), &mut p, &hub.settings());
         assert_eq!(got3.unwrap(), got);
         assert_eq!(p.bytes, 0, "{:?}", p.events);
+    }
+
+    /// A SigLIP repo (as google/siglip-base-patch16-224 is laid out) resolves through the
+    /// Hub and loads as a SigLIP backbone; the SentencePiece file it also holds is not
+    /// fetched.
+    #[test]
+    fn hub_resolves_a_siglip_repo_that_loads() {
+        if proxied() {
+            return;
+        }
+        let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/siglip/tiny");
+        let read = |f: &str| std::fs::read(tiny.join(f)).unwrap();
+        let names = [
+            "config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "preprocessor_config.json",
+            "model.safetensors",
+            "spiece.model",
+        ];
+        let contents: Vec<Vec<u8>> = names.iter().map(|f| read(f)).collect();
+        let files: Vec<(&str, &[u8])> = names
+            .iter()
+            .zip(&contents)
+            .map(|(n, c)| (*n, c.as_slice()))
+            .collect();
+        let hub = FakeHub::start(
+            FakeRepo::new("google/siglip-base-patch16-224", &files),
+            false,
+        );
+        let cache = TempDir::new("hub-siglip");
+        let mut p = Recorder::default();
+        let got = resolve_with(
+            "google/siglip-base-patch16-224",
+            &online(cache.path()),
+            &mut p,
+            &hub.settings(),
+        )
+        .unwrap();
+        let ModelSource::Local(dir) = got else {
+            panic!("expected a local snapshot, got {got:?}");
+        };
+        assert!(!dir.join("spiece.model").exists());
+        let model = crate::model::loader::load_folder(
+            &dir,
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(model.default_perspectives().perspectives.len(), 1);
+        assert_eq!(model.identity().preprocess, "siglip 32x32 bicubic");
     }
 
     #[test]
