@@ -597,6 +597,25 @@ fn search_json_ranks_a_scene_folder_and_lists_skipped_files() {
             .iter()
             .any(|s| s["path"].as_str().unwrap().ends_with("broken.png"))
     );
+    // Two models side by side: the demo model against a SigLIP checkpoint, then a model
+    // against itself (which must agree completely).
+    let siglip = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/siglip/tiny");
+    let v = search(&["--top", "3", "--compare-model", siglip]);
+    let c = &v["compare"];
+    assert_eq!(c["model"], siglip);
+    assert_eq!(c["results"].as_array().unwrap().len(), 3);
+    assert_eq!(v["results"].as_array().unwrap().len(), 3);
+    assert_eq!(c["items"], 6);
+    assert_eq!(c["k"], 3);
+    // SigLIP has no fine-grained perspectives: its fused score is GG.
+    let top = &c["results"][0];
+    assert_eq!(top["score"], top["similarities"]["GG"]);
+    assert_eq!(top["perspectives"].as_object().unwrap().len(), 1);
+    let rho = c["spearman"].as_f64().unwrap();
+    assert!((-1.0..=1.0).contains(&rho));
+    let v = search(&["--top", "3", "--compare-model", "demo"]);
+    assert_eq!(v["compare"]["overlap_at_k"], 1.0);
+    assert_eq!(v["compare"]["spearman"], 1.0);
     // A first stage that keeps 2 of 6 reports how much of the exact top 10 it kept.
     let v = search(&["--first-stage", "2"]);
     assert_eq!(v["first_stage"]["keep"], 2);
@@ -899,4 +918,36 @@ fn search_and_explain_work_on_a_matryoshka_prefix() {
     for d in [gallery, cache, out_dir] {
         let _ = std::fs::remove_dir_all(d);
     }
+}
+
+#[test]
+fn eval_pmmvp_puts_several_models_in_one_table_with_a_row_each() {
+    let siglip = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/siglip/tiny");
+    let args = [
+        "eval", "pmmvp", "--model", "demo", "--model", siglip, "--pairs", "2",
+    ];
+    let out = agff_lens().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    let header = lines.iter().position(|l| l.contains("average")).unwrap();
+    assert!(lines[header].contains("orienta") && lines[header].contains("viewpoi"));
+    // demo, its GG row, then the SigLIP checkpoint (K = 0: no separate GG row).
+    assert!(lines[header + 1].trim_start().starts_with("demo"));
+    assert!(lines[header + 2].trim_start().starts_with("GG"));
+    assert!(lines[header + 3].trim_start().starts_with(siglip));
+    // 9 patterns and the average on every row.
+    assert_eq!(lines[header + 3].split_whitespace().count(), 11);
+    let v = json_of(&agff_lens().args(args).arg("--json").output().unwrap());
+    let models = v["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    assert_eq!(models[1]["model"], siglip);
+    // With K = 0 every pattern's FG, GF and FF equal GG.
+    let avg = &models[1]["average"];
+    assert_eq!(avg["GG"], avg["FF"]);
+    assert_eq!(avg["GG"], avg["fused"]);
 }

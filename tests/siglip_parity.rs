@@ -204,18 +204,18 @@ fn siglip_refuses_what_it_cannot_do_with_a_clear_error() {
         )
         .unwrap_err();
     assert!(e.to_string().contains("K = 0"), "{e}");
-    // A text longer than max_position_embeddings (16): refused, or cut with --truncate.
-    let long = "a photo of a cat ".repeat(10);
+    // A text longer than max_position_embeddings (64): refused, or cut with --truncate.
+    let long = "a photo of a cat ".repeat(20);
     match model.text_ids(&long, false) {
         Err(ModelError::TooLong { tokens, limit, .. }) => {
-            assert_eq!(limit, 16);
-            assert!(tokens > 16);
+            assert_eq!(limit, 64);
+            assert!(tokens > 64);
         }
         other => panic!("expected TooLong, got {other:?}"),
     }
     let cut = model.text_ids(&long, true).unwrap();
-    assert_eq!(cut.len(), 16);
-    assert_eq!(cut[15], 1, "the cut text still ends in </s>");
+    assert_eq!(cut.len(), 64);
+    assert_eq!(cut[63], 1, "the cut text still ends in </s>");
     // Image and text in one input: a dual encoder embeds one or the other.
     let both = EmbedInput {
         image: Some(image::RgbImage::new(8, 8)),

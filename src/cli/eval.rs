@@ -111,9 +111,10 @@ pub struct PmmvpArgs {
 /// Options of `eval mmvp`.
 #[derive(Debug, Args)]
 pub struct MmvpArgs {
-    /// `demo`, a local folder, or a Hub repo id.
-    #[arg(long)]
-    pub model: String,
+    /// Model(s) to evaluate: `demo`, a local folder, or a Hub repo id (repeat for one
+    /// table with a row per model).
+    #[arg(long = "model", required = true)]
+    pub models: Vec<String>,
     /// The folder holding Questions.csv.
     #[arg(long)]
     pub dir: PathBuf,
@@ -225,20 +226,107 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
             Ok(())
         }
         EvalCommand::Mmvp(args) => {
-            let session = args.common.run.session(&args.model)?;
-            let eval = evaluator(&session)?;
-            let pb = bar(1, args.common.json);
-            let report = eval.mmvp_dir(&args.dir, |done, total| {
-                pb.set_length(total as u64);
-                pb.set_position(done as u64);
-            })?;
-            pb.finish_and_clear();
+            let mut reports = Vec::new();
+            for model in &args.models {
+                let session = args.common.run.session(model)?;
+                let eval = evaluator(&session)?;
+                let pb = bar(1, args.common.json);
+                let report = eval.mmvp_dir(&args.dir, |done, total| {
+                    pb.set_length(total as u64);
+                    pb.set_position(done as u64);
+                })?;
+                pb.finish_and_clear();
+                reports.push(ModelReport {
+                    model: model.clone(),
+                    report,
+                    retrieval: None,
+                });
+            }
             if args.common.json {
-                println!("{}", serde_json::to_string(&report)?);
+                print_json(&reports)?;
+            } else if let [one] = reports.as_slice() {
+                print_report(&one.model, &one.report);
             } else {
-                print_report(&args.model, &report);
+                print_rows("MMVP-VLM", &reports);
             }
             Ok(())
+        }
+    }
+}
+
+/// One model's report as JSON, or `{"models": [...]}` for several.
+fn print_json(reports: &[ModelReport]) -> anyhow::Result<()> {
+    if let [one] = reports {
+        println!("{}", serde_json::to_string(one)?);
+    } else {
+        println!(
+            "{}",
+            serde_json::to_string(&serde_json::json!({ "models": reports }))?
+        );
+    }
+    Ok(())
+}
+
+/// The patterns of these reports in MMVP-VLM's order (then any others by name).
+fn pattern_names(reports: &[ModelReport]) -> Vec<String> {
+    let mut names: Vec<String> = MmvpPattern::ALL
+        .iter()
+        .map(|p| p.name().to_string())
+        .filter(|n| reports.iter().any(|r| r.report.patterns.contains_key(n)))
+        .collect();
+    for r in reports {
+        for n in r.report.patterns.keys() {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+    }
+    names
+}
+
+/// Several models as rows of one table, as the paper's MMVP-VLM table: pair accuracy (%)
+/// per pattern and the average; the fused score, and the global view alone (GG) below
+/// it where the model has fine-grained perspectives.
+fn print_rows(benchmark: &str, reports: &[ModelReport]) {
+    let names = pattern_names(reports);
+    let width = reports
+        .iter()
+        .map(|r| r.model.chars().count())
+        .max()
+        .unwrap_or(5)
+        .clamp(5, 40);
+    println!("{benchmark}: pair accuracy (%), fused score; GG: the global view alone");
+    let mut header = format!("  {:<width$}", "model");
+    for n in &names {
+        header.push_str(&format!(" {:>7}", n.chars().take(7).collect::<String>()));
+    }
+    header.push_str(&format!(" {:>7}", "average"));
+    println!("{header}");
+    for r in reports {
+        let row = |label: &str, pick: fn(&crate::scenes::eval::MethodScores) -> f64| {
+            let mut line = format!("  {label:<width$}");
+            for n in &names {
+                match r.report.patterns.get(n) {
+                    Some(s) => line.push_str(&format!(" {:>7.1}", pick(s))),
+                    None => line.push_str(&format!(" {:>7}", "–")),
+                }
+            }
+            line.push_str(&format!(" {:>7.1}", pick(&r.report.average)));
+            line
+        };
+        println!("{}", row(&r.model, |s| s.fused));
+        if r.report.average.gg != r.report.average.fused
+            || r.report.patterns.values().any(|s| s.gg != s.fused)
+        {
+            println!("{}", row("  GG", |s| s.gg));
+        }
+    }
+    for r in reports {
+        if let Some(t) = &r.retrieval {
+            println!(
+                "  {}: recall@1 over {} scenes: text→image {:.3}, image→text {:.3}, short object queries {:.3}",
+                r.model, t.scenes, t.text_to_image_r1, t.image_to_text_r1, t.object_query_r1
+            );
         }
     }
 }
@@ -277,14 +365,9 @@ fn pmmvp(args: &PmmvpArgs) -> anyhow::Result<()> {
     if args.markdown {
         print_markdown(&reports);
     } else if args.common.json {
-        if reports.len() == 1 {
-            println!("{}", serde_json::to_string(&reports[0])?);
-        } else {
-            println!(
-                "{}",
-                serde_json::to_string(&serde_json::json!({ "models": reports }))?
-            );
-        }
+        print_json(&reports)?;
+    } else if reports.len() > 1 {
+        print_rows("P-MMVP", &reports);
     } else {
         for r in &reports {
             print_report(&r.model, &r.report);
@@ -326,48 +409,50 @@ fn print_report(model: &str, r: &PairReport) {
     );
 }
 
+/// A Markdown table with a row per model (and a GG row under it), as [`print_rows`], with
+/// recall columns when they were measured.
 fn print_markdown(reports: &[ModelReport]) {
-    let mut header = String::from("| pattern |");
-    let mut rule = String::from("|---|");
-    for r in reports {
-        header.push_str(&format!(" {} fused | {} GG |", r.model, r.model));
-        rule.push_str("---:|---:|");
+    let names = pattern_names(reports);
+    let recall = reports.iter().any(|r| r.retrieval.is_some());
+    let mut header = String::from("| model | score |");
+    let mut rule = String::from("|---|---|");
+    for n in names.iter().map(String::as_str).chain(["**average**"]) {
+        header.push_str(&format!(" {n} |"));
+        rule.push_str("---:|");
+    }
+    if recall {
+        header.push_str(" text→image R@1 | image→text R@1 | object query R@1 |");
+        rule.push_str("---:|---:|---:|");
     }
     println!("{header}\n{rule}");
-    let names: Vec<String> = MmvpPattern::ALL
-        .iter()
-        .map(|p| p.name().to_string())
-        .collect();
-    for name in names.iter().map(String::as_str).chain(["**average**"]) {
-        let mut line = format!("| {name} |");
-        for r in reports {
-            let s = if name == "**average**" {
-                Some(&r.report.average)
-            } else {
-                r.report.patterns.get(name)
-            };
-            match s {
-                Some(s) => line.push_str(&format!(" {:.1} | {:.1} |", s.fused, s.gg)),
-                None => line.push_str(" – | – |"),
-            }
-        }
-        println!("{line}");
-    }
-    for (label, pick) in [
-        ("text→image R@1", 0usize),
-        ("image→text R@1", 1),
-        ("object query R@1", 2),
-    ] {
-        let mut line = format!("| {label} |");
-        for r in reports {
-            match &r.retrieval {
-                Some(t) => {
-                    let v = [t.text_to_image_r1, t.image_to_text_r1, t.object_query_r1][pick];
-                    line.push_str(&format!(" {:.1} | |", 100.0 * v));
+    for r in reports {
+        for (label, pick) in [
+            (
+                "fused",
+                (|s| s.fused) as fn(&crate::scenes::eval::MethodScores) -> f64,
+            ),
+            ("GG", |s| s.gg),
+        ] {
+            let mut line = format!("| {} | {label} |", r.model);
+            for n in &names {
+                match r.report.patterns.get(n) {
+                    Some(s) => line.push_str(&format!(" {:.1} |", pick(s))),
+                    None => line.push_str(" – |"),
                 }
-                None => line.push_str(" – | |"),
             }
+            line.push_str(&format!(" {:.1} |", pick(&r.report.average)));
+            if recall {
+                match (&r.retrieval, label) {
+                    (Some(t), "fused") => line.push_str(&format!(
+                        " {:.1} | {:.1} | {:.1} |",
+                        100.0 * t.text_to_image_r1,
+                        100.0 * t.image_to_text_r1,
+                        100.0 * t.object_query_r1
+                    )),
+                    _ => line.push_str(" | | |"),
+                }
+            }
+            println!("{line}");
         }
-        println!("{line}");
     }
 }

@@ -178,7 +178,9 @@ impl RunArgs {
         let mut progress = progress::TerminalDownload::new();
         let mut session = crate::session::Session::load(model, &options, &mut progress)?;
         let prep = &session.backbone.identity().preprocess;
-        if !prep.is_empty() {
+        if prep.starts_with("siglip") {
+            eprintln!("images: {prep} (resized to the processor's size, aspect ratio not kept)");
+        } else if !prep.is_empty() {
             eprintln!("images: {prep} pixels (--preprocess, --min-pixels, --max-pixels)");
         }
         if let Some(path) = &self.perspectives {

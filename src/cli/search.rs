@@ -47,6 +47,11 @@ pub struct SearchArgs {
     /// Print JSON instead of a ranked list.
     #[arg(long)]
     pub json: bool,
+    /// A second model to rank the same gallery with (same run options): both rankings
+    /// side by side, with their overlap in the top `--top` and Spearman's rank
+    /// correlation over the gallery.
+    #[arg(long)]
+    pub compare_model: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -84,6 +89,20 @@ struct Report {
     /// When the first stage cut the gallery: how much of the exact top 10 it kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     first_stage: Option<FirstStageOut>,
+    /// With `--compare-model`: the second model's ranking and how far the two agree.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compare: Option<CompareOut>,
+}
+
+#[derive(Serialize)]
+struct CompareOut {
+    model: String,
+    results: Vec<ResultOut>,
+    indexed: usize,
+    embedded: usize,
+    from_cache: usize,
+    #[serde(flatten)]
+    agreement: crate::index::RankAgreement,
 }
 
 #[derive(Serialize)]
@@ -108,71 +127,32 @@ pub fn run(args: &SearchArgs) -> anyhow::Result<()> {
         }
         return Err(crate::index::IndexError::Empty(args.gallery.clone()).into());
     }
-    let bar = if args.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(gallery.items.len() as u64)
+    let compare = args.compare_model.is_some();
+    let mut a = rank_gallery(&session, &gallery, args, compare)?;
+    let first_stage = a.first_stage.take();
+    let (embeddings, report, hits) = (&a.embeddings, &a.report, &a.hits);
+    let results = results_of(hits, embeddings, perspectives, args.top);
+    let compare = match &args.compare_model {
+        None => None,
+        Some(model) => {
+            let other = args.run.session(model)?;
+            let b = rank_gallery(&other, &gallery, args, true)?;
+            let paths = |r: &Ranked| -> Vec<PathBuf> {
+                r.hits
+                    .iter()
+                    .map(|h| r.embeddings.items[h.index].path.clone())
+                    .collect()
+            };
+            Some(CompareOut {
+                model: model.clone(),
+                results: results_of(&b.hits, &b.embeddings, &other.perspectives, args.top),
+                indexed: b.embeddings.len(),
+                embedded: b.report.embedded,
+                from_cache: b.report.from_cache,
+                agreement: crate::index::rank_agreement(&paths(&a), &paths(&b), args.top),
+            })
+        }
     };
-    let cache_dir = args.cache.clone().unwrap_or_else(default_cache_dir);
-    let (embeddings, report) = session.index(&gallery, &cache_dir, &never, &mut |done, _| {
-        bar.set_position(done as u64);
-    })?;
-    bar.finish_and_clear();
-    if let Some(problem) = &report.cache_problem {
-        eprintln!(
-            "warning: {}: {}; the cache was rebuilt",
-            problem.path.display(),
-            problem.reason
-        );
-    }
-    if let Some(problem) = &report.cache_unwritable {
-        eprintln!("warning: {problem}");
-    }
-    let input = args.query.input(session.backbone.as_ref())?;
-    let options = SearchOptions {
-        top_k: args.top,
-        first_stage: (args.first_stage > 0).then_some(args.first_stage),
-        first_stage_on: args.first_stage_on,
-    };
-    let (hits, query) = session.rank(&embeddings, &input, &options)?;
-    let scorer = session.scorer()?;
-    let first_stage = match options.first_stage {
-        Some(keep) if keep < embeddings.len() => Some(FirstStageOut {
-            keep,
-            top10_kept: first_stage_recall(
-                &query,
-                &embeddings,
-                &scorer,
-                keep,
-                args.first_stage_on,
-                10,
-            )?,
-        }),
-        _ => None,
-    };
-    let p = perspectives.perspectives.len();
-    let results = hits
-        .iter()
-        .map(|h| ResultOut {
-            path: embeddings.items[h.index].path.display().to_string(),
-            path_bytes: super::non_utf8_bytes(&embeddings.items[h.index].path),
-            score: h.score,
-            similarities: Similarity::ALL
-                .iter()
-                .map(|m| (m.name(), h.similarities[m.index()]))
-                .collect(),
-            weights: Similarity::ALL
-                .iter()
-                .map(|m| (m.name(), h.weights[m.index()]))
-                .collect(),
-            perspectives: perspectives
-                .perspectives
-                .iter()
-                .enumerate()
-                .map(|(i, per)| (per.name.clone(), h.perspective_sims[i * p + i]))
-                .collect(),
-        })
-        .collect::<Vec<_>>();
     let skipped: Vec<SkippedOut> = gallery
         .skipped
         .iter()
@@ -191,6 +171,7 @@ pub fn run(args: &SearchArgs) -> anyhow::Result<()> {
         skipped,
         cache_rebuilt: report.cache_problem.as_ref().map(|p| p.reason.clone()),
         first_stage,
+        compare,
     };
     if args.json {
         println!("{}", serde_json::to_string(&out)?);
@@ -211,17 +192,160 @@ pub fn run(args: &SearchArgs) -> anyhow::Result<()> {
             f.top10_kept * 100.0
         );
     }
-    for (rank, r) in out.results.iter().enumerate() {
+    let Some(c) = &out.compare else {
+        for (rank, r) in out.results.iter().enumerate() {
+            println!(
+                "{:>3}. {:.4}  {}  [GG {:.3} FG {:.3} GF {:.3} FF {:.3}]",
+                rank + 1,
+                r.score,
+                r.path,
+                r.similarities["GG"],
+                r.similarities["FG"],
+                r.similarities["GF"],
+                r.similarities["FF"]
+            );
+        }
+        return Ok(());
+    };
+    println!(
+        "{}: {} images ({} embedded, {} from the cache)",
+        c.model, c.indexed, c.embedded, c.from_cache
+    );
+    let width = out
+        .results
+        .iter()
+        .map(|r| r.path.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(args.model.chars().count())
+        .min(60);
+    println!("     {:<w$}   {}", args.model, c.model, w = width + 8);
+    for rank in 0..out.results.len().max(c.results.len()) {
+        let cell = |r: Option<&ResultOut>| {
+            r.map(|r| format!("{:.4}  {}", r.score, r.path))
+                .unwrap_or_default()
+        };
         println!(
-            "{:>3}. {:.4}  {}  [GG {:.3} FG {:.3} GF {:.3} FF {:.3}]",
+            "{:>3}. {:<w$}   {}",
             rank + 1,
-            r.score,
-            r.path,
-            r.similarities["GG"],
-            r.similarities["FG"],
-            r.similarities["GF"],
-            r.similarities["FF"]
+            cell(out.results.get(rank)),
+            cell(c.results.get(rank)),
+            w = width + 8
         );
     }
+    let a = &c.agreement;
+    println!(
+        "agreement: overlap@{} {:.2} ({} of {}), Spearman's ρ {} over the {} images both ranked",
+        a.k,
+        a.overlap_at_k,
+        (a.overlap_at_k * a.k as f64).round() as usize,
+        a.k,
+        a.spearman
+            .map(|r| format!("{r:.3}"))
+            .unwrap_or_else(|| "–".into()),
+        a.items
+    );
     Ok(())
+}
+
+/// The first `n` hits as output rows.
+fn results_of(
+    hits: &[crate::index::Hit],
+    embeddings: &crate::index::GalleryEmbeddings,
+    perspectives: &crate::model::PerspectiveSet,
+    n: usize,
+) -> Vec<ResultOut> {
+    let p = perspectives.perspectives.len();
+    hits.iter()
+        .take(n)
+        .map(|h| ResultOut {
+            path: embeddings.items[h.index].path.display().to_string(),
+            path_bytes: super::non_utf8_bytes(&embeddings.items[h.index].path),
+            score: h.score,
+            similarities: Similarity::ALL
+                .iter()
+                .map(|m| (m.name(), h.similarities[m.index()]))
+                .collect(),
+            weights: Similarity::ALL
+                .iter()
+                .map(|m| (m.name(), h.weights[m.index()]))
+                .collect(),
+            perspectives: perspectives
+                .perspectives
+                .iter()
+                .enumerate()
+                .map(|(i, per)| (per.name.clone(), h.perspective_sims[i * p + i]))
+                .collect(),
+        })
+        .collect()
+}
+
+/// One model's embeddings of the gallery and its ranking for the query.
+struct Ranked {
+    embeddings: crate::index::GalleryEmbeddings,
+    report: crate::index::EmbedReport,
+    hits: Vec<crate::index::Hit>,
+    first_stage: Option<FirstStageOut>,
+}
+
+/// Indexes `gallery` with `session` (through the cache, with a progress bar) and ranks it
+/// for the query: the top `--top`, or the whole gallery when `whole` (for a comparison).
+fn rank_gallery(
+    session: &crate::session::Session,
+    gallery: &crate::index::Gallery,
+    args: &SearchArgs,
+    whole: bool,
+) -> anyhow::Result<Ranked> {
+    let never = || false;
+    let bar = if args.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(gallery.items.len() as u64)
+    };
+    let cache_dir = args.cache.clone().unwrap_or_else(default_cache_dir);
+    let (embeddings, report) = session.index(gallery, &cache_dir, &never, &mut |done, _| {
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    if let Some(problem) = &report.cache_problem {
+        eprintln!(
+            "warning: {}: {}; the cache was rebuilt",
+            problem.path.display(),
+            problem.reason
+        );
+    }
+    if let Some(problem) = &report.cache_unwritable {
+        eprintln!("warning: {problem}");
+    }
+    let input = args.query.input(session.backbone.as_ref())?;
+    let options = SearchOptions {
+        top_k: if whole { usize::MAX } else { args.top },
+        first_stage: (args.first_stage > 0).then_some(args.first_stage),
+        first_stage_on: args.first_stage_on,
+    };
+    let (mut hits, query) = session.rank(&embeddings, &input, &options)?;
+    let scorer = session.scorer()?;
+    let first_stage = match options.first_stage {
+        Some(keep) if keep < embeddings.len() => Some(FirstStageOut {
+            keep,
+            top10_kept: first_stage_recall(
+                &query,
+                &embeddings,
+                &scorer,
+                keep,
+                args.first_stage_on,
+                10,
+            )?,
+        }),
+        _ => None,
+    };
+    if !whole {
+        hits.truncate(args.top);
+    }
+    Ok(Ranked {
+        embeddings,
+        report,
+        hits,
+        first_stage,
+    })
 }

@@ -2,6 +2,7 @@
 //! them through an on-disk cache, and ranking them for a query by the fused AGFF score.
 
 mod cache;
+mod compare;
 mod embed;
 mod gallery;
 pub mod projection;
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 pub use cache::{
     CacheProblem, CacheUnwritable, EmbeddingCache, default_cache_dir, perspectives_fingerprint,
 };
+pub use compare::{RankAgreement, rank_agreement};
 pub use embed::{
     EmbedReport, GalleryEmbeddings, embed_gallery, embed_gallery_soft, embed_gallery_with,
     embed_unit, embed_unit_soft, embed_unit_with,
