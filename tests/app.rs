@@ -628,3 +628,113 @@ fn f1_opens_the_shortcut_help() {
     h.step();
     assert!(!h.state().show_help);
 }
+
+#[test]
+fn compare_mode_ranks_with_two_models_side_by_side() {
+    let siglip = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/siglip/tiny");
+    let mut h = harness(
+        "compare",
+        FixedPicker {
+            folder: None,
+            image: None,
+        },
+    );
+    step_until(&mut h, "the demo gallery", |a| {
+        a.gallery.is_some() && !a.busy()
+    });
+    // A second model from the compare menu: a (tiny, random) SigLIP checkpoint.
+    h.get_by_label("compare").click();
+    h.run();
+    h.state_mut().compare_field = siglip.display().to_string();
+    h.get_by_label("Compare").click();
+    step_until(&mut h, "the second model and its index", |a| {
+        a.compare_name.is_some() && !a.busy()
+    });
+    assert_eq!(h.state().compare_name.as_deref(), Some("tiny"));
+    {
+        let app = h.state_mut();
+        app.settings.top_k = 12;
+        app.query_text = "two blue squares".into();
+        app.search();
+    }
+    step_until(&mut h, "both rankings and the inspector", |a| {
+        a.results.is_some()
+            && a.inspector
+                .as_ref()
+                .is_some_and(|i| i.result.compare.is_some())
+            && !a.busy()
+    });
+    let app = h.state();
+    let results = app.results.as_ref().unwrap().results.clone();
+    let compare = results.compare.clone().expect("the second model's column");
+    assert_eq!(results.items.len(), 12);
+    assert_eq!(compare.items.len(), 12);
+    assert_eq!(compare.model, "tiny");
+    let a = &compare.agreement;
+    assert_eq!((a.k, a.items), (12, 48));
+    assert!((0.0..=1.0).contains(&a.overlap_at_k));
+    // The overlap is what the two lists say.
+    let shared = compare
+        .items
+        .iter()
+        .filter(|i| results.items.iter().any(|j| j.path == i.path))
+        .count();
+    assert!((a.overlap_at_k - shared as f64 / 12.0).abs() < 1e-12);
+    // SigLIP's scores are its global similarity: best first, one perspective.
+    for pair in compare.items.windows(2) {
+        assert!(pair[0].hit.score >= pair[1].hit.score);
+    }
+    assert_eq!(compare.items[0].hit.perspective_sims.len(), 1);
+    // The inspector shows the second model's fused map of the same image.
+    let c = app
+        .inspector
+        .as_ref()
+        .unwrap()
+        .result
+        .compare
+        .clone()
+        .unwrap();
+    assert_eq!(c.model, "tiny");
+    assert_eq!((c.map.rows, c.map.cols), (4, 4), "SigLIP's 4×4 patch grid");
+    assert!(c.map.values.iter().all(|v| v.is_finite()));
+    snapshot(&mut h, "app_compare");
+
+    // Clicking a second-model result selects that image in the first model's list when
+    // it is there, and says so when it is not.
+    let target = compare.items[0].path.clone();
+    let in_first = results.items.iter().position(|i| i.path == target);
+    h.get_by_label("compare result 1").click();
+    h.step();
+    match in_first {
+        Some(rank) => step_until(&mut h, "the same image selected", |a| {
+            a.selected == Some(rank) && !a.busy()
+        }),
+        None => assert!(
+            h.state()
+                .log
+                .iter()
+                .any(|l| l.text.contains("is not in") && l.text.contains("top 12"))
+        ),
+    }
+
+    // Stop comparing: one column again.
+    h.get_by_label("compare").click();
+    h.run();
+    h.get_by_label("Stop comparing").click();
+    step_until(&mut h, "comparing to stop", |a| {
+        a.compare_name.is_none() && !a.busy()
+    });
+    h.state_mut().search();
+    step_until(&mut h, "one model's results", |a| {
+        a.results.is_some() && !a.busy()
+    });
+    assert!(
+        h.state()
+            .results
+            .as_ref()
+            .unwrap()
+            .results
+            .compare
+            .is_none()
+    );
+}

@@ -288,6 +288,10 @@ pub struct LensApp {
     pub model_name: Option<String>,
     /// The top bar's model field: empty or `demo`, a folder or a Hub repo id.
     pub model_field: String,
+    /// The compare menu's field: a second model to rank the same gallery with.
+    pub compare_field: String,
+    /// The second model's name while comparing (`None`: not comparing).
+    pub compare_name: Option<String>,
     /// The perspectives the model thread uses now.
     pub perspectives: PerspectiveSet,
     /// The perspective editor's copy, sent with [`Job::SetPerspectives`].
@@ -368,6 +372,8 @@ impl LensApp {
         );
         let mut app = Self {
             model_field: settings.model.clone(),
+            compare_field: String::new(),
+            compare_name: None,
             training: train_view::TrainView::default(),
             settings,
             tab: options.view,
@@ -627,6 +633,19 @@ impl LensApp {
                 self.inspector = None;
                 self.selected = None;
             }
+            Event::CompareLoaded(name) => {
+                match &name {
+                    Some(n) => self.info(format!(
+                        "comparing with {n}: searches rank with both models, the inspector shows both maps"
+                    )),
+                    None => self.info("stopped comparing"),
+                }
+                self.compare_name = name;
+                // Results and maps without (or with) the second model are out of date.
+                self.results = None;
+                self.inspector = None;
+                self.selected = None;
+            }
             Event::Indexed(info) => {
                 self.info(format!(
                     "indexed {} images ({} embedded, {} from the cache, {} skipped)",
@@ -803,6 +822,17 @@ impl LensApp {
             ModelChoice::Named(arg)
         };
         self.submit(Job::LoadModel(choice, self.settings.load_settings()));
+    }
+
+    /// Loads the compare field's model as the second model (empty: stop comparing).
+    pub fn load_compare(&mut self) {
+        let arg = self.compare_field.trim().to_owned();
+        let choice = match arg.as_str() {
+            "" => None,
+            "demo" => Some(ModelChoice::Demo),
+            _ => Some(ModelChoice::Named(arg)),
+        };
+        self.submit(Job::LoadCompare(choice, self.settings.load_settings()));
     }
 
     fn keyboard(&mut self, ctx: &egui::Context) {
@@ -988,6 +1018,26 @@ impl LensApp {
                         .suffix(" (0: all; Matryoshka prefix)"),
                 );
             });
+            ui.menu_button("compare", |ui| {
+                ui.label("Rank the same gallery with a second model, side by side:");
+                ui.add(
+                    egui::TextEdit::singleline(&mut self.compare_field)
+                        .hint_text("demo, a folder or owner/name")
+                        .desired_width(220.0)
+                        .id_salt("compare-model"),
+                );
+                ui.horizontal(|ui| {
+                    if ui.button("Compare").clicked() {
+                        self.load_compare();
+                        ui.close();
+                    }
+                    if self.compare_name.is_some() && ui.button("Stop comparing").clicked() {
+                        self.compare_field.clear();
+                        self.load_compare();
+                        ui.close();
+                    }
+                });
+            });
             ui.separator();
             if ui.button("Open folder…").clicked() {
                 self.open_folder(None);
@@ -1007,7 +1057,11 @@ impl LensApp {
             }
         });
         ui.horizontal(|ui| {
-            let model = self.model_name.as_deref().unwrap_or("no model");
+            let model = match (&self.model_name, &self.compare_name) {
+                (Some(a), Some(b)) => format!("{a} vs {b}"),
+                (Some(a), None) => a.clone(),
+                (None, _) => "no model".into(),
+            };
             let gallery = match &self.gallery {
                 Some(g) => format!(
                     "{} images in {} ({} skipped)",

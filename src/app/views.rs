@@ -26,6 +26,8 @@ pub struct ResultsView {
     pub thumbs: Vec<Option<egui::TextureHandle>>,
     /// Columns of the grid at the last frame (for arrow-key moves).
     pub columns: usize,
+    /// One texture per result of the second model, when comparing.
+    pub compare_thumbs: Vec<Option<egui::TextureHandle>>,
 }
 
 impl ResultsView {
@@ -41,10 +43,21 @@ impl ResultsView {
                     .map(|p| texture(ctx, &format!("thumb-{i}"), p))
             })
             .collect();
+        let compare_thumbs = results
+            .compare
+            .iter()
+            .flat_map(|c| c.items.iter().enumerate())
+            .map(|(i, item)| {
+                item.thumb
+                    .as_ref()
+                    .map(|p| texture(ctx, &format!("compare-thumb-{i}"), p))
+            })
+            .collect();
         Self {
             results,
             thumbs,
             columns: 1,
+            compare_thumbs,
         }
     }
 }
@@ -131,6 +144,9 @@ pub struct Multiples {
     pub colormap: ColorMap,
     /// This result's and the runner-up's fused maps at their shared scale.
     pub versus: Option<([egui::TextureHandle; 2], (f32, f32))>,
+    /// When comparing models: this model's and the second model's fused maps of the
+    /// image, each at its own scale (two models' similarities live on different scales).
+    pub models: Option<[(egui::TextureHandle, (f32, f32)); 2]>,
 }
 
 impl Multiples {
@@ -164,11 +180,26 @@ impl Multiples {
             }
             _ => None,
         };
+        let models = result.compare.as_ref().map(|c| {
+            [
+                (&result.explanation.fused_map, "models-a"),
+                (&c.map, "models-b"),
+            ]
+            .map(|(map, name)| {
+                let range = shared_range(std::iter::once(map));
+                let img = scaled_overlay(&result.image, map, range, colormap, 160);
+                (
+                    ctx.load_texture(name, img, egui::TextureOptions::LINEAR),
+                    range,
+                )
+            })
+        });
         Self {
             maps,
             range,
             colormap,
             versus,
+            models,
         }
     }
 }
@@ -425,22 +456,106 @@ pub fn search_view(app: &mut LensApp, ui: &mut egui::Ui) {
         view.results.items.len(),
         view.results.seconds * 1e3
     ));
+    let selected = app.selected;
+    let mut clicked = None;
+    let Some(compare) = &view.results.compare else {
+        let (c, columns) = result_grid(ui, &view.results.items, &view.thumbs, selected, "result");
+        view.columns = columns;
+        if let Some(rank) = c {
+            app.select(rank);
+        }
+        return;
+    };
+    let a = &compare.agreement;
+    ui.label(format!(
+        "agreement with {}: overlap@{} {:.2} ({} of {}), Spearman's ρ {} over the {} images both ranked",
+        compare.model,
+        a.k,
+        a.overlap_at_k,
+        (a.overlap_at_k * a.k as f64).round() as usize,
+        a.k,
+        a.spearman
+            .map(|r| format!("{r:.3}"))
+            .unwrap_or_else(|| "–".into()),
+        a.items
+    ));
+    let mut clicked_other = None;
+    let model = app.model_name.clone().unwrap_or_default();
+    ui.columns(2, |cols| {
+        cols[0].strong(&model);
+        let (c, columns) = result_grid(
+            &mut cols[0],
+            &view.results.items,
+            &view.thumbs,
+            selected,
+            "result",
+        );
+        view.columns = columns;
+        clicked = c;
+        cols[1].strong(&compare.model);
+        // The image selected on the left is highlighted on the right where it ranks.
+        let selected_path = selected
+            .and_then(|r| view.results.items.get(r))
+            .map(|i| &i.path);
+        let same = compare
+            .items
+            .iter()
+            .position(|i| Some(&i.path) == selected_path);
+        clicked_other = result_grid(
+            &mut cols[1],
+            &compare.items,
+            &view.compare_thumbs,
+            same,
+            "compare result",
+        )
+        .0;
+    });
+    // A second-model result selects the same image in the first model's list, where it
+    // is there.
+    if let Some(other) = clicked_other {
+        let path = compare.items.get(other).map(|i| i.path.clone());
+        match path.and_then(|p| view.results.items.iter().position(|i| i.path == p)) {
+            Some(rank) => clicked = Some(rank),
+            None => {
+                let msg = format!(
+                    "{} is not in {}'s top {}",
+                    compare.items[other].path.display(),
+                    model,
+                    view.results.items.len()
+                );
+                app.info(msg);
+            }
+        }
+    }
+    if let Some(rank) = clicked {
+        app.select(rank);
+    }
+}
+
+/// A grid of result thumbnails with rank and score, `label` naming each cell for
+/// accessibility (`"{label} {rank}"`); returns the clicked rank and the columns used.
+fn result_grid(
+    ui: &mut egui::Ui,
+    items: &[crate::app::worker::ResultItem],
+    thumbs: &[Option<egui::TextureHandle>],
+    selected: Option<usize>,
+    label: &str,
+) -> (Option<usize>, usize) {
     let cell = Vec2::new(128.0, 150.0);
     // The visible width (a wide row above must not widen the grid past the panel).
     let width = ui.available_width().min(ui.clip_rect().width());
     let columns = ((width / (cell.x + 8.0)).floor() as usize).max(1);
-    view.columns = columns;
-    let rows = view.results.items.len().div_ceil(columns);
+    let rows = items.len().div_ceil(columns);
     let mut clicked = None;
-    let selected = app.selected;
     egui::ScrollArea::vertical()
+        .id_salt(label)
         .auto_shrink([false, false])
         .show_rows(ui, cell.y + 6.0, rows, |ui, range| {
             for row in range {
                 ui.horizontal(|ui| {
                     for col in 0..columns {
                         let rank = row * columns + col;
-                        let Some(item) = view.results.items.get(rank) else {
+                        let Some(item) = items.get(rank) else {
                             break;
                         };
                         let (rect, resp) = ui.allocate_exact_size(cell, Sense::click());
@@ -457,7 +572,7 @@ pub fn search_view(app: &mut LensApp, ui: &mut egui::Ui) {
                             rect.min + Vec2::new(8.0, 4.0),
                             Vec2::splat(112.0),
                         );
-                        if let Some(Some(tex)) = view.thumbs.get(rank) {
+                        if let Some(Some(tex)) = thumbs.get(rank) {
                             let size = tex.size_vec2();
                             let scale = (112.0 / size.x.max(size.y)).min(4.0);
                             let draw =
@@ -483,7 +598,7 @@ pub fn search_view(app: &mut LensApp, ui: &mut egui::Ui) {
                             egui::WidgetInfo::labeled(
                                 egui::Role::Button,
                                 true,
-                                format!("result {}", rank + 1),
+                                format!("{label} {}", rank + 1),
                             )
                         });
                         let resp = resp.on_hover_text(item.path.display().to_string());
@@ -494,9 +609,7 @@ pub fn search_view(app: &mut LensApp, ui: &mut egui::Ui) {
                 });
             }
         });
-    if let Some(rank) = clicked {
-        app.select(rank);
-    }
+    (clicked, columns)
 }
 
 /// The inspector of the selected result.
@@ -669,6 +782,36 @@ pub fn inspector(app: &mut LensApp, ui: &mut egui::Ui) {
                 });
         }
         ui.label(RichText::new(format!("fused score {:.4}", s.fused)).strong());
+        if let (Some(c), Some(m)) = (&r.compare, &view.multiples)
+            && let Some(pictures) = &m.models
+        {
+            let first = app.model_name.clone().unwrap_or_default();
+            egui::CollapsingHeader::new(format!("{first} vs {}: fused maps", c.model))
+                .default_open(true)
+                .show(ui, |ui| {
+                    ui.horizontal(|ui| {
+                        for ((tex, range), (name, score)) in pictures.iter().zip([
+                            (first.as_str(), s.fused),
+                            (c.model.as_str(), c.score),
+                        ]) {
+                            ui.vertical(|ui| {
+                                ui.add(
+                                    egui::Image::from_texture(egui::load::SizedTexture::new(
+                                        tex.id(),
+                                        Vec2::splat(150.0),
+                                    ))
+                                    .fit_to_exact_size(Vec2::splat(150.0)),
+                                );
+                                ui.small(format!(
+                                    "{name}: fused {score:.4}\nmap {:+.3} … {:+.3}",
+                                    range.0, range.1
+                                ));
+                            });
+                        }
+                    });
+                    ui.small("each map at its own colour scale: two models' similarities are not on one scale");
+                });
+        }
         ui.label("pattern scores s_m");
         for (m, name) in PATTERNS.iter().enumerate() {
             bar(

@@ -132,6 +132,10 @@ pub enum Job {
     /// Load a model (replacing the current one; the gallery is dropped with it).
     /// Answered by [`Event::ModelLoaded`].
     LoadModel(ModelChoice, LoadSettings),
+    /// Load a second model to compare with (`None`: stop comparing); it indexes the
+    /// current gallery too, and from then on searches and explanations run on both.
+    /// Answered by [`Event::CompareLoaded`].
+    LoadCompare(Option<ModelChoice>, LoadSettings),
     /// Render `count` demo scenes (once, into the cache folder) and index them.
     IndexDemo {
         /// Number of scenes.
@@ -201,6 +205,7 @@ impl Job {
     pub fn name(&self) -> &'static str {
         match self {
             Job::LoadModel(..) => "load model",
+            Job::LoadCompare(..) => "compare model",
             Job::IndexDemo { .. } | Job::IndexFolder(_) => "index",
             Job::Search { .. } => "search",
             Job::Explain { .. } => "explain",
@@ -341,6 +346,31 @@ pub struct SearchResults {
     pub warnings: Vec<String>,
     /// Wall-clock seconds of the search, thumbnails included.
     pub seconds: f64,
+    /// The second model's ranking of the same gallery, when one is loaded to compare.
+    pub compare: Option<CompareColumn>,
+}
+
+/// The second model's side of a search.
+#[derive(Debug, Clone)]
+pub struct CompareColumn {
+    /// The second model's name.
+    pub model: String,
+    /// Its results, best first (as many as the first model's).
+    pub items: Vec<ResultItem>,
+    /// How far the two rankings agree (overlap in the top k, Spearman's ρ over the
+    /// gallery).
+    pub agreement: crate::index::RankAgreement,
+}
+
+/// The second model's view of an explained result.
+#[derive(Debug, Clone)]
+pub struct CompareMap {
+    /// The second model's name.
+    pub model: String,
+    /// Its fused score for the (query, image) pair.
+    pub score: f32,
+    /// Its fused map over the image (same method as the first model's).
+    pub map: crate::explain::Heatmap,
 }
 
 /// What the inspector shows for one result.
@@ -361,6 +391,8 @@ pub struct ExplainResult {
     pub runner_up: Option<(usize, PathBuf, Picture, Comparison)>,
     /// The runner-up's fused map for the same query (same method), to show beside this one.
     pub runner_up_map: Option<crate::explain::Heatmap>,
+    /// The second model's score and map for the same pair, when one is loaded to compare.
+    pub compare: Option<CompareMap>,
 }
 
 /// A held-out query's top results, before or after fine-tuning.
@@ -402,6 +434,9 @@ pub enum Event {
         /// Its hidden size, the embedding dimension d.
         dim: usize,
     },
+    /// The model to compare with changed ([`Job::LoadCompare`]): its name, or `None`
+    /// when comparing stopped.
+    CompareLoaded(Option<String>),
     /// A gallery was indexed (after indexing, new perspectives or a fine-tune).
     Indexed(Box<GalleryInfo>),
     /// The ranking of a [`Job::Search`].
@@ -479,6 +514,7 @@ impl WorkerHandle {
             model: None,
             gallery: None,
             gallery_root: None,
+            compare: None,
         };
         let thread = std::thread::Builder::new()
             .name("agff-model".into())
@@ -574,6 +610,8 @@ struct Worker {
     model: Option<Session>,
     gallery: Option<GalleryEmbeddings>,
     gallery_root: Option<PathBuf>,
+    /// The model to compare with, and its embeddings of the same gallery.
+    compare: Option<(Session, Option<GalleryEmbeddings>)>,
 }
 
 /// Why a job ended without its result.
@@ -670,6 +708,7 @@ impl Worker {
         }
         let result = match job {
             Job::LoadModel(choice, load) => self.load_model(&choice, load),
+            Job::LoadCompare(choice, load) => self.load_compare(choice.as_ref(), load),
             Job::IndexDemo { count, seed } => self.index_demo(count, seed),
             Job::IndexFolder(dir) => self.index_folder(&dir),
             Job::Search {
@@ -716,11 +755,8 @@ impl Worker {
             .ok_or_else(|| msg("open a folder of images first"))
     }
 
-    fn load_model(
-        &mut self,
-        choice: &ModelChoice,
-        load: LoadSettings,
-    ) -> Result<Option<String>, JobError> {
+    /// Loads a session for `choice` with the settings, reporting download progress.
+    fn load_session(&self, choice: &ModelChoice, load: LoadSettings) -> Result<Session, JobError> {
         let arg = match choice {
             ModelChoice::Demo => "demo",
             ModelChoice::Named(arg) => arg.trim(),
@@ -745,6 +781,15 @@ impl Worker {
             }
         })?;
         session.set_dim(load.dim).map_err(msg)?;
+        Ok(session)
+    }
+
+    fn load_model(
+        &mut self,
+        choice: &ModelChoice,
+        load: LoadSettings,
+    ) -> Result<Option<String>, JobError> {
+        let session = self.load_session(choice, load)?;
         let perspectives = session.perspectives.clone();
         let name = session.backbone.identity().name.clone();
         let preprocess = session.backbone.identity().preprocess.clone();
@@ -753,6 +798,9 @@ impl Worker {
         // Embeddings of another model mean nothing to this one.
         self.gallery = None;
         self.gallery_root = None;
+        if let Some((_, gallery)) = &mut self.compare {
+            *gallery = None;
+        }
         self.out.send(Event::ModelLoaded {
             name: name.clone(),
             perspectives,
@@ -763,6 +811,47 @@ impl Worker {
         } else {
             format!("loaded {name}; images: {preprocess} pixels")
         }))
+    }
+
+    /// Loads (or drops) the model to compare with, and indexes the current gallery with it.
+    fn load_compare(
+        &mut self,
+        choice: Option<&ModelChoice>,
+        load: LoadSettings,
+    ) -> Result<Option<String>, JobError> {
+        let Some(choice) = choice else {
+            self.compare = None;
+            self.out.send(Event::CompareLoaded(None));
+            return Ok(Some("stopped comparing".into()));
+        };
+        let session = self.load_session(choice, load)?;
+        let name = session.backbone.identity().name.clone();
+        self.compare = Some((session, None));
+        if let Some(root) = self.gallery_root.clone() {
+            self.index_compare(&root)?;
+        }
+        self.out.send(Event::CompareLoaded(Some(name.clone())));
+        Ok(Some(format!("comparing with {name}")))
+    }
+
+    /// Indexes `dir` with the model to compare with, if there is one.
+    fn index_compare(&mut self, dir: &Path) -> Result<(), JobError> {
+        let Some((session, gallery)) = &mut self.compare else {
+            return Ok(());
+        };
+        let cancel = || self.cancel.load(Ordering::Relaxed);
+        let out = &self.out;
+        let (_, embeddings, _) = session
+            .index_folder(
+                dir,
+                &self.cache_dir,
+                &cancel,
+                &mut |n| out.progress("index", n, 0, "looking for images (second model)"),
+                &mut |done, total| out.progress("index", done, total, "embedding (second model)"),
+            )
+            .map_err(cancelled_or)?;
+        *gallery = Some(embeddings);
+        Ok(())
     }
 
     fn index_demo(&mut self, count: usize, seed: u64) -> Result<Option<String>, JobError> {
@@ -822,6 +911,7 @@ impl Worker {
         };
         self.gallery = Some(embeddings);
         self.gallery_root = Some(dir.to_path_buf());
+        self.index_compare(dir)?;
         self.out.send(Event::Indexed(Box::new(info)));
         Ok(None)
     }
@@ -837,17 +927,64 @@ impl Worker {
         let loaded = self.loaded()?;
         let gallery = self.gallery()?;
         let (input, warnings) = query_input(loaded.backbone.as_ref(), &query)?;
-        let (hits, _) = loaded
-            .rank(
-                gallery,
-                &input,
-                &SearchOptions {
+        let comparing = matches!(&self.compare, Some((_, Some(_))));
+        let options = SearchOptions {
+            // A comparison ranks the whole gallery on both sides for the rank correlation.
+            top_k: if comparing { usize::MAX } else { top_k },
+            first_stage,
+            first_stage_on,
+        };
+        let (mut hits, _) = loaded.rank(gallery, &input, &options).map_err(msg)?;
+        let compare = match &self.compare {
+            Some((other, Some(other_gallery))) => {
+                let (input, _) = query_input(other.backbone.as_ref(), &query)?;
+                let (mut other_hits, _) =
+                    other.rank(other_gallery, &input, &options).map_err(msg)?;
+                let paths = |g: &GalleryEmbeddings, h: &[Hit]| -> Vec<PathBuf> {
+                    h.iter().map(|h| g.items[h.index].path.clone()).collect()
+                };
+                let agreement = crate::index::rank_agreement(
+                    &paths(gallery, &hits),
+                    &paths(other_gallery, &other_hits),
                     top_k,
-                    first_stage,
-                    first_stage_on,
-                },
-            )
-            .map_err(msg)?;
+                );
+                other_hits.truncate(top_k);
+                let items = self.result_items(other_gallery, other_hits, top_k)?;
+                Some(CompareColumn {
+                    model: other.backbone.identity().name.clone(),
+                    items,
+                    agreement,
+                })
+            }
+            _ => None,
+        };
+        hits.truncate(top_k);
+        let items = self.result_items(gallery, hits, top_k)?;
+        let loaded = self.loaded()?;
+        let results = SearchResults {
+            query,
+            warnings,
+            items,
+            perspective_names: loaded
+                .perspectives
+                .perspectives
+                .iter()
+                .map(|p| p.name.clone())
+                .collect(),
+            seconds: start.elapsed().as_secs_f64(),
+            compare,
+        };
+        self.out.send(Event::Results(Box::new(results)));
+        Ok(None)
+    }
+
+    /// The hits with their paths and thumbnails (cancellable between thumbnails).
+    fn result_items(
+        &self,
+        gallery: &GalleryEmbeddings,
+        hits: Vec<Hit>,
+        top_k: usize,
+    ) -> Result<Vec<ResultItem>, JobError> {
         let mut items = Vec::with_capacity(hits.len());
         for (n, hit) in hits.into_iter().enumerate() {
             if self.cancel.load(Ordering::Relaxed) {
@@ -863,20 +1000,7 @@ impl Worker {
                 self.out.progress("search", n + 1, top_k, "thumbnails");
             }
         }
-        let results = SearchResults {
-            query,
-            warnings,
-            items,
-            perspective_names: loaded
-                .perspectives
-                .perspectives
-                .iter()
-                .map(|p| p.name.clone())
-                .collect(),
-            seconds: start.elapsed().as_secs_f64(),
-        };
-        self.out.send(Event::Results(Box::new(results)));
-        Ok(None)
+        Ok(items)
     }
 
     fn explain(
@@ -922,6 +1046,22 @@ impl Worker {
             }
             None => None,
         };
+        let compare = match &self.compare {
+            Some((other, _)) => {
+                let (input, _) = query_input(other.backbone.as_ref(), &query)?;
+                let explainer = other.explainer();
+                let q = explainer.embed_query(&input).map_err(msg)?;
+                let e = explainer
+                    .explain_embedded(&q, &image, method)
+                    .map_err(|e| msg(format!("{} (second model): {e}", path.display())))?;
+                Some(CompareMap {
+                    model: other.backbone.identity().name.clone(),
+                    score: e.scores.fused,
+                    map: e.fused_map,
+                })
+            }
+            None => None,
+        };
         self.out.send(Event::Explained(Box::new(ExplainResult {
             query,
             target,
@@ -930,6 +1070,7 @@ impl Worker {
             explanation,
             runner_up,
             runner_up_map,
+            compare,
         })));
         Ok(None)
     }

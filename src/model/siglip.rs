@@ -134,7 +134,11 @@ impl SiglipProcessorConfig {
         };
         let mut c = Self::defaults(image_size);
         if let Some(size) = raw.size {
-            let side = |k: &str| size.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
+            let side = |k: &str| {
+                size.get(k)
+                    .and_then(serde_json::Value::as_u64)
+                    .map(|v| v as usize)
+            };
             match (side("height"), side("width")) {
                 (Some(h), Some(w)) if h > 0 && w > 0 => c.size = (h, w),
                 _ => return Err(bad(format!("size {size} is not {{\"height\", \"width\"}}"))),
@@ -158,7 +162,7 @@ impl SiglipProcessorConfig {
         };
         c.image_mean = three(raw.image_mean, "image_mean", c.image_mean)?;
         c.image_std = three(raw.image_std, "image_std", c.image_std)?;
-        if c.image_std.iter().any(|s| *s == 0.0) {
+        if c.image_std.contains(&0.0) {
             return Err(bad("image_std has a zero".into()));
         }
         Ok(c)

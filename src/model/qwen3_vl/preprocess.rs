@@ -311,8 +311,7 @@ fn resample_pass(
     cols: usize,
     out_len: usize,
     horizontal: bool,
-    resampler: Resampler,
-    bilinear: bool,
+    (resampler, bilinear): (Resampler, bool),
 ) -> Vec<u8> {
     let axis = if horizontal {
         filtered_taps(cols, out_len, resampler, bilinear)
@@ -386,11 +385,19 @@ pub fn resize_planar_filtered(
     let mut data = planar.to_vec();
     let mut cur_w = w;
     if out_w != w {
-        data = resample_pass(&data, channels, h, w, out_w, true, resampler, bilinear);
+        data = resample_pass(&data, channels, h, w, out_w, true, (resampler, bilinear));
         cur_w = out_w;
     }
     if out_h != h {
-        data = resample_pass(&data, channels, h, cur_w, out_h, false, resampler, bilinear);
+        data = resample_pass(
+            &data,
+            channels,
+            h,
+            cur_w,
+            out_h,
+            false,
+            (resampler, bilinear),
+        );
     }
     data
 }
