@@ -951,3 +951,49 @@ fn eval_pmmvp_puts_several_models_in_one_table_with_a_row_each() {
     assert_eq!(avg["GG"], avg["FF"]);
     assert_eq!(avg["GG"], avg["fused"]);
 }
+
+/// `bench model --once` times one global embedding of a non-square image with the chosen
+/// preprocessing (how the README's 12-megapixel figures are measured).
+#[test]
+fn bench_model_once_times_a_non_square_image_with_a_profile() {
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/qwen3vl/tiny-a/config.json");
+    let run = |profile: &str| {
+        json_of(
+            &agff_lens()
+                .args(["bench", "model", "--config"])
+                .arg(&config)
+                .args([
+                    "--image-size",
+                    "200",
+                    "--image-height",
+                    "90",
+                    "--once",
+                    "--json",
+                ])
+                .args(["--preprocess", profile])
+                .output()
+                .unwrap(),
+        )
+    };
+    let e = run("embedder");
+    assert_eq!(
+        (e["image_size"].as_u64(), e["image_height"].as_u64()),
+        (Some(200), Some(90))
+    );
+    assert!(
+        e["preprocess"]
+            .as_str()
+            .unwrap()
+            .starts_with("embedder 4096..1843200")
+    );
+    assert!(e["single_seconds"].as_f64().unwrap() > 0.0);
+    // The processor's minimum (65,536 pixels for this config's processor defaults) lifts
+    // the image to more tokens than the embedder's 4,096.
+    let p = run("processor");
+    assert!(p["preprocess"].as_str().unwrap().starts_with("processor"));
+    assert!(
+        p["tokens"].as_u64().unwrap() > e["tokens"].as_u64().unwrap(),
+        "{p} {e}"
+    );
+}

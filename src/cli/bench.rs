@@ -269,9 +269,21 @@ pub struct ModelArgs {
     /// needed; text is cut into word-like pieces instead of BPE tokens).
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
-    /// Side of the square test image, in pixels.
+    /// Width of the test image, in pixels (and its height, unless `--image-height`).
     #[arg(long, default_value_t = 448)]
     pub image_size: u32,
+    /// Height of the test image (default: `--image-size`, a square), e.g. 3000 with
+    /// `--image-size 4000` for a 12-megapixel photo.
+    #[arg(long)]
+    pub image_height: Option<u32>,
+    /// Image preprocessing of a Qwen3-VL model or `--config` (default: the model's own;
+    /// `processor` for `--config`).
+    #[arg(long, value_enum)]
+    pub preprocess: Option<super::Preprocess>,
+    /// Time one embedding of the global perspective only, without a warm-up (for inputs
+    /// that take minutes on a CPU).
+    #[arg(long, conflicts_with = "paced")]
+    pub once: bool,
     /// Words of text embedded with the image (0: the image alone).
     #[arg(long, default_value_t = 0)]
     pub text_words: usize,
@@ -301,6 +313,9 @@ struct ModelReport {
     device: String,
     threads: usize,
     image_size: u32,
+    image_height: u32,
+    /// How images were prepared (the model identity's preprocessing).
+    preprocess: String,
     text_words: usize,
     k: usize,
     /// Tokens of the global branch's full sequence.
@@ -324,12 +339,11 @@ pub fn model(args: &ModelArgs) -> anyhow::Result<()> {
     let backbone: Box<dyn Backbone> = match (&args.model, &args.config) {
         (_, Some(config)) => {
             let cfg = Qwen3VlConfig::from_file(config)?;
-            Box::new(Qwen3Vl::random(
-                cfg,
-                ImageProcessorConfig::default(),
-                dtype,
-                &device,
-            )?)
+            let mut model = Qwen3Vl::random(cfg, ImageProcessorConfig::default(), dtype, &device)?;
+            if let Some(super::Preprocess::Embedder) = args.preprocess {
+                model.set_preprocess(crate::model::qwen3_vl::PreprocessProfile::EMBEDDER);
+            }
+            Box::new(model)
         }
         (Some(m), None) if m.trim() == "demo" => {
             return Err(super::NotAvailable("bench model --model demo").into());
@@ -339,6 +353,15 @@ pub fn model(args: &ModelArgs) -> anyhow::Result<()> {
             &crate::session::LoadOptions {
                 dtype,
                 device: args.device,
+                images: crate::model::loader::ImageOptions {
+                    profile: args.preprocess.map(|p| match p {
+                        super::Preprocess::Embedder => crate::model::loader::ProfileKind::Embedder,
+                        super::Preprocess::Processor => {
+                            crate::model::loader::ProfileKind::Processor
+                        }
+                    }),
+                    ..Default::default()
+                },
                 ..crate::session::LoadOptions::default()
             },
             &mut super::progress::TerminalDownload::new(),
@@ -347,8 +370,9 @@ pub fn model(args: &ModelArgs) -> anyhow::Result<()> {
     };
     // A deterministic noise image: content does not change the cost.
     let side = args.image_size.max(1);
+    let height = args.image_height.unwrap_or(side).max(1);
     let mut rng = crate::util::rng::SplitMix64::new(0x2545_f491_4f6c_dd1d);
-    let image = image::RgbImage::from_fn(side, side, |_, _| {
+    let image = image::RgbImage::from_fn(side, height, |_, _| {
         let z = rng.next_u64();
         image::Rgb([z as u8, (z >> 8) as u8, (z >> 16) as u8])
     });
@@ -384,6 +408,30 @@ pub fn model(args: &ModelArgs) -> anyhow::Result<()> {
         })
     };
     let (mut singles, mut multis) = (Vec::new(), Vec::new());
+    if args.once {
+        let s = run(&single, "single")?;
+        let report = serde_json::json!({
+            "model": backbone.identity().name,
+            "device": args.device.to_string(),
+            "threads": candle_core::utils::get_num_threads(),
+            "image_size": side,
+            "image_height": height,
+            "preprocess": backbone.identity().preprocess,
+            "tokens": tokens,
+            "single_seconds": s,
+        });
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!(
+                "{} on {}, {side}x{height} image ({}), {tokens} tokens: {s:.3} s for one embedding of the global perspective (no warm-up)",
+                backbone.identity().name,
+                args.device,
+                backbone.identity().preprocess
+            );
+        }
+        return Ok(());
+    }
     for rep in 0..=args.reps.max(1) {
         let s = run(&single, "single")?;
         let m = run(&multi, "multi")?;
@@ -399,6 +447,8 @@ pub fn model(args: &ModelArgs) -> anyhow::Result<()> {
         device: args.device.to_string(),
         threads: candle_core::utils::get_num_threads(),
         image_size: side,
+        image_height: height,
+        preprocess: backbone.identity().preprocess.clone(),
         text_words: args.text_words,
         k: multi.k(),
         tokens,
@@ -417,7 +467,7 @@ pub fn model(args: &ModelArgs) -> anyhow::Result<()> {
             report.device,
             report.threads,
             side,
-            side,
+            height,
             args.text_words,
             tokens,
             args.reps
