@@ -466,18 +466,9 @@ pub fn search_view(app: &mut LensApp, ui: &mut egui::Ui) {
         }
         return;
     };
-    let a = &compare.agreement;
     ui.label(format!(
-        "agreement with {}: overlap@{} {:.2} ({} of {}), Spearman's ρ {} over the {} images both ranked",
-        compare.model,
-        a.k,
-        a.overlap_at_k,
-        (a.overlap_at_k * a.k as f64).round() as usize,
-        a.k,
-        a.spearman
-            .map(|r| format!("{r:.3}"))
-            .unwrap_or_else(|| "–".into()),
-        a.items
+        "agreement with {}: {}",
+        compare.model, compare.agreement
     ));
     let mut clicked_other = None;
     let model = app.model_name.clone().unwrap_or_default();

@@ -233,18 +233,7 @@ pub fn run(args: &SearchArgs) -> anyhow::Result<()> {
             w = width + 8
         );
     }
-    let a = &c.agreement;
-    println!(
-        "agreement: overlap@{} {:.2} ({} of {}), Spearman's ρ {} over the {} images both ranked",
-        a.k,
-        a.overlap_at_k,
-        (a.overlap_at_k * a.k as f64).round() as usize,
-        a.k,
-        a.spearman
-            .map(|r| format!("{r:.3}"))
-            .unwrap_or_else(|| "–".into()),
-        a.items
-    );
+    println!("agreement: {}", c.agreement);
     Ok(())
 }
 

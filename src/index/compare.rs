@@ -20,6 +20,24 @@ pub struct RankAgreement {
     pub items: usize,
 }
 
+impl std::fmt::Display for RankAgreement {
+    /// `overlap@10 0.40 (4 of 10), Spearman's ρ 0.123 over the 300 images both ranked`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shared = (self.overlap_at_k * self.k as f64).round() as usize;
+        write!(
+            f,
+            "overlap@{k} {:.2} ({shared} of {k}), Spearman's ρ ",
+            self.overlap_at_k,
+            k = self.k
+        )?;
+        match self.spearman {
+            Some(r) => write!(f, "{r:.3}")?,
+            None => write!(f, "–")?,
+        }
+        write!(f, " over the {} images both ranked", self.items)
+    }
+}
+
 /// Compares two rankings, best first, of items identified by `T` (gallery paths). Items
 /// only one ranking holds (an image one model could not read) count only against the
 /// overlap; ρ is computed over the common items, re-ranked among themselves.
@@ -83,5 +101,9 @@ mod tests {
         assert_eq!(m.spearman, Some(1.0));
         assert_eq!(m.overlap_at_k, 0.5);
         assert_eq!(rank_agreement(&["x"], &["x"], 10).spearman, None);
+        assert_eq!(
+            s.to_string(),
+            "overlap@2 1.00 (2 of 2), Spearman's ρ 0.900 over the 5 images both ranked"
+        );
     }
 }
