@@ -260,3 +260,41 @@ fn siglip_refuses_what_it_cannot_do_with_a_clear_error() {
         .unwrap();
     assert!(e.to_string().contains("vision_model.head.probe"), "{e}");
 }
+
+/// SigLIP 2's tokenizer (Gemma, `tokenizer_class` not SigLIP's) is only lower-cased, and
+/// `padding_side` in tokenizer_config.json is honoured.
+#[test]
+fn a_gemma_tokenizer_config_lowercases_only_and_pads_where_it_says() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "preprocessor_config.json",
+    ] {
+        std::fs::copy(tiny().join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("tokenizer_config.json"),
+        r#"{"tokenizer_class": "GemmaTokenizer", "padding_side": "left"}"#,
+    )
+    .unwrap();
+    let gemma = Siglip::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    let siglip = load();
+    let ids = gemma.text_ids("A Cat!", false).unwrap();
+    assert_eq!(ids.len(), 64);
+    // Left padding: the pads come first and the text ends the sequence.
+    let content: Vec<u32> = ids.iter().copied().skip_while(|&i| i == 1).collect();
+    assert_eq!(*ids.last().unwrap(), 1, "</s> last");
+    assert!(ids[0] == 1 && content.len() < 64);
+    // The "!" is kept (SigLIP's canonicalisation would drop it): not the same tokens.
+    let plain = siglip.text_ids("a cat", false).unwrap();
+    let plain: Vec<u32> = plain[..plain.iter().position(|&i| i == 1).unwrap()].to_vec();
+    assert_ne!(&content[..content.len() - 1], plain.as_slice());
+    assert_eq!(
+        gemma
+            .show_prompt(&EmbedInput::text("A Cat!"), &gemma.default_perspectives())
+            .unwrap(),
+        ["a cat!"]
+    );
+}
