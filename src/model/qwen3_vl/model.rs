@@ -517,6 +517,8 @@ pub enum BranchStrategy {
 /// Everything about one input that all perspectives share.
 struct Prefix {
     ids: Vec<u32>,
+    /// Each perspective's suffix tokens (tokenised once, for the length check and the run).
+    suffix_ids: Vec<Vec<u32>>,
     run: Option<(usize, usize)>,
     grid: Option<(usize, usize)>,
     vision_deepstack: Vec<Tensor>,
@@ -553,11 +555,15 @@ impl Qwen3Vl {
             .as_ref()
             .map(|img| self.prepare_image(img))
             .transpose()?;
-        // The longest perspective suffix, so the length check covers every branch.
+        // Every perspective's suffix, tokenised once: the longest decides the length check,
+        // and the branches run these ids.
+        let mut suffix_ids = Vec::with_capacity(perspectives.perspectives.len());
         let mut suffix_max = 0;
         for p in &perspectives.perspectives {
             let (_, suffix_text) = self.prompt_text(input, p);
-            suffix_max = suffix_max.max(self.tokenize(&suffix_text)?.len() + p.soft_tokens);
+            let ids = self.tokenize(&suffix_text)?;
+            suffix_max = suffix_max.max(ids.len() + p.soft_tokens);
+            suffix_ids.push(ids);
         }
         // All perspectives share the prefix; tokenise it once, and check its length before
         // anything as large as the sequence is allocated.
@@ -613,6 +619,7 @@ impl Qwen3Vl {
         );
         Ok(Prefix {
             ids,
+            suffix_ids,
             run,
             grid,
             vision_deepstack: vision.map(|v| v.deepstack).unwrap_or_default(),
@@ -623,18 +630,18 @@ impl Qwen3Vl {
         })
     }
 
-    /// Token ids and input embeddings `[len, hidden]` of each perspective's suffix.
+    /// Token ids and input embeddings `[len, hidden]` of each perspective's suffix, from
+    /// the ids [`Self::prefix`] tokenised.
     fn suffixes(
         &self,
-        input: &EmbedInput,
+        suffix_ids: &[Vec<u32>],
         perspectives: &PerspectiveSet,
         options: &EmbedOptions,
         dtype: DType,
     ) -> Result<Vec<(Vec<u32>, Tensor)>> {
         let mut out = Vec::with_capacity(perspectives.perspectives.len());
-        for (i, p) in perspectives.perspectives.iter().enumerate() {
-            let (_, suffix_text) = self.prompt_text(input, p);
-            let ids = self.tokenize(&suffix_text)?;
+        for (i, (p, ids)) in perspectives.perspectives.iter().zip(suffix_ids).enumerate() {
+            let ids = ids.clone();
             let mut parts = vec![self.text.embed_tokens(&ids)?];
             if let Some(s) = self.soft_vectors(p, options.soft_prompts.get(i))? {
                 parts.push(s.to_dtype(dtype)?);
@@ -656,7 +663,7 @@ impl Qwen3Vl {
         perspectives.validate().map_err(ModelError::Input)?;
         let prefix = self.prefix(input, perspectives, options)?;
         let dtype = prefix.embeds.dtype();
-        let suffixes = self.suffixes(input, perspectives, options, dtype)?;
+        let suffixes = self.suffixes(&prefix.suffix_ids, perspectives, options, dtype)?;
         let lengths: Vec<usize> = suffixes
             .iter()
             .map(|(_, e)| e.dim(0))
