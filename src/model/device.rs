@@ -23,6 +23,11 @@ pub enum DeviceError {
     /// driver error).
     #[error("could not open device {0}: {1}")]
     Open(DeviceChoice, candle_core::Error),
+    /// The back-end is compiled in but this machine cannot run it: a library it loads at
+    /// run time (the CUDA driver's `libcuda.so.1`, cuBLAS, cuRAND) is missing or broken.
+    /// Holds the device and what the loader said.
+    #[error("device {0} is not usable on this machine: {1}")]
+    Unusable(DeviceChoice, String),
 }
 
 /// A device named by the user.
@@ -77,7 +82,11 @@ impl DeviceChoice {
                 if !cfg!(feature = "cuda") {
                     return Err(DeviceError::NotCompiled(self, "cuda"));
                 }
-                Device::new_cuda(i).map_err(|e| DeviceError::Open(self, e))
+                // cudarc loads the CUDA libraries at run time and panics when one is
+                // missing: turn that into an error, without the panic's message on stderr.
+                let opened = quietly_catch(|| Device::new_cuda(i))
+                    .map_err(|why| DeviceError::Unusable(self, why))?;
+                opened.map_err(|e| DeviceError::Open(self, e))
             }
             DeviceChoice::Metal(i) => {
                 if !cfg!(feature = "metal") {
@@ -87,6 +96,23 @@ impl DeviceChoice {
             }
         }
     }
+}
+
+/// Runs `f`, returning a panic's message as an error instead of unwinding; the panic hook
+/// is silenced meanwhile (device opening happens once, before any worker thread runs
+/// model code).
+fn quietly_catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    result.map_err(|payload| {
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
+            .unwrap_or_else(|| "the back-end panicked while opening the device".into())
+    })
 }
 
 /// Every device this build can run on here: the CPU, then CUDA device 0 and Metal
@@ -121,6 +147,17 @@ macro_rules! test_devices {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panic_while_opening_becomes_an_error() {
+        let e = quietly_catch(|| -> u32 {
+            panic!("Unable to dynamically load the \"cuda\" shared library")
+        });
+        assert!(e.unwrap_err().contains("cuda"));
+        assert_eq!(quietly_catch(|| 7), Ok(7));
+        // The hook is back: a later panic is still reported (and caught here).
+        assert!(std::panic::catch_unwind(|| panic!("later")).is_err());
+    }
 
     #[test]
     fn parses_device_names() {
