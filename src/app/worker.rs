@@ -769,6 +769,8 @@ impl Worker {
             done: 0,
         };
         let options = LoadOptions {
+            // bf16 on CUDA, f32 elsewhere, as the CLI's default.
+            dtype: self.device.default_dtype(),
             device: self.device,
             images: load.images,
             ..LoadOptions::default()

@@ -111,9 +111,10 @@ impl Dtype {
 /// How a model runs and what it embeds with: shared by every command that takes a model.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Weights dtype.
-    #[arg(long, value_enum, default_value_t = Dtype::F32)]
-    pub dtype: Dtype,
+    /// Weights dtype (default: the device's, [`crate::model::DeviceChoice::default_dtype`]:
+    /// bf16 on CUDA, f32 elsewhere).
+    #[arg(long, value_enum)]
+    pub dtype: Option<Dtype>,
     /// Compute device: `cpu`, `cuda[:N]`, `metal[:N]`.
     #[arg(long, default_value = "cpu")]
     pub device: crate::model::DeviceChoice,
@@ -163,7 +164,9 @@ impl RunArgs {
     pub(crate) fn session(&self, model: &str) -> anyhow::Result<crate::session::Session> {
         use crate::model::loader::{ImageOptions, ProfileKind};
         let options = crate::session::LoadOptions {
-            dtype: self.dtype.dtype(),
+            dtype: self
+                .dtype
+                .map_or_else(|| self.device.default_dtype(), Dtype::dtype),
             device: self.device,
             images: ImageOptions {
                 profile: self.preprocess.map(|p| match p {

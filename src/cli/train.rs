@@ -91,7 +91,7 @@ pub struct TrainArgs {
     /// Keep the fusion θ, ρ fixed.
     #[arg(long)]
     pub freeze_fusion: bool,
-    /// Weights dtype of a fine-tuned model.
+    /// Weights dtype of a fine-tuned model (f32 whatever the device: training keeps f32).
     #[arg(long, value_enum, default_value_t = super::Dtype::F32)]
     pub dtype: super::Dtype,
     /// Compute device of a fine-tune: cpu, cuda[:N], metal[:N] (recipes train on the CPU).

@@ -74,6 +74,16 @@ impl FromStr for DeviceChoice {
 }
 
 impl DeviceChoice {
+    /// The weights dtype a model runs in on this device unless the user says otherwise:
+    /// bf16 on CUDA (half the memory and the tensor cores' format, as Qwen3-VL-Embedding
+    /// ships its weights), f32 on the CPU and on Metal.
+    pub fn default_dtype(self) -> candle_core::DType {
+        match self {
+            DeviceChoice::Cuda(_) => candle_core::DType::BF16,
+            DeviceChoice::Cpu | DeviceChoice::Metal(_) => candle_core::DType::F32,
+        }
+    }
+
     /// Opens the device, failing clearly when its back-end was not compiled in.
     pub fn open(self) -> Result<Device, DeviceError> {
         match self {
@@ -157,6 +167,14 @@ mod tests {
         assert_eq!(quietly_catch(|| 7), Ok(7));
         // The hook is back: a later panic is still reported (and caught here).
         assert!(std::panic::catch_unwind(|| panic!("later")).is_err());
+    }
+
+    #[test]
+    fn cuda_defaults_to_bf16_and_the_cpu_to_f32() {
+        use candle_core::DType;
+        assert_eq!(DeviceChoice::Cuda(1).default_dtype(), DType::BF16);
+        assert_eq!(DeviceChoice::Cpu.default_dtype(), DType::F32);
+        assert_eq!(DeviceChoice::Metal(0).default_dtype(), DType::F32);
     }
 
     #[test]
