@@ -3,6 +3,7 @@
 # binary needs no CUDA library at link time and loads the driver, cuBLAS and cuRAND at run time.
 #
 #   scripts/build-cuda.sh            # CUDA 13.0 wheels, sm_90a (H100/H200), target/cuda
+#   scripts/build-cuda.sh test --no-fail-fast   # the tests with the cuda feature on
 #
 # Knobs (environment):
 #   AGFF_CUDA_VENV      venv holding the NVIDIA wheels        (default /tmp/agff-cuda-venv)
@@ -148,6 +149,12 @@ export RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-L native=$CUDART_DIR"
 
 # ---------------------------------------------------------------------------------------------
 # 4. Build. --locked: the override must not (and does not) touch Cargo.lock.
+# With arguments, run that cargo command in the same set-up instead (e.g. `test
+# --no-fail-fast`: the test suite with the cuda feature on, in the dev profile).
+if [[ $# -gt 0 ]]; then
+  cargo "$@" --locked --features cuda --config "paths=[\"$CUDARC_PATCHED\"]"
+  exit $?
+fi
 cargo build --release --locked --features cuda --config "paths=[\"$CUDARC_PATCHED\"]"
 
 # ---------------------------------------------------------------------------------------------
