@@ -487,3 +487,40 @@ fn embedder_profile_equals_the_authors_embedding_path() {
         }
     }
 }
+
+/// Explanations (attribution through the language model's gradients, attention capture,
+/// token similarities) run on every available device (the CPU here; `cuda:0` too in a
+/// CUDA build where one answers) and agree with the CPU's maps.
+#[test]
+fn explanations_run_on_every_device_and_agree_with_the_cpu() {
+    use agff_lens::agff::Fusion;
+    use agff_lens::explain::{Explainer, Method};
+    let maps_on = |dev: &Device| -> Vec<Vec<f32>> {
+        let model = Qwen3Vl::load(&fixtures().join("tiny-b"), DType::F32, dev).unwrap();
+        let ex = Explainer::new(
+            &model,
+            PerspectiveSet::default_real(),
+            Fusion::for_backbone(&model).unwrap(),
+        );
+        let img = image("images/chelsea.png");
+        let q = EmbedInput::text("a cat on a sofa");
+        Method::ALL
+            .iter()
+            .map(|&m| {
+                let e = ex.explain(&q, &img, m).unwrap();
+                assert!(e.fused_map.values.iter().all(|v| v.is_finite()), "{m:?}");
+                assert_eq!(e.perspective_maps.len(), 5);
+                e.fused_map.values.clone()
+            })
+            .collect()
+    };
+    let reference = maps_on(&Device::Cpu);
+    agff_lens::test_devices!(dev => {
+        let maps = maps_on(&dev);
+        for (m, (a, b)) in maps.iter().zip(&reference).enumerate() {
+            let err = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            let scale = b.iter().map(|v| v.abs()).fold(0f32, f32::max).max(1e-12);
+            assert!(err <= 1e-3 * scale, "method {m}: maps differ by {err} (scale {scale})");
+        }
+    });
+}
