@@ -148,6 +148,14 @@ impl TrainArgs {
 
 /// Runs `train`.
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
+    if args.recipe.is_some() && args.device != DeviceChoice::Cpu {
+        // The recipes' kernels (fused GELU, im2col, the optimiser) are written for the CPU
+        // they are budgeted on: say so rather than ignore the flag silently.
+        eprintln!(
+            "note: the training recipes run on the CPU; --device {} applies to fine-tunes (--model)",
+            args.device
+        );
+    }
     match (args.recipe, &args.model) {
         (Some(Recipe::Demo), _) => {
             let s = with_progress(args, "demo", |control, tx| {
