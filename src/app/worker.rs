@@ -829,28 +829,31 @@ impl Worker {
         let session = self.load_session(choice, load)?;
         let name = session.backbone.identity().name.clone();
         self.compare = Some((session, None));
-        if let Some(root) = self.gallery_root.clone() {
-            self.index_compare(&root)?;
-        }
+        self.index_compare()?;
         self.out.send(Event::CompareLoaded(Some(name.clone())));
         Ok(Some(format!("comparing with {name}")))
     }
 
-    /// Indexes `dir` with the model to compare with, if there is one.
-    fn index_compare(&mut self, dir: &Path) -> Result<(), JobError> {
-        let Some((session, gallery)) = &mut self.compare else {
+    /// Indexes the first model's gallery with the model to compare with, if both are
+    /// there: the same images (no second scan of the folder, no second hash of every
+    /// file), through the cache.
+    fn index_compare(&mut self) -> Result<(), JobError> {
+        let (Some((session, gallery)), Some(first), Some(root)) =
+            (&mut self.compare, &self.gallery, &self.gallery_root)
+        else {
             return Ok(());
+        };
+        let same = crate::index::Gallery {
+            root: root.clone(),
+            items: first.items.clone(),
+            skipped: Vec::new(),
         };
         let cancel = || self.cancel.load(Ordering::Relaxed);
         let out = &self.out;
-        let (_, embeddings, _) = session
-            .index_folder(
-                dir,
-                &self.cache_dir,
-                &cancel,
-                &mut |n| out.progress("index", n, 0, "looking for images (second model)"),
-                &mut |done, total| out.progress("index", done, total, "embedding (second model)"),
-            )
+        let (embeddings, _) = session
+            .index(&same, &self.cache_dir, &cancel, &mut |done, total| {
+                out.progress("index", done, total, "embedding (second model)");
+            })
             .map_err(cancelled_or)?;
         *gallery = Some(embeddings);
         Ok(())
@@ -913,7 +916,7 @@ impl Worker {
         };
         self.gallery = Some(embeddings);
         self.gallery_root = Some(dir.to_path_buf());
-        self.index_compare(dir)?;
+        self.index_compare()?;
         self.out.send(Event::Indexed(Box::new(info)));
         Ok(None)
     }

@@ -45,7 +45,7 @@ use super::backbone::{
 };
 use super::error::{ModelError, Result};
 use super::perspective::{Perspective, PerspectiveSet};
-use super::qwen3_vl::preprocess::{Resampler, resize_planar_filtered};
+use super::qwen3_vl::preprocess::{Resampler, planar_rgb, resize_planar_filtered};
 use super::weights::{weight_files, weights_digest};
 
 /// The architectures this module loads (for error messages).
@@ -487,12 +487,7 @@ impl Siglip {
             return Err(ModelError::Input("the image has no pixels".into()));
         }
         let (oh, ow) = self.processor.size;
-        let mut planar = vec![0u8; 3 * h * w];
-        for (i, px) in image.pixels().enumerate() {
-            for c in 0..3 {
-                planar[c * h * w + i] = px.0[c];
-            }
-        }
+        let planar = planar_rgb(image);
         let resized = if (oh, ow) == (h, w) {
             planar
         } else if self.processor.do_resize {
@@ -593,18 +588,12 @@ impl Siglip {
         Ok(self.text.forward(&input)?.squeeze(0)?)
     }
 
-    /// The pooled image embedding `[D]` (not normalised), with the head's attention and
-    /// per-patch vectors, from patch tokens `[N, D]`.
-    fn image_parts(&self, patches: &Tensor) -> Result<HeadOutput> {
-        Ok(self.head.forward(patches)?)
-    }
-
     /// The pooled image embedding `[D]` (not normalised): `get_image_features`.
     ///
     /// # Errors
     /// As [`Self::pixel_values`], and candle's.
     pub fn image_embedding(&self, image: &RgbImage) -> Result<Tensor> {
-        Ok(self.image_parts(&self.patch_tokens(image)?)?.pooled)
+        Ok(self.head.forward(&self.patch_tokens(image)?)?.pooled)
     }
 }
 
@@ -666,7 +655,7 @@ impl Backbone for Siglip {
                 } else {
                     patches
                 };
-                let out = self.image_parts(&patches)?;
+                let out = self.head.forward(&patches)?;
                 let ps = self.config.vision_config.patch_size;
                 let (h, w) = self.processor.size;
                 let attention = if options.attention_layers > 0 {

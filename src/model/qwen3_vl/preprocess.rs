@@ -501,6 +501,18 @@ impl PreprocessProfile {
     }
 }
 
+/// The image's pixels as channel planes, `[3][h][w]` u8, what the resamplers read.
+pub fn planar_rgb(image: &RgbImage) -> Vec<u8> {
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    let mut planar = vec![0u8; 3 * h * w];
+    for (i, px) in image.pixels().enumerate() {
+        for c in 0..3 {
+            planar[c * h * w + i] = px[c];
+        }
+    }
+    planar
+}
+
 /// The image resized under `profile`, planar `[3][rh][rw]`, and `(rh, rw)`.
 fn resize_planar(
     image: &RgbImage,
@@ -510,12 +522,7 @@ fn resize_planar(
     let (w, h) = (image.width() as usize, image.height() as usize);
     let (resize_config, resampler) = profile.resize_settings(config);
     let (rh, rw) = smart_resize(h, w, &resize_config)?;
-    let mut planar = vec![0u8; 3 * h * w];
-    for (i, px) in image.pixels().enumerate() {
-        for c in 0..3 {
-            planar[c * h * w + i] = px[c];
-        }
-    }
+    let planar = planar_rgb(image);
     if (rh, rw) == (h, w) {
         return Ok((planar, rh, rw));
     }
