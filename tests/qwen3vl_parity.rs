@@ -2,6 +2,8 @@
 //! real architecture (`tests/fixtures/make_qwen3vl.py` writes them and the references;
 //! these tests need no Python).
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -10,6 +12,7 @@ use agff_lens::model::qwen3_vl::preprocess::{ImageProcessorConfig, preprocess};
 use agff_lens::model::qwen3_vl::{BranchStrategy, Qwen3Vl};
 use agff_lens::model::{Backbone, EmbedInput, EmbedOptions, PerspectiveSet};
 use candle_core::{DType, Device, Tensor};
+use common::{cosine, max_abs};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3vl")
@@ -27,52 +30,6 @@ fn cases() -> Vec<serde_json::Value> {
 
 fn load(model: &str, dtype: DType) -> Qwen3Vl {
     Qwen3Vl::load(&fixtures().join(model), dtype, &Device::Cpu).unwrap()
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    // Outputs of any device are compared on the CPU, where the references are.
-    let a = a
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap();
-    let b = b
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap();
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
-
-fn cosine(a: &Tensor, b: &Tensor) -> f64 {
-    let a: Vec<f32> = a
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let b: Vec<f32> = b
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let dot: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
 }
 
 fn ids(t: &Tensor) -> Vec<u32> {

@@ -2,6 +2,8 @@
 //! the real architecture (`tests/fixtures/make_siglip.py` writes it and the references;
 //! these tests need no Python).
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -9,6 +11,7 @@ use agff_lens::model::image_io::{open_image, to_rgb8};
 use agff_lens::model::siglip::Siglip;
 use agff_lens::model::{Backbone, EmbedInput, EmbedOptions, ModelError, PerspectiveSet};
 use candle_core::{DType, Device, Tensor};
+use common::{cosine, max_abs};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -26,47 +29,6 @@ fn reference(file: &str) -> HashMap<String, Tensor> {
 fn cases() -> serde_json::Value {
     let text = std::fs::read_to_string(fixtures().join("siglip/reference/cases.json")).unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a.to_dtype(DType::F32).unwrap();
-    let b = b.to_dtype(DType::F32).unwrap();
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
-
-fn cosine(a: &Tensor, b: &Tensor) -> f64 {
-    let a: Vec<f32> = a
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let b: Vec<f32> = b
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let dot: f64 = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
-    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
 }
 
 fn load() -> Siglip {
