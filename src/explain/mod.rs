@@ -27,6 +27,7 @@ use crate::agff::{
     FusedScorer, Fusion, PerspectiveEmbeddings, Similarity, SimilarityConfig, agff_similarities,
 };
 use crate::model::{Backbone, EmbedInput, EmbedOptions, ModelError, PerspectiveSet};
+use crate::scenes::caption::ObjectQuery;
 
 /// How a map is computed.
 #[derive(
@@ -566,23 +567,21 @@ fn pointing_query(
     if scene.objects.len() < 2 {
         return None;
     }
+    // Objects whose colour and shape name them alone in the scene.
     let unique: Vec<usize> = (0..scene.objects.len())
         .filter(|&i| {
-            let o = &scene.objects[i];
-            scene
-                .objects
-                .iter()
-                .filter(|p| p.colour == o.colour && p.shape == o.shape)
-                .count()
-                == 1
+            ObjectQuery {
+                count: Some(1),
+                ..ObjectQuery::colour_shape(&scene.objects[i])
+            }
+            .fits(&scene)
         })
         .collect();
     if unique.is_empty() {
         return None;
     }
     let index = unique[rng.below(unique.len())];
-    let target = &scene.objects[index];
-    let query = format!("a {} {}", target.colour.name(), target.shape.name());
+    let query = ObjectQuery::colour_shape(&scene.objects[index]).text();
     Some((scene, query, index))
 }
 
@@ -666,16 +665,12 @@ pub fn composite_pointing_game(
         let Some((scene, query, target)) = pointing_query(&mut rng) else {
             continue;
         };
-        let named = &scene.objects[target];
+        let named = ObjectQuery::colour_shape(&scene.objects[target]);
         let quadrant = rng.below(4);
         // The other three scenes hold no object the query also names.
         let mut distractor = || loop {
             let s = Scene::random(&mut rng);
-            if !s
-                .objects
-                .iter()
-                .any(|o| o.colour == named.colour && o.shape == named.shape)
-            {
+            if !named.fits(&s) {
                 return s;
             }
         };

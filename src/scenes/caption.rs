@@ -327,6 +327,97 @@ pub fn fine_captions(scene: &Scene) -> Vec<FineCaption> {
     out
 }
 
+/// A short query about one kind of object ("a small filled green cross", "a green cross",
+/// "a red arrow pointing up", "two blue squares"), with the test of which scenes it fits:
+/// the renderer's metadata decides, so a batch can hold a query only where it fits no
+/// other scene of the batch. `None` fields are left unsaid and match anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectQuery {
+    /// The shape (always said).
+    pub shape: Shape,
+    /// The colour (always said).
+    pub colour: Colour,
+    /// The size class, if said.
+    pub size: Option<Size>,
+    /// Filled (`true`) or outlined, if said.
+    pub filled: Option<bool>,
+    /// Where the object points, if said (arrows and triangles only).
+    pub orientation: Option<Orientation>,
+    /// How many such objects the scene holds, exactly, if said.
+    pub count: Option<usize>,
+}
+
+impl ObjectQuery {
+    /// Size, fill, colour and shape of `o`: the form of `eval`'s short object queries.
+    pub fn full(o: &SceneObject) -> Self {
+        Self {
+            size: Some(o.size),
+            filled: Some(o.filled),
+            ..Self::colour_shape(o)
+        }
+    }
+
+    /// Colour and shape of `o` only ("a green cross").
+    pub fn colour_shape(o: &SceneObject) -> Self {
+        Self {
+            shape: o.shape,
+            colour: o.colour,
+            size: None,
+            filled: None,
+            orientation: None,
+            count: None,
+        }
+    }
+
+    /// Whether object `o` is of the kind the query names (its count aside).
+    pub fn fits_object(&self, o: &SceneObject) -> bool {
+        o.shape == self.shape
+            && o.colour == self.colour
+            && self.size.is_none_or(|s| s == o.size)
+            && self.filled.is_none_or(|f| f == o.filled)
+            && self.orientation.is_none_or(|r| r == o.orientation)
+    }
+
+    /// Whether `scene` fits the query: it holds such an object (exactly `count` of them
+    /// when a count is said).
+    pub fn fits(&self, scene: &Scene) -> bool {
+        let n = scene.objects.iter().filter(|o| self.fits_object(o)).count();
+        match self.count {
+            Some(c) => n == c,
+            None => n > 0,
+        }
+    }
+
+    /// The query's words, in the caption grammar's order: count or article, size, fill,
+    /// colour, shape, orientation.
+    pub fn text(&self) -> String {
+        let n = self.count.unwrap_or(1);
+        let mut words: Vec<&str> = Vec::new();
+        if let Some(s) = self.size {
+            words.push(s.name());
+        }
+        if let Some(f) = self.filled {
+            words.push(fill_word(f));
+        }
+        words.push(self.colour.name());
+        words.push(if n > 1 {
+            self.shape.plural()
+        } else {
+            self.shape.name()
+        });
+        if let Some(r) = self.orientation {
+            words.push("pointing");
+            words.push(r.name());
+        }
+        let phrase = words.join(" ");
+        if n > 1 {
+            format!("{} {phrase}", count_word(n))
+        } else {
+            with_article(&phrase)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,5 +438,47 @@ mod tests {
         assert!(v.windows(2).all(|w| w[0] < w[1]));
         assert!(v.iter().all(|w| !w.is_empty() && *w == w.to_lowercase()));
         assert!(v.len() < 160);
+    }
+
+    fn object(shape: Shape, colour: Colour, size: Size, filled: bool) -> SceneObject {
+        SceneObject {
+            shape,
+            colour,
+            size,
+            filled,
+            orientation: Orientation::Up,
+            label: None,
+            bbox: [0.0; 4],
+        }
+    }
+
+    #[test]
+    fn object_queries_say_what_they_test() {
+        let cross = object(Shape::Cross, Colour::Green, Size::Small, true);
+        let full = ObjectQuery::full(&cross);
+        assert_eq!(full.text(), "a small filled green cross");
+        assert_eq!(ObjectQuery::colour_shape(&cross).text(), "a green cross");
+        let two = ObjectQuery {
+            count: Some(2),
+            ..ObjectQuery::colour_shape(&cross)
+        };
+        assert_eq!(two.text(), "two green crosses");
+        let big = object(Shape::Cross, Colour::Green, Size::Large, false);
+        let other = object(Shape::Square, Colour::Green, Size::Small, true);
+        let scene = |objects: Vec<SceneObject>| Scene {
+            seed: 0,
+            setting: Setting::ALL[0],
+            zoom: Zoom::Near,
+            objects,
+        };
+        assert!(full.fits(&scene(vec![other.clone(), cross.clone()])));
+        assert!(!full.fits(&scene(vec![other.clone(), big.clone()])));
+        assert!(ObjectQuery::colour_shape(&cross).fits(&scene(vec![big.clone()])));
+        assert!(two.fits(&scene(vec![cross.clone(), big.clone(), other.clone()])));
+        assert!(!two.fits(&scene(vec![cross.clone(), big.clone(), cross.clone()])));
+        assert!(!two.fits(&scene(vec![cross.clone()])));
+        for word in full.text().split(' ').chain(two.text().split(' ')) {
+            assert!(vocabulary().contains(&word), "{word} not in the vocabulary");
+        }
     }
 }

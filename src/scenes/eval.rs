@@ -7,6 +7,7 @@ use std::path::Path;
 use candle_core::{DType, Tensor};
 use serde::Serialize;
 
+use super::caption::ObjectQuery;
 use super::{MmvpPattern, MmvpTally, Scene, SceneRng, ScenesError, mmvp_pair_correct, pmmvp_pairs};
 use crate::agff::{
     FusedScorer, Fusion, PerspectiveEmbeddings, ScoreTable, Similarity, SimilarityConfig,
@@ -284,11 +285,12 @@ impl<'a> Evaluator<'a> {
         // One short object query per scene, from one of its objects' metadata.
         let mut qrng = SceneRng::new(seed ^ 0x000b_1ec7);
         let objects: Vec<usize> = scenes.iter().map(|s| qrng.below(s.objects.len())).collect();
-        let object_queries: Vec<String> = scenes
+        let wanted: Vec<ObjectQuery> = scenes
             .iter()
             .zip(&objects)
-            .map(|(s, &o)| object_query(&s.objects[o]))
+            .map(|(s, &o)| ObjectQuery::full(&s.objects[o]))
             .collect();
+        let object_queries: Vec<String> = wanted.iter().map(ObjectQuery::text).collect();
         let (images, progress) = self.embed_each(
             scenes.iter().map(|s| EmbedInput::image(s.render())),
             n * 3,
@@ -323,15 +325,7 @@ impl<'a> Evaluator<'a> {
             hits as f64 / table.queries.max(1) as f64
         };
         let same_caption = |q: usize, j: usize| j == q || captions[j] == captions[q];
-        let has_object = |q: usize, j: usize| {
-            let want = &scenes[q].objects[objects[q]];
-            scenes[j].objects.iter().any(|o| {
-                o.shape == want.shape
-                    && o.colour == want.colour
-                    && o.size == want.size
-                    && o.filled == want.filled
-            })
-        };
+        let has_object = |q: usize, j: usize| wanted[q].fits(&scenes[j]);
         Ok(Retrieval {
             scenes: n,
             text_to_image_r1: recall(&self.score(&texts, &images)?, &same_caption),
@@ -374,17 +368,6 @@ pub struct Retrieval {
     /// A short object query built from one object of each scene ("a small filled green
     /// cross") ranks first a scene that holds such an object (shape, colour, size, fill).
     pub object_query_r1: f64,
-}
-
-/// "a small filled green cross": size, fill, colour and shape of one object.
-pub fn object_query(o: &super::SceneObject) -> String {
-    format!(
-        "a {} {} {} {}",
-        o.size.name(),
-        if o.filled { "filled" } else { "outlined" },
-        o.colour.name(),
-        o.shape.name()
-    )
 }
 
 fn eval_err(e: impl std::fmt::Display) -> ScenesError {

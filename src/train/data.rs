@@ -8,6 +8,7 @@ use image::RgbImage;
 use super::TrainError;
 use crate::model::image_io;
 use crate::model::image_io::IMAGE_EXTENSIONS;
+use crate::scenes::caption::ObjectQuery;
 use crate::scenes::{MmvpPattern, Scene, ScenePair, SceneRng};
 
 /// One captioned image on disk.
@@ -33,7 +34,7 @@ pub struct Example {
 pub enum DataSource {
     /// Procedural scenes; the stream is a pure function of (seed, step), so a resumed run
     /// sees the batches it would have seen. Batches hold random scenes with their global
-    /// captions only until step `ramp_start`; then minimal pairs (the hardest negatives)
+    /// captions or short object queries only until step `ramp_start`; then minimal pairs (the hardest negatives)
     /// ramp up from none to half of each batch over `ramp_steps` steps (both 0: half from
     /// the start), so the model first grounds words in easy contrasts.
     Scenes {
@@ -193,36 +194,178 @@ fn seed_for(seed: u64, step: u64) -> u64 {
     crate::util::rng::derive_seed(seed, step.wrapping_add(1))
 }
 
+/// How often each pattern's minimal pairs are drawn, relative to the others. Colour and
+/// position get twice the share: after the previous recipe, their pairs' two statements
+/// still had cosines of 1.000 to three places (the language model did not read a colour or
+/// relation word against an otherwise equal statement), while the other patterns had
+/// begun to separate.
+const PAIR_WEIGHTS: [(MmvpPattern, usize); 9] = [
+    (MmvpPattern::Orientation, 1),
+    (MmvpPattern::Presence, 1),
+    (MmvpPattern::State, 1),
+    (MmvpPattern::Quantity, 1),
+    (MmvpPattern::Position, 2),
+    (MmvpPattern::Colour, 2),
+    (MmvpPattern::Structure, 1),
+    (MmvpPattern::Text, 1),
+    (MmvpPattern::Viewpoint, 1),
+];
+
+fn pick_pattern(rng: &mut SceneRng) -> MmvpPattern {
+    let total: usize = PAIR_WEIGHTS.iter().map(|(_, w)| w).sum();
+    let mut r = rng.below(total);
+    for (pattern, w) in PAIR_WEIGHTS {
+        if r < w {
+            return pattern;
+        }
+        r -= w;
+    }
+    MmvpPattern::Viewpoint
+}
+
+/// Share of a batch's random scenes that get a short object query instead of their global
+/// caption.
+const QUERY_SHARE: f32 = 0.5;
+
+/// A short query about one object of `scene` in one of four forms (size, fill, colour and
+/// shape, as `eval`'s object queries; colour and shape; colour, shape and orientation; a
+/// count with colour and shape), or `None` when every form drawn also fits another scene
+/// of the batch (a false negative for InfoNCE).
+fn unique_query(
+    scene: &Scene,
+    index: usize,
+    batch: &[Scene],
+    rng: &mut SceneRng,
+) -> Option<ObjectQuery> {
+    let o = scene.objects.get(rng.below(scene.objects.len().max(1)))?;
+    let mut forms = vec![ObjectQuery::full(o), ObjectQuery::colour_shape(o)];
+    if o.shape.oriented() {
+        forms.push(ObjectQuery {
+            orientation: Some(o.orientation),
+            ..ObjectQuery::colour_shape(o)
+        });
+    }
+    let same = ObjectQuery::colour_shape(o);
+    let n = scene.objects.iter().filter(|p| same.fits_object(p)).count();
+    forms.push(ObjectQuery {
+        count: Some(n),
+        ..same
+    });
+    // Try the drawn form first, then the others, most specific last.
+    let first = rng.below(forms.len());
+    forms.rotate_left(first);
+    forms.into_iter().find(|q| {
+        batch
+            .iter()
+            .enumerate()
+            .all(|(j, other)| j == index || !q.fits(other))
+    })
+}
+
 /// A batch of scenes: a share of minimal pairs (two scenes that differ in one MMVP
 /// pattern, each with the statement true of it, so each is the other's hard negative); the
-/// rest are random scenes with their global caption.
+/// rest are random scenes, half of them with their global caption and half with a short
+/// object query that fits no other scene of the batch ([`ObjectQuery`]).
 fn scene_batch(seed: u64, step: u64, n: usize, pair_share: f64) -> Vec<Example> {
     let mut rng = SceneRng::new(seed_for(seed, step));
-    let mut out = Vec::with_capacity(n);
     let pairs = ((n as f64 * pair_share) / 2.0).round() as usize;
-    for _ in 0..pairs {
-        let pattern = MmvpPattern::ALL[rng.below(MmvpPattern::ALL.len())];
-        let pair = ScenePair::generate(pattern, &mut rng);
-        let [sa, sb] = pair.statements.clone();
-        out.push(Example {
-            image: pair.a.render(),
-            text: sa,
-        });
-        out.push(Example {
-            image: pair.b.render(),
-            text: sb,
+    let mut scenes: Vec<Scene> = Vec::with_capacity(n);
+    let mut texts: Vec<String> = Vec::with_capacity(n);
+    for _ in 0..pairs.min(n / 2) {
+        let pair = ScenePair::generate(pick_pattern(&mut rng), &mut rng);
+        let [sa, sb] = pair.statements;
+        scenes.extend([pair.a, pair.b]);
+        texts.extend([sa, sb]);
+    }
+    let first_random = scenes.len();
+    while scenes.len() < n {
+        scenes.push(Scene::random(&mut rng));
+    }
+    // The global caption names every object and so (nearly always) fits no other scene of
+    // the batch. A short query is kept only where it fits no other scene either; where
+    // every form does, the scene keeps its caption.
+    for i in first_random..n {
+        let query = if rng.chance(QUERY_SHARE) {
+            unique_query(&scenes[i], i, &scenes, &mut rng)
+        } else {
+            None
+        };
+        texts.push(match query {
+            Some(q) => q.text(),
+            None => scenes[i].caption(),
         });
     }
-    // The rest: random scenes with their global caption, which names every object and
-    // so (nearly always) fits no other scene of the batch. Single-attribute captions
-    // ("one object", "a small arrow") fit many scenes and would be false negatives here;
-    // fine-grained supervision comes from the minimal pairs' statements instead.
-    while out.len() < n {
-        let scene = Scene::random(&mut rng);
-        out.push(Example {
-            text: scene.caption(),
+    scenes
+        .iter()
+        .zip(texts)
+        .map(|(scene, text)| Example {
             image: scene.render(),
-        });
+            text,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_query_fits_its_own_scene_and_no_other_of_the_batch() {
+        let mut rng = SceneRng::new(7);
+        let mut kept = 0;
+        for _ in 0..20 {
+            let batch: Vec<Scene> = (0..32).map(|_| Scene::random(&mut rng)).collect();
+            for (i, scene) in batch.iter().enumerate() {
+                if let Some(q) = unique_query(scene, i, &batch, &mut rng) {
+                    kept += 1;
+                    assert!(q.fits(scene), "{} does not fit its scene", q.text());
+                    for (j, other) in batch.iter().enumerate() {
+                        assert!(j == i || !q.fits(other), "{} fits scene {j} too", q.text());
+                    }
+                }
+            }
+        }
+        // Most scenes find a query of their own in a batch of 32.
+        assert!(kept > 20 * 32 / 2, "only {kept} of 640 scenes got a query");
     }
-    out
+
+    #[test]
+    fn batches_mix_captions_short_queries_and_weighted_pairs() {
+        let source = DataSource::Scenes {
+            seed: 3,
+            ramp_start: 0,
+            ramp_steps: 0,
+        };
+        let (mut short, mut long) = (0, 0);
+        for step in 0..10 {
+            let batch = source.batch(step, 32).unwrap();
+            assert_eq!(batch.len(), 32);
+            // The second half is random scenes: captions start with the view.
+            for e in &batch[16..] {
+                if e.text.starts_with("a close up view") || e.text.starts_with("a far view") {
+                    long += 1;
+                } else {
+                    short += 1;
+                }
+            }
+        }
+        assert!(
+            short > 40 && long > 40,
+            "{short} short queries, {long} captions"
+        );
+        let mut rng = SceneRng::new(1);
+        let mut colour = 0;
+        let mut structure = 0;
+        for _ in 0..2000 {
+            match pick_pattern(&mut rng) {
+                MmvpPattern::Colour => colour += 1,
+                MmvpPattern::Structure => structure += 1,
+                _ => {}
+            }
+        }
+        assert!(
+            colour > structure * 3 / 2,
+            "colour {colour}, structure {structure}"
+        );
+    }
 }
