@@ -363,11 +363,13 @@ fn the_training_scene_stream_is_pinned() {
         seed: 0,
         ramp_start: 10_000,
         ramp_steps: 0,
+        query_share: agff_lens::train::DEFAULT_QUERY_SHARE,
     };
     let with_pairs = DataSource::Scenes {
         seed: 0,
         ramp_start: 0,
         ramp_steps: 0,
+        query_share: agff_lens::train::DEFAULT_QUERY_SHARE,
     };
     let mut rng = SceneRng::new(0x5ee);
     let mut h = blake3::Hasher::new();

@@ -94,8 +94,9 @@ pub fn show(app: &mut LensApp, ui: &mut egui::Ui) {
          (MMVP-VLM's scoring). Maps: each image's fused map for its own statement.",
     );
     ui.horizontal(|ui| {
-        ui.label("pairs per pattern");
-        ui.add(egui::DragValue::new(&mut app.pairs_per_pattern).range(1..=50));
+        let label = ui.label("pairs per pattern");
+        ui.add(egui::DragValue::new(&mut app.pairs_per_pattern).range(1..=50))
+            .labelled_by(label.id);
         if ui.button("Score P-MMVP pairs").clicked() {
             let job = Job::Pairs {
                 source: PairsSource::Pmmvp {

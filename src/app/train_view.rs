@@ -236,30 +236,35 @@ pub fn show(app: &mut LensApp, ui: &mut egui::Ui) {
                 ui.label("held-out query");
                 ui.add(egui::TextEdit::singleline(&mut s.heldout).desired_width(180.0));
                 ui.end_row();
-                ui.label("EGA α");
+                let label = ui.label("EGA α");
                 ui.add(
                     egui::DragValue::new(&mut s.alpha)
                         .range(0.0..=10.0)
                         .speed(0.05),
-                );
-                ui.label("τ");
+                )
+                .labelled_by(label.id);
+                let label = ui.label("τ");
                 ui.add(
                     egui::DragValue::new(&mut s.tau)
                         .range(0.005..=1.0)
                         .speed(0.005),
-                );
+                )
+                .labelled_by(label.id);
                 ui.end_row();
-                ui.label("learning rate");
+                let label = ui.label("learning rate");
                 ui.add(
                     egui::DragValue::new(&mut s.lr)
                         .range(1e-5..=1e-1)
                         .speed(1e-4),
-                );
-                ui.label("steps");
-                ui.add(egui::DragValue::new(&mut s.steps).range(1..=100_000));
+                )
+                .labelled_by(label.id);
+                let label = ui.label("steps");
+                ui.add(egui::DragValue::new(&mut s.steps).range(1..=100_000))
+                    .labelled_by(label.id);
                 ui.end_row();
-                ui.label("batch");
-                ui.add(egui::DragValue::new(&mut s.batch).range(2..=128));
+                let label = ui.label("batch");
+                ui.add(egui::DragValue::new(&mut s.batch).range(2..=128))
+                    .labelled_by(label.id);
                 ui.label("train");
                 ui.horizontal(|ui| {
                     ui.checkbox(&mut s.train_soft, "soft prompts");

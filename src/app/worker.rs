@@ -1150,6 +1150,7 @@ impl Worker {
                 seed: *seed,
                 ramp_start: 0,
                 ramp_steps: 0,
+                query_share: crate::train::DEFAULT_QUERY_SHARE,
             },
             TrainData::Folder(dir) => {
                 DataSource::Pairs(crate::train::load_caption_dataset(dir).map_err(msg)?)

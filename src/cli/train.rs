@@ -201,6 +201,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
                     seed: args.seed,
                     ramp_start: 0,
                     ramp_steps: 0,
+                    query_share: crate::train::DEFAULT_QUERY_SHARE,
                 },
                 Some(path) => DataSource::Pairs(load_caption_dataset(Path::new(path))?),
                 None => anyhow::bail!("--model needs --data"),

@@ -44,6 +44,9 @@ pub enum DataSource {
         ramp_start: u64,
         /// Steps over which the share of minimal pairs grows from none to half a batch.
         ramp_steps: u64,
+        /// Share (0–1) of the random scenes that get a short object query instead of
+        /// their global caption ([`DEFAULT_QUERY_SHARE`] in the recipe; 0: captions only).
+        query_share: f32,
     },
     /// Captioned images read from disk.
     Pairs(Vec<CaptionPair>),
@@ -153,6 +156,7 @@ impl DataSource {
                 seed,
                 ramp_start,
                 ramp_steps,
+                query_share,
             } => {
                 let share = if step < *ramp_start {
                     0.0
@@ -161,7 +165,7 @@ impl DataSource {
                 } else {
                     0.5 * ((step - ramp_start) as f64 / *ramp_steps as f64).min(1.0)
                 };
-                Ok(scene_batch(*seed, step, n, share))
+                Ok(scene_batch(*seed, step, n, share, *query_share))
             }
             DataSource::Pairs(pairs) => {
                 if pairs.is_empty() {
@@ -224,8 +228,8 @@ fn pick_pattern(rng: &mut SceneRng) -> MmvpPattern {
 }
 
 /// Share of a batch's random scenes that get a short object query instead of their global
-/// caption.
-const QUERY_SHARE: f32 = 0.5;
+/// caption, in the demo recipe and a fine-tune on scenes.
+pub const DEFAULT_QUERY_SHARE: f32 = 0.5;
 
 /// A short query about one object of `scene` in one of four forms (size, fill, colour and
 /// shape, as `eval`'s object queries; colour and shape; colour, shape and orientation; a
@@ -264,9 +268,9 @@ fn unique_query(
 
 /// A batch of scenes: a share of minimal pairs (two scenes that differ in one MMVP
 /// pattern, each with the statement true of it, so each is the other's hard negative); the
-/// rest are random scenes, half of them with their global caption and half with a short
-/// object query that fits no other scene of the batch ([`ObjectQuery`]).
-fn scene_batch(seed: u64, step: u64, n: usize, pair_share: f64) -> Vec<Example> {
+/// rest are random scenes, each with its global caption or (a `query_share` of them) a
+/// short object query that fits no other scene of the batch ([`ObjectQuery`]).
+fn scene_batch(seed: u64, step: u64, n: usize, pair_share: f64, query_share: f32) -> Vec<Example> {
     let mut rng = SceneRng::new(seed_for(seed, step));
     let pairs = ((n as f64 * pair_share) / 2.0).round() as usize;
     let mut scenes: Vec<Scene> = Vec::with_capacity(n);
@@ -285,7 +289,7 @@ fn scene_batch(seed: u64, step: u64, n: usize, pair_share: f64) -> Vec<Example> 
     // the batch. A short query is kept only where it fits no other scene either; where
     // every form does, the scene keeps its caption.
     for i in first_random..n {
-        let query = if rng.chance(QUERY_SHARE) {
+        let query = if rng.chance(query_share) {
             unique_query(&scenes[i], i, &scenes, &mut rng)
         } else {
             None
@@ -335,6 +339,7 @@ mod tests {
             seed: 3,
             ramp_start: 0,
             ramp_steps: 0,
+            query_share: DEFAULT_QUERY_SHARE,
         };
         let (mut short, mut long) = (0, 0);
         for step in 0..10 {

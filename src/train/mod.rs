@@ -31,7 +31,7 @@ use crate::agff::{
 use crate::model::demo::{DemoConfig, DemoModel};
 use crate::model::{Backbone, EmbedInput, EmbedOptions, ModelError, PerspectiveSet};
 
-pub use data::{CaptionPair, DataSource, load_caption_dataset};
+pub use data::{CaptionPair, DEFAULT_QUERY_SHARE, DataSource, load_caption_dataset};
 pub use optim::AdamW;
 
 /// What can go wrong while training.
@@ -146,6 +146,14 @@ pub struct TrainSettings {
     /// Keep the (pre-trained) tower fixed in the contrastive stage, as LiT does.
     #[serde(default)]
     pub freeze_vision: bool,
+    /// Share (0–1) of the demo recipe's random scenes that get a short object query
+    /// instead of their global caption (see [`DataSource::Scenes`]).
+    #[serde(default = "default_query_share")]
+    pub query_share: f32,
+}
+
+fn default_query_share() -> f32 {
+    DEFAULT_QUERY_SHARE
 }
 
 impl Default for TrainSettings {
@@ -170,6 +178,7 @@ impl Default for TrainSettings {
             vision_steps: 0,
             vision_budget_s: 0,
             freeze_vision: true,
+            query_share: DEFAULT_QUERY_SHARE,
         }
     }
 }
@@ -623,6 +632,7 @@ pub fn train_demo(
         // (accuracy 0.56 on batches half of pairs), so they get the longer share.
         ramp_start: settings.steps / 10,
         ramp_steps: settings.steps / 5,
+        query_share: settings.query_share,
     };
     let save = |model: &mut DemoModel, optim: &AdamW, step: u64| -> Result<(), TrainError> {
         let (theta, beta) = fusion_values(&fusion)?;
