@@ -343,9 +343,10 @@ fn labels_are_readable_from_pixels() {
 
 /// The scene stream the committed demo weights learned from, pinned: the training batches
 /// of `train --recipe demo` (seed 0; random scenes with global captions or short object
-/// queries, and minimal pairs) and the tower's labelled scenes hash to these values. A change to the RNG, the
-/// scene grammar, the renderer or the captions changes them; then the committed weights
-/// no longer see the scenes they were trained on (retrain, then update the digests).
+/// queries, and minimal pairs) and the tower's labelled scenes hash to these values. A
+/// change to the RNG, the scene grammar, the renderer or the captions changes them; then
+/// the committed weights no longer see the scenes they were trained on (retrain, then
+/// update the digests).
 #[test]
 fn the_training_scene_stream_is_pinned() {
     use agff_lens::train::DataSource;
@@ -365,12 +366,7 @@ fn the_training_scene_stream_is_pinned() {
         ramp_steps: 0,
         query_share: agff_lens::train::DEFAULT_QUERY_SHARE,
     };
-    let with_pairs = DataSource::Scenes {
-        seed: 0,
-        ramp_start: 0,
-        ramp_steps: 0,
-        query_share: agff_lens::train::DEFAULT_QUERY_SHARE,
-    };
+    let with_pairs = DataSource::scenes(0);
     let mut rng = SceneRng::new(0x5ee);
     let mut h = blake3::Hasher::new();
     for _ in 0..16 {

@@ -9,6 +9,8 @@ use agff_lens::model::{Backbone, EmbedInput, EmbedOptions};
 use agff_lens::train::{TrainControl, TrainError, TrainEvent, TrainSettings, train_demo};
 use candle_core::Device;
 
+mod common;
+
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("agff-train-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -206,16 +208,7 @@ fn resuming_gives_the_same_model_as_an_uninterrupted_run() {
     let b = DemoModel::load(&split, &Device::Cpu).unwrap();
     let mut worst = 0f32;
     for (name, ta) in a.params() {
-        let tb = &b.params()[name];
-        let d = (ta - tb)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap();
-        worst = worst.max(d.to_scalar::<f32>().unwrap());
+        worst = worst.max(common::max_abs(ta, &b.params()[name]));
     }
     // Equal only if the weights, the optimiser moments, the fusion and the data stream
     // all survived the interruption.

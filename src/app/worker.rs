@@ -1146,12 +1146,7 @@ impl Worker {
             self.out.send(Event::Ranking(Box::new(r)));
         }
         let source = match &data {
-            TrainData::Scenes { seed } => DataSource::Scenes {
-                seed: *seed,
-                ramp_start: 0,
-                ramp_steps: 0,
-                query_share: crate::train::DEFAULT_QUERY_SHARE,
-            },
+            TrainData::Scenes { seed } => DataSource::scenes(*seed),
             TrainData::Folder(dir) => {
                 DataSource::Pairs(crate::train::load_caption_dataset(dir).map_err(msg)?)
             }

@@ -197,12 +197,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
                 None => backbone.default_perspectives(),
             };
             let data = match args.data.as_deref() {
-                Some("scenes") => DataSource::Scenes {
-                    seed: args.seed,
-                    ramp_start: 0,
-                    ramp_steps: 0,
-                    query_share: crate::train::DEFAULT_QUERY_SHARE,
-                },
+                Some("scenes") => DataSource::scenes(args.seed),
                 Some(path) => DataSource::Pairs(load_caption_dataset(Path::new(path))?),
                 None => anyhow::bail!("--model needs --data"),
             };

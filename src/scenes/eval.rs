@@ -284,11 +284,9 @@ impl<'a> Evaluator<'a> {
         let captions: Vec<String> = scenes.iter().map(Scene::caption).collect();
         // One short object query per scene, from one of its objects' metadata.
         let mut qrng = SceneRng::new(seed ^ 0x000b_1ec7);
-        let objects: Vec<usize> = scenes.iter().map(|s| qrng.below(s.objects.len())).collect();
         let wanted: Vec<ObjectQuery> = scenes
             .iter()
-            .zip(&objects)
-            .map(|(s, &o)| ObjectQuery::full(&s.objects[o]))
+            .map(|s| ObjectQuery::full(&s.objects[qrng.below(s.objects.len())]))
             .collect();
         let object_queries: Vec<String> = wanted.iter().map(ObjectQuery::text).collect();
         let (images, progress) = self.embed_each(

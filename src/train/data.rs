@@ -34,9 +34,10 @@ pub struct Example {
 pub enum DataSource {
     /// Procedural scenes; the stream is a pure function of (seed, step), so a resumed run
     /// sees the batches it would have seen. Batches hold random scenes with their global
-    /// captions or short object queries only until step `ramp_start`; then minimal pairs (the hardest negatives)
-    /// ramp up from none to half of each batch over `ramp_steps` steps (both 0: half from
-    /// the start), so the model first grounds words in easy contrasts.
+    /// captions or short object queries only until step `ramp_start`; then minimal pairs
+    /// (the hardest negatives) ramp up from none to half of each batch over `ramp_steps`
+    /// steps (both 0: half from the start), so the model first grounds words in easy
+    /// contrasts.
     Scenes {
         /// Seed of the scene stream.
         seed: u64,
@@ -149,6 +150,18 @@ fn read_jsonl(path: &Path) -> Result<Vec<CaptionPair>, TrainError> {
 }
 
 impl DataSource {
+    /// The scene stream a fine-tune on procedural scenes (`train --data scenes`, the app's
+    /// fine-tune view) learns from: minimal pairs at half of each batch from the first
+    /// step, and the recipe's share of short object queries.
+    pub fn scenes(seed: u64) -> Self {
+        DataSource::Scenes {
+            seed,
+            ramp_start: 0,
+            ramp_steps: 0,
+            query_share: DEFAULT_QUERY_SHARE,
+        }
+    }
+
     /// The examples of batch `step` (a pure function of the source and the step).
     pub fn batch(&self, step: u64, n: usize) -> Result<Vec<Example>, TrainError> {
         match self {
@@ -242,18 +255,18 @@ fn unique_query(
     rng: &mut SceneRng,
 ) -> Option<ObjectQuery> {
     let o = scene.objects.get(rng.below(scene.objects.len().max(1)))?;
-    let mut forms = vec![ObjectQuery::full(o), ObjectQuery::colour_shape(o)];
+    let base = ObjectQuery::colour_shape(o);
+    let mut forms = vec![ObjectQuery::full(o), base];
     if o.shape.oriented() {
         forms.push(ObjectQuery {
             orientation: Some(o.orientation),
-            ..ObjectQuery::colour_shape(o)
+            ..base
         });
     }
-    let same = ObjectQuery::colour_shape(o);
-    let n = scene.objects.iter().filter(|p| same.fits_object(p)).count();
+    let n = scene.objects.iter().filter(|p| base.fits_object(p)).count();
     forms.push(ObjectQuery {
         count: Some(n),
-        ..same
+        ..base
     });
     // Try the drawn form first, then the others, most specific last.
     let first = rng.below(forms.len());
@@ -335,12 +348,7 @@ mod tests {
 
     #[test]
     fn batches_mix_captions_short_queries_and_weighted_pairs() {
-        let source = DataSource::Scenes {
-            seed: 3,
-            ramp_start: 0,
-            ramp_steps: 0,
-            query_share: DEFAULT_QUERY_SHARE,
-        };
+        let source = DataSource::scenes(3);
         let (mut short, mut long) = (0, 0);
         for step in 0..10 {
             let batch = source.batch(step, 32).unwrap();

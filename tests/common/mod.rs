@@ -1,4 +1,6 @@
-//! Helpers the parity tests share: comparing tensors of any device and dtype on the CPU.
+//! Helpers the test files share: comparing tensors of any device and dtype on the CPU.
+//! Each file uses the part it needs.
+#![allow(dead_code)]
 
 use candle_core::{DType, Device, Tensor};
 
