@@ -1003,3 +1003,33 @@ fn bench_model_once_times_a_non_square_image_with_a_profile() {
         "{p} {e}"
     );
 }
+
+#[test]
+fn zero_counts_are_refused_not_run() {
+    // An evaluation over nothing printed a table of zeros; a training run of 0 steps
+    // wrote an untrained run as if it had finished.
+    for args in [
+        ["eval", "pointing", "--model", "demo", "--scenes", "0"],
+        ["eval", "pmmvp", "--model", "demo", "--pairs", "0"],
+    ] {
+        let out = agff_lens().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("0 is not in 1.."),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("agff-zero-steps-{}", std::process::id()));
+    let out = agff_lens()
+        .args([
+            "train", "--model", "demo", "--data", "scenes", "--steps", "0", "--out",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("steps must be at least 1"));
+    assert!(!dir.join("fusion.json").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

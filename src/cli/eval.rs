@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser;
 use clap::{Args, Subcommand};
 use indicatif::ProgressBar;
 use serde::Serialize;
@@ -53,8 +54,8 @@ pub struct PointingArgs {
     /// `demo`, a local folder, or a Hub repo id.
     #[arg(long)]
     pub model: String,
-    /// Scenes (queries) per method.
-    #[arg(long, default_value_t = 100)]
+    /// Scenes (queries) per method (at least 1).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
     pub scenes: usize,
     /// Seed of the generated scenes.
     #[arg(long, default_value_t = 7)]
@@ -91,8 +92,8 @@ pub struct PmmvpArgs {
     /// Model(s) to evaluate (repeat for a side-by-side table).
     #[arg(long = "model", required = true)]
     pub models: Vec<String>,
-    /// Pairs per pattern.
-    #[arg(long, default_value_t = 15)]
+    /// Pairs per pattern (at least 1).
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
     pub pairs: usize,
     /// Seed of the pairs (the retrieval scenes use one derived from it).
     #[arg(long, default_value_t = PMMVP_SEED)]

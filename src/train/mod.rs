@@ -185,6 +185,11 @@ impl Default for TrainSettings {
 
 impl TrainSettings {
     fn validate(&self) -> Result<(), TrainError> {
+        if self.steps == 0 {
+            return Err(TrainError::Config(
+                "steps must be at least 1 (0 would write an untrained run)".into(),
+            ));
+        }
         if self.batch < 2 {
             return Err(TrainError::Config(
                 "batch must be at least 2 (in-batch negatives)".into(),
