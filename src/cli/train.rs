@@ -82,6 +82,9 @@ pub struct TrainArgs {
     /// Go on training the pre-trained tower in the contrastive stage (default: frozen).
     #[arg(long)]
     pub tune_vision: bool,
+    /// Factor on the learning rate of a tuned tower (--tune-vision).
+    #[arg(long, default_value_t = 0.1)]
+    pub vision_lr_scale: f64,
     /// Continue the run saved in --out.
     #[arg(long)]
     pub resume: bool,
@@ -141,6 +144,7 @@ impl TrainArgs {
             vision_steps: self.vision_steps,
             vision_budget_s: (self.vision_minutes * 60.0).round() as u64,
             freeze_vision: !self.tune_vision,
+            vision_lr_scale: self.vision_lr_scale,
             ..base
         }
     }

@@ -146,10 +146,19 @@ pub struct TrainSettings {
     /// Keep the (pre-trained) tower fixed in the contrastive stage, as LiT does.
     #[serde(default)]
     pub freeze_vision: bool,
+    /// Factor on the learning rate of the tower's parameters when it is trained on in the
+    /// contrastive stage (`freeze_vision` false): a pre-trained tower moves slower than
+    /// the parts learnt from scratch.
+    #[serde(default = "default_vision_lr_scale")]
+    pub vision_lr_scale: f64,
     /// Share (0–1) of the demo recipe's random scenes that get a short object query
     /// instead of their global caption (see [`DataSource::Scenes`]).
     #[serde(default = "default_query_share")]
     pub query_share: f32,
+}
+
+fn default_vision_lr_scale() -> f64 {
+    1.0
 }
 
 fn default_query_share() -> f32 {
@@ -178,6 +187,7 @@ impl Default for TrainSettings {
             vision_steps: 0,
             vision_budget_s: 0,
             freeze_vision: true,
+            vision_lr_scale: 0.1,
             query_share: DEFAULT_QUERY_SHARE,
         }
     }
@@ -623,6 +633,7 @@ pub fn train_demo(
         vars.push(("fusion.rho".into(), fusion.rho().clone(), false));
     }
     let mut optim = AdamW::new(vars, settings.weight_decay);
+    optim.scale_lr_where(|name| name.starts_with("vision."), settings.vision_lr_scale);
     if state.is_some() {
         optim.load(&out.join(OPTIM_FILE))?;
     }
@@ -646,7 +657,11 @@ pub fn train_demo(
             "agff-lens train --recipe demo: vision tower pre-trained {} of {} steps{}; {} of {} contrastive steps, batch {}, lr {}, α {}, τ {}, K {}, seed {}",
             vision_done,
             settings.vision_steps,
-            if settings.freeze_vision { ", then frozen" } else { "" },
+            if settings.freeze_vision {
+                ", then frozen".to_string()
+            } else {
+                format!(", then trained at {}× the rate", settings.vision_lr_scale)
+            },
             step,
             settings.steps,
             settings.batch,

@@ -10,6 +10,8 @@ use super::TrainError;
 /// AdamW (decoupled weight decay) over named variables.
 pub struct AdamW {
     vars: Vec<(String, Var, bool)>,
+    /// Per-variable factor on the learning rate (1 unless [`AdamW::scale_lr_where`] set it).
+    lr_scales: Vec<f64>,
     m: HashMap<String, Tensor>,
     v: HashMap<String, Tensor>,
     /// Updates taken so far (the `t` of the bias corrections); saved with the moments.
@@ -30,6 +32,7 @@ impl AdamW {
     /// biases, position tables and fusion parameters no).
     pub fn new(vars: Vec<(String, Var, bool)>, weight_decay: f64) -> Self {
         Self {
+            lr_scales: vec![1.0; vars.len()],
             vars,
             m: HashMap::new(),
             v: HashMap::new(),
@@ -38,6 +41,17 @@ impl AdamW {
             beta2: 0.98,
             eps: 1e-8,
             weight_decay,
+        }
+    }
+
+    /// Multiplies the learning rate (and so the decoupled decay, which scales with it) of
+    /// every variable whose name satisfies `pred` by `scale`: a pre-trained part trained
+    /// on at a lower rate than the parts learnt from scratch.
+    pub fn scale_lr_where(&mut self, pred: impl Fn(&str) -> bool, scale: f64) {
+        for ((name, _, _), s) in self.vars.iter().zip(self.lr_scales.iter_mut()) {
+            if pred(name) {
+                *s = scale;
+            }
         }
     }
 
@@ -78,10 +92,11 @@ impl AdamW {
         let t = self.step as i32;
         let bc1 = 1.0 - self.beta1.powi(t);
         let bc2 = 1.0 - self.beta2.powi(t);
-        for (name, var, decay) in &self.vars {
+        for ((name, var, decay), lr_scale) in self.vars.iter().zip(&self.lr_scales) {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
+            let lr = lr * lr_scale;
             let g = (g * scale)?;
             let m = match self.m.get(name) {
                 Some(m) => ((m * self.beta1)? + (&g * (1.0 - self.beta1))?)?,
@@ -194,5 +209,39 @@ mod tests {
         // And it did move towards the target.
         let moved = crate::model::testing::max_abs_diff(ours_var.as_tensor(), &target);
         assert!(moved < 0.9, "{moved}");
+    }
+
+    /// A variable whose rate is scaled by s takes the steps it would take alone at s·lr,
+    /// decay included, while the others keep the full rate.
+    #[test]
+    fn a_scaled_variable_moves_as_at_the_scaled_rate() {
+        let dev = Device::Cpu;
+        let init = crate::util::rng::SplitMix64::new(8).uniform_pm1(6);
+        let var = |v: &[f32]| Var::from_vec(v.to_vec(), (2, 3), &dev).unwrap();
+        let (tower, head, alone, full) = (var(&init), var(&init), var(&init), var(&init));
+        let (lr, wd, s) = (0.05, 0.1, 0.1);
+        let mut mixed = AdamW::new(
+            vec![
+                ("vision.w".into(), tower.clone(), true),
+                ("head.w".into(), head.clone(), true),
+            ],
+            wd,
+        );
+        mixed.scale_lr_where(|n| n.starts_with("vision."), s);
+        let mut slow = AdamW::new(vec![("w".into(), alone.clone(), true)], wd);
+        let mut fast = AdamW::new(vec![("w".into(), full.clone(), true)], wd);
+        let loss = |w: &Var| w.as_tensor().sqr().unwrap().sum_all().unwrap();
+        for _ in 0..10 {
+            let both = (loss(&tower) + loss(&head)).unwrap();
+            mixed.step(&both.backward().unwrap(), lr, 1.0).unwrap();
+            slow.step(&loss(&alone).backward().unwrap(), lr * s, 1.0)
+                .unwrap();
+            fast.step(&loss(&full).backward().unwrap(), lr, 1.0)
+                .unwrap();
+        }
+        let diff = crate::model::testing::max_abs_diff;
+        assert!(diff(tower.as_tensor(), alone.as_tensor()) < 1e-6);
+        assert!(diff(head.as_tensor(), full.as_tensor()) < 1e-6);
+        assert!(diff(tower.as_tensor(), head.as_tensor()) > 0.1);
     }
 }
