@@ -229,7 +229,7 @@ impl RepoId {
         let invalid = |why: &str| {
             ModelError::ModelArg(format!(
                 "`{arg}` is neither an existing folder nor a valid Hugging Face repo id ({why}); \
-                 --model takes `demo`, a model folder, or `owner/name[@revision]` such as \
+                 a model is `demo`, a model folder, or `owner/name[@revision]` such as \
                  `Qwen/Qwen3-VL-2B-Instruct`"
             ))
         };
