@@ -18,6 +18,7 @@ fn the_tower_of_the_committed_weights_sees_shape_orientation_colour_and_count() 
             test_scenes: 150,
             seed: 4242,
             steps: 150,
+            ..ProbeSettings::default()
         },
     )
     .unwrap();

@@ -43,6 +43,10 @@ pub struct ProbesArgs {
     /// Seed of the fitting scenes (the held-out ones use seed + 1).
     #[arg(long, default_value_t = 7_000_001)]
     pub seed: u64,
+    /// Also probe each token's column, from the tower's tokens and from the language
+    /// model's inputs (for a model with a trained projector: stage 2, not `OUT/vision`).
+    #[arg(long)]
+    pub positions: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -159,6 +163,7 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
                     train_scenes: args.train_scenes,
                     test_scenes: args.test_scenes,
                     seed: args.seed,
+                    positions: args.positions,
                     ..ProbeSettings::default()
                 },
             )?;
@@ -171,7 +176,7 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
                 );
                 for (name, acc) in &report.accuracy {
                     println!(
-                        "  {name:<12} {:>6.1} %  ({} held-out rows)",
+                        "  {name:<30} {:>6.1} %  ({} held-out rows)",
                         100.0 * acc,
                         report.rows[name]
                     );

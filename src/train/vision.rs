@@ -395,6 +395,11 @@ pub struct ProbeSettings {
     pub seed: u64,
     /// Full-batch Adam steps per probe.
     pub steps: usize,
+    /// Also probe where each token is: its column in the grid, read from the tower's
+    /// tokens and from the language model's inputs at the visual positions
+    /// ([`DemoModel::language_inputs`]; meaningful for a model whose projector was
+    /// trained). Off during the recipe's stage 1.
+    pub positions: bool,
 }
 
 impl Default for ProbeSettings {
@@ -404,6 +409,7 @@ impl Default for ProbeSettings {
             test_scenes: 1000,
             seed: 7_000_001,
             steps: 300,
+            positions: false,
         }
     }
 }
@@ -505,11 +511,41 @@ pub fn probe_vision(
             }
         }
     }
+    if settings.positions {
+        let grid = model.config().grid();
+        let column = |tokens: &Tensor| -> Result<Vec<u32>, TrainError> {
+            let count = tokens.dim(0)? * n;
+            Ok((0..count).map(|i| ((i % n) % grid) as u32).collect())
+        };
+        let lm = |tokens: &Tensor| -> Result<Tensor, TrainError> {
+            Ok(model.language_inputs(&model.project(tokens)?)?)
+        };
+        for (name, train, test) in [
+            (COLUMN_TOWER, train_x.clone(), test_x.clone()),
+            (COLUMN_LANGUAGE, lm(&train_x)?, lm(&test_x)?),
+        ] {
+            let (w, b) = fit_probe(&flat(&train)?, &column(&train)?, grid, settings.steps)?;
+            let y = column(&test)?;
+            let logits = ops::linear(&flat(&test)?, &w, Some(&b))?;
+            report.accuracy.insert(name.into(), accuracy(&logits, &y)?);
+            report.rows.insert(name.into(), y.len());
+        }
+    }
     Ok(report)
+}
+
+/// `[B, N, W]` → `[B·N, W]`.
+fn flat(tokens: &Tensor) -> Result<Tensor, TrainError> {
+    let (b, n, w) = tokens.dims3()?;
+    Ok(tokens.reshape((b * n, w))?)
 }
 
 /// The report key of the shape probe scored on object tokens only.
 pub const SHAPE_ON_OBJECTS: &str = "shape (object tokens)";
+/// The report key of the column probe on the tower's tokens ([`ProbeSettings::positions`]).
+pub const COLUMN_TOWER: &str = "column (tower tokens)";
+/// The report key of the column probe on the language model's inputs.
+pub const COLUMN_LANGUAGE: &str = "column (language-model inputs)";
 
 #[cfg(test)]
 mod tests {
@@ -585,6 +621,7 @@ mod tests {
                 test_scenes: 40,
                 seed: 9,
                 steps: 60,
+                positions: true,
             },
         )
         .unwrap();
@@ -600,5 +637,15 @@ mod tests {
         // horizon and the object sizes differ).
         assert!(report.accuracy["zoom"] > 0.6, "{:?}", report.accuracy);
         assert_eq!(report.rows["count"], 40);
+        // The language model's inputs carry the grid embedding: whatever the random
+        // projector adds, a linear probe reads each token's column from them.
+        let n = model.config().grid() * model.config().grid();
+        assert_eq!(report.rows[COLUMN_LANGUAGE], 40 * n);
+        assert!((0.0..=1.0).contains(&report.accuracy[COLUMN_TOWER]));
+        assert!(
+            report.accuracy[COLUMN_LANGUAGE] > 0.9,
+            "{:?}",
+            report.accuracy
+        );
     }
 }

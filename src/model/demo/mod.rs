@@ -433,9 +433,13 @@ impl DemoModel {
     /// Vision tower and projector: [`DemoModel::pixels`] → visual tokens
     /// `[B, N, hidden]`, the language model's inputs at the visual positions.
     pub fn encode_pixels(&self, pixels: &Tensor) -> Result<Tensor> {
-        let x = self.vision_tokens(pixels)?;
+        self.project(&self.vision_tokens(pixels)?)
+    }
+
+    /// The projector: tower tokens `[B, N, vision_width]` → visual tokens `[B, N, hidden]`.
+    pub fn project(&self, tokens: &Tensor) -> Result<Tensor> {
         let x = ops::linear(
-            &x,
+            tokens,
             self.p("projector.fc1.weight")?,
             Some(self.p("projector.fc1.bias")?),
         )?;
@@ -445,6 +449,20 @@ impl DemoModel {
             self.p("projector.fc2.weight")?,
             Some(self.p("projector.fc2.bias")?),
         )?)
+    }
+
+    /// What the language model's first layer reads at the visual positions of an image's
+    /// sequence (after `<bos>`): visual tokens `[B, N, hidden]` plus the learned sequence
+    /// positions `1..=N` and, if the config has it, the 2-D grid embedding
+    /// ([`visual_position_table`]). [`DemoModel::forward`] builds the same sum.
+    pub fn language_inputs(&self, visual: &Tensor) -> Result<Tensor> {
+        let n = visual.dim(1)?;
+        let mut x = visual.broadcast_add(&self.p("lm.pos")?.narrow(0, 1, n)?)?;
+        if self.config.visual_position_2d {
+            let c = &self.config;
+            x = x.broadcast_add(&visual_position_table(c.grid(), c.hidden, &self.device)?)?;
+        }
+        Ok(x)
     }
 
     /// Multi-head self-attention of `[B, T, width]`; `mask` is `[B, 1, T, T]` additive.
@@ -603,6 +621,11 @@ impl DemoModel {
             )));
         }
 
+        let grid_pos = if c.visual_position_2d {
+            Some(visual_position_table(c.grid(), d, &self.device)?)
+        } else {
+            None
+        };
         // Row prefixes, left-padded with zeros.
         let bos = embed.index_select(&Tensor::new(&[self.vocab.special(BOS)], &self.device)?, 0)?;
         let mut prefix_rows = Vec::with_capacity(b);
@@ -615,14 +638,23 @@ impl DemoModel {
             }
             parts.push(bos.clone());
             if let Some(v) = &row.visual {
-                if v.dims2()?.1 != d {
+                let (n, width) = v.dims2()?;
+                if width != d {
                     return Err(bad(format!(
-                        "visual tokens have width {}, expected {d}",
-                        v.dim(1)?
+                        "visual tokens have width {width}, expected {d}"
                     )));
                 }
                 visual_start.push(Some(pad + 1));
-                parts.push(v.clone());
+                match &grid_pos {
+                    Some(table) if n == table.dim(0)? => parts.push((v + table)?),
+                    Some(table) => {
+                        return Err(bad(format!(
+                            "{n} visual tokens, expected the {} of the model's grid",
+                            table.dim(0)?
+                        )));
+                    }
+                    None => parts.push(v.clone()),
+                }
             } else {
                 visual_start.push(None);
             }
@@ -795,6 +827,30 @@ impl DemoModel {
             .collect::<Vec<_>>();
         Ok((self.forward(&rows, perspectives, soft, 0)?.vectors, unknown))
     }
+}
+
+/// The fixed 2-D position embedding of the visual tokens (`[grid², hidden]`, row-major
+/// like the tokens): the first half of the width encodes the token's row, the second its
+/// column, each as `hidden/4` sines then `hidden/4` cosines of `pos · ω_k`,
+/// `ω_k = 100^(−k/(hidden/4))` (MAE's 2-D sine-cosine embedding with the temperature
+/// lowered from 10,000 to 100 for a 12-token side, so every frequency varies across the
+/// grid and the slowest are nearly linear ramps). `hidden` must be a multiple of 4.
+pub fn visual_position_table(grid: usize, hidden: usize, device: &Device) -> Result<Tensor> {
+    let quarter = hidden / 4;
+    let mut data = Vec::with_capacity(grid * grid * hidden);
+    for row in 0..grid {
+        for col in 0..grid {
+            for pos in [row, col] {
+                for trig in [f64::sin, f64::cos] {
+                    for k in 0..quarter {
+                        let omega = 100f64.powf(-(k as f64) / quarter as f64);
+                        data.push(trig(pos as f64 * omega) as f32);
+                    }
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(data, (grid * grid, hidden), device)?)
 }
 
 /// blake3 of the weights and config, the model's identity for caches.
@@ -1095,6 +1151,13 @@ mod tests {
     use super::*;
     use crate::model::testing::max_abs_diff as max_diff;
 
+    fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
     fn tiny() -> DemoModel {
         let words = ["a", "red", "blue", "circle", "square", "left", "of"];
         let mut c = DemoConfig::new(&words, DemoConfig::default_perspectives(2));
@@ -1203,6 +1266,88 @@ mod tests {
         // The prompt the model saw: <bos>, 9 visual tokens, 3 words, then the suffix.
         assert_eq!(packed.branches[0].input_ids.len(), 1 + 9 + 3 + 1);
         assert_eq!(packed.visual.as_ref().unwrap().grid, (3, 3));
+    }
+
+    #[test]
+    fn visual_positions_give_each_token_its_row_and_column() {
+        let (g, d) = (12, 128);
+        let t = visual_position_table(g, d, &Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!((t.len(), t[0].len()), (g * g, d));
+        for r in 0..g {
+            for c in 0..g {
+                let v = &t[r * g + c];
+                // ω_0 = 1: the fastest sine and cosine of the row, then of the column.
+                assert!((v[0] - (r as f32).sin()).abs() < 1e-6);
+                assert!((v[d / 4] - (r as f32).cos()).abs() < 1e-6);
+                assert!((v[d / 2] - (c as f32).sin()).abs() < 1e-6);
+                if c > 0 {
+                    // The slowest sine of the column is a ramp: it says which of two
+                    // tokens of a row lies further right.
+                    let slow = d / 2 + d / 4 - 1;
+                    assert!(v[slow] > t[r * g + c - 1][slow]);
+                }
+            }
+        }
+        // Every token gets its own embedding.
+        for a in 0..g * g {
+            for b in 0..a {
+                assert!(max_abs(&t[a], &t[b]) > 1e-3, "tokens {a} and {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn language_inputs_are_what_the_first_layer_reads() {
+        // With no decoder layer, the hidden states are the final norm of the inputs.
+        let mut c = tiny().config().clone();
+        c.layers = 0;
+        let m = DemoModel::random(c, 3, &Device::Cpu).unwrap();
+        let visual = m.encode_pixels(&m.pixels(&[&image(5)]).unwrap()).unwrap();
+        let rows = [PrefixItem {
+            visual: Some(visual.i(0).unwrap()),
+            words: Vec::new(),
+        }];
+        let f = m.forward(&rows, &m.config().perspectives, &[], 0).unwrap();
+        let n = visual.dim(1).unwrap();
+        let got = f.hidden.narrow(1, 1, n).unwrap();
+        let norm = m.p("lm.norm.weight").unwrap();
+        let want = ops::rms_norm(&m.language_inputs(&visual).unwrap(), norm, 1e-6).unwrap();
+        assert!(max_diff(&got, &want) < 1e-5);
+    }
+
+    #[test]
+    fn grid_positions_reach_images_but_not_texts() {
+        let with = tiny();
+        let mut config = with.config().clone();
+        config.visual_position_2d = false;
+        let params = with.params().clone().into_iter().collect::<HashMap<_, _>>();
+        let without = DemoModel::from_tensors(
+            config,
+            params,
+            Path::new("(test)"),
+            "test".into(),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let all = with.config().perspectives.clone();
+        let embed = |m: &DemoModel, input: &EmbedInput| {
+            m.embed(input, &all, &EmbedOptions::default())
+                .unwrap()
+                .vectors
+        };
+        let text = EmbedInput {
+            image: None,
+            text: Some("a red circle".into()),
+        };
+        assert!(max_diff(&embed(&with, &text), &embed(&without, &text)) < 1e-6);
+        let picture = EmbedInput {
+            image: Some(image(3)),
+            text: None,
+        };
+        assert!(max_diff(&embed(&with, &picture), &embed(&without, &picture)) > 1e-3);
     }
 
     #[test]
