@@ -48,6 +48,13 @@ fn the_committed_weights_pass_a_small_p_mmvp_and_retrieval() {
         "P-MMVP fused {:.1}, GG {:.1}; R@1 t2i {:.3}, objects {:.3}",
         report.average.fused, report.average.gg, r.text_to_image_r1, r.object_query_r1
     );
+    // Each perspective's own view is reported, the global one first; the global view
+    // alone is GG.
+    let names: Vec<&str> = report.perspectives.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["global", "attributes", "count", "spatial", "text"]);
+    for (pattern, scores) in &report.patterns {
+        assert_eq!(report.perspectives[0].patterns[pattern], scores.gg, "{pattern}");
+    }
     // Floors well below the README's figures (see there); seeds not used in training.
     assert!(
         report.average.fused >= FLOOR_PMMVP,

@@ -62,6 +62,60 @@ pub struct PairReport {
     /// fails. Near 1 for the images, the model cannot see the difference; near 1 for the
     /// statements, it cannot read it.
     pub separation: BTreeMap<String, PairSeparation>,
+    /// Per perspective (the global one first), the pair accuracy of its own view alone:
+    /// the cosine of a statement's and an image's embeddings under that perspective (the
+    /// matched diagonal of FF; GG for the global one). Whether the `count` perspective is
+    /// the one that separates quantity pairs, `spatial` position pairs, and so on.
+    pub perspectives: Vec<PerspectiveScores>,
+}
+
+/// One perspective's view alone on the pair benchmark (see [`PairReport::perspectives`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PerspectiveScores {
+    /// The perspective's name (`global`, `attributes`, `count`, …).
+    pub name: String,
+    /// Pair accuracy (%) by pattern name.
+    pub patterns: BTreeMap<String, f64>,
+    /// Mean over the patterns that have pairs.
+    pub average: f64,
+}
+
+/// What one pair gives: per scoring method and per perspective view, whether both
+/// statements pick their own image; and the pair's global cosines.
+struct PairOutcome {
+    methods: [bool; METHODS],
+    views: Vec<bool>,
+    cosines: (f32, f32),
+}
+
+/// Running tallies of a pair benchmark.
+struct Tallies {
+    methods: Vec<MmvpTally>,
+    views: Vec<MmvpTally>,
+    separation: BTreeMap<&'static str, SeparationSum>,
+}
+
+impl Tallies {
+    fn new(views: usize) -> Self {
+        Self {
+            methods: (0..METHODS).map(|_| MmvpTally::new()).collect(),
+            views: (0..views).map(|_| MmvpTally::new()).collect(),
+            separation: BTreeMap::new(),
+        }
+    }
+
+    fn add(&mut self, pattern: MmvpPattern, outcome: PairOutcome) {
+        for (t, ok) in self.methods.iter_mut().zip(outcome.methods) {
+            t.add(pattern, ok);
+        }
+        for (t, ok) in self.views.iter_mut().zip(outcome.views) {
+            t.add(pattern, ok);
+        }
+        self.separation
+            .entry(pattern.name())
+            .or_default()
+            .add(outcome.cosines);
+    }
 }
 
 /// Mean cosine of a pattern's pairs, global view: image A with image B, and statement A
@@ -94,20 +148,6 @@ impl SeparationSum {
             images: self.images / self.pairs as f64,
             statements: self.statements / self.pairs as f64,
         })
-    }
-}
-
-/// Cosine of rows 0 and 1 of a pair's global embeddings (already unit).
-fn global_cosine(e: &PerspectiveEmbeddings) -> Result<f32, ScenesError> {
-    let g = e.global().map_err(eval_err)?;
-    let v = g
-        .to_dtype(DType::F32)
-        .map_err(eval_err)?
-        .to_vec2::<f32>()
-        .map_err(eval_err)?;
-    match v.as_slice() {
-        [a, b, ..] => Ok(a.iter().zip(b).map(|(x, y)| x * y).sum()),
-        _ => Err(ScenesError::Eval("a pair needs two embeddings".into())),
     }
 }
 
@@ -174,13 +214,13 @@ impl<'a> Evaluator<'a> {
         self.scorer.score(queries, candidates).map_err(eval_err)
     }
 
-    /// Whether each method gets one pair right (statements × images), and the pair's
-    /// image and statement cosines (global view).
+    /// Whether each method and each perspective's view gets one pair right (statements ×
+    /// images), and the pair's image and statement cosines (global view).
     fn pair_outcome(
         &self,
         images: [image::RgbImage; 2],
         statements: [&str; 2],
-    ) -> Result<([bool; METHODS], (f32, f32)), ScenesError> {
+    ) -> Result<PairOutcome, ScenesError> {
         let [ia, ib] = images;
         let c = self.embed(&[EmbedInput::image(ia), EmbedInput::image(ib)])?;
         let q = self.embed(&[
@@ -204,7 +244,50 @@ impl<'a> Evaluator<'a> {
             };
             *slot = mmvp_pair_correct([[value(0, 0), value(0, 1)], [value(1, 0), value(1, 1)]]);
         }
-        Ok((out, (global_cosine(&c)?, global_cosine(&q)?)))
+        let rows = |e: &PerspectiveEmbeddings| -> Result<Vec<Vec<Vec<f32>>>, ScenesError> {
+            e.tensor()
+                .to_dtype(DType::F32)
+                .and_then(|t| t.to_vec3::<f32>())
+                .map_err(eval_err)
+        };
+        // [2, 1+K, d] unit vectors of the statements and the images.
+        let (qv, cv) = (rows(&q)?, rows(&c)?);
+        let dot = |a: &[f32], b: &[f32]| -> f32 { a.iter().zip(b).map(|(x, y)| x * y).sum() };
+        let views = (0..q.k() + 1)
+            .map(|k| {
+                let cos = |s: usize, i: usize| dot(&qv[s][k], &cv[i][k]);
+                mmvp_pair_correct([[cos(0, 0), cos(0, 1)], [cos(1, 0), cos(1, 1)]])
+            })
+            .collect();
+        Ok(PairOutcome {
+            methods: out,
+            views,
+            cosines: (dot(&cv[0][0], &cv[1][0]), dot(&qv[0][0], &qv[1][0])),
+        })
+    }
+
+    fn tallies(&self) -> Tallies {
+        Tallies::new(self.perspectives.perspectives.len())
+    }
+
+    /// The report of a finished benchmark: [`method_report`] plus the perspectives' names.
+    fn report(&self, tallies: &Tallies) -> PairReport {
+        let mut out = method_report(&tallies.methods, &tallies.separation);
+        out.perspectives = self
+            .perspectives
+            .perspectives
+            .iter()
+            .zip(&tallies.views)
+            .map(|(p, t)| PerspectiveScores {
+                name: p.name.clone(),
+                patterns: MmvpPattern::ALL
+                    .iter()
+                    .filter_map(|&pattern| Some((pattern.name().to_string(), t.percent(pattern)?)))
+                    .collect(),
+                average: t.average().unwrap_or(0.0),
+            })
+            .collect();
+        out
     }
 
     /// P-MMVP: `pairs` generated pairs per pattern from `seed`.
@@ -214,25 +297,21 @@ impl<'a> Evaluator<'a> {
         seed: u64,
         mut progress: impl FnMut(usize, usize),
     ) -> Result<PairReport, ScenesError> {
-        let mut tallies: Vec<MmvpTally> = (0..METHODS).map(|_| MmvpTally::new()).collect();
-        let mut separation = BTreeMap::<&str, SeparationSum>::new();
+        let mut tallies = self.tallies();
         let total = pairs * MmvpPattern::ALL.len();
         let mut done = 0;
         for pattern in MmvpPattern::ALL {
             for pair in pmmvp_pairs(pattern, pairs, seed) {
-                let (outcome, cosines) = self.pair_outcome(
+                let outcome = self.pair_outcome(
                     [pair.a.render(), pair.b.render()],
                     [&pair.statements[0], &pair.statements[1]],
                 )?;
-                for (t, ok) in tallies.iter_mut().zip(outcome) {
-                    t.add(pattern, ok);
-                }
-                separation.entry(pattern.name()).or_default().add(cosines);
+                tallies.add(pattern, outcome);
                 done += 1;
                 progress(done, total);
             }
         }
-        Ok(report(&tallies, &separation))
+        Ok(self.report(&tallies))
     }
 
     /// Scores a folder in the MMVP-VLM layout (the real benchmark or an export).
@@ -242,8 +321,7 @@ impl<'a> Evaluator<'a> {
         mut progress: impl FnMut(usize, usize),
     ) -> Result<PairReport, ScenesError> {
         let items = super::read_mmvp_dir(dir)?;
-        let mut tallies: Vec<MmvpTally> = (0..METHODS).map(|_| MmvpTally::new()).collect();
-        let mut separation = BTreeMap::<&str, SeparationSum>::new();
+        let mut tallies = self.tallies();
         let total = items.len();
         for (n, item) in items.iter().enumerate() {
             let load = |p: &Path| {
@@ -252,8 +330,7 @@ impl<'a> Evaluator<'a> {
                     .map_err(|e| ScenesError::Eval(e.to_string()))
             };
             let images = [load(&item.images[0])?, load(&item.images[1])?];
-            let (outcome, cosines) =
-                self.pair_outcome(images, [&item.statements[0], &item.statements[1]])?;
+            let outcome = self.pair_outcome(images, [&item.statements[0], &item.statements[1]])?;
             let pattern = item.pattern.ok_or_else(|| {
                 ScenesError::Eval(format!(
                     "{}: unknown MMVP type {:?}",
@@ -261,13 +338,10 @@ impl<'a> Evaluator<'a> {
                     item.type_name
                 ))
             })?;
-            for (t, ok) in tallies.iter_mut().zip(outcome) {
-                t.add(pattern, ok);
-            }
-            separation.entry(pattern.name()).or_default().add(cosines);
+            tallies.add(pattern, outcome);
             progress(n + 1, total);
         }
-        Ok(report(&tallies, &separation))
+        Ok(self.report(&tallies))
     }
 
     /// Text→image and image→text recall@1 (0–1) over `n` held-out scenes with their
@@ -372,7 +446,7 @@ fn eval_err(e: impl std::fmt::Display) -> ScenesError {
     ScenesError::Eval(e.to_string())
 }
 
-fn report(tallies: &[MmvpTally], separation: &BTreeMap<&str, SeparationSum>) -> PairReport {
+fn method_report(tallies: &[MmvpTally], separation: &BTreeMap<&str, SeparationSum>) -> PairReport {
     let mut out = PairReport::default();
     for (name, sum) in separation {
         if let Some(mean) = sum.mean() {
