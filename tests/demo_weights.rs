@@ -50,10 +50,17 @@ fn the_committed_weights_pass_a_small_p_mmvp_and_retrieval() {
     );
     // Each perspective's own view is reported, the global one first; the global view
     // alone is GG.
-    let names: Vec<&str> = report.perspectives.iter().map(|p| p.name.as_str()).collect();
+    let names: Vec<&str> = report
+        .perspectives
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
     assert_eq!(names, ["global", "attributes", "count", "spatial", "text"]);
     for (pattern, scores) in &report.patterns {
-        assert_eq!(report.perspectives[0].patterns[pattern], scores.gg, "{pattern}");
+        assert_eq!(
+            report.perspectives[0].patterns[pattern], scores.gg,
+            "{pattern}"
+        );
     }
     // Floors well below the README's figures (see there); seeds not used in training.
     assert!(

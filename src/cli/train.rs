@@ -82,6 +82,10 @@ pub struct TrainArgs {
     /// Go on training the pre-trained tower in the contrastive stage (default: frozen).
     #[arg(long)]
     pub tune_vision: bool,
+    /// Give the recipe's new model 2-D grid positions on its visual tokens (a fixed
+    /// sine-cosine embedding of row and column in the language model's inputs).
+    #[arg(long)]
+    pub visual_positions_2d: bool,
     /// Factor on the learning rate of a tuned tower (--tune-vision).
     #[arg(long, default_value_t = 0.1)]
     pub vision_lr_scale: f64,
@@ -145,6 +149,7 @@ impl TrainArgs {
             vision_budget_s: (self.vision_minutes * 60.0).round() as u64,
             freeze_vision: !self.tune_vision,
             vision_lr_scale: self.vision_lr_scale,
+            visual_position_2d: self.visual_positions_2d,
             ..base
         }
     }

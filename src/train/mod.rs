@@ -155,6 +155,10 @@ pub struct TrainSettings {
     /// instead of their global caption (see [`DataSource::Scenes`]).
     #[serde(default = "default_query_share")]
     pub query_share: f32,
+    /// Give a new demo model's visual tokens 2-D grid positions
+    /// ([`DemoConfig::visual_position_2d`]).
+    #[serde(default)]
+    pub visual_position_2d: bool,
 }
 
 fn default_vision_lr_scale() -> f64 {
@@ -189,6 +193,7 @@ impl Default for TrainSettings {
             freeze_vision: true,
             vision_lr_scale: 0.1,
             query_share: DEFAULT_QUERY_SHARE,
+            visual_position_2d: false,
         }
     }
 }
@@ -598,6 +603,7 @@ pub fn train_demo(
         ),
         None => {
             let mut config = DemoConfig::new(&words, perspectives.clone());
+            config.visual_position_2d = settings.visual_position_2d;
             if settings.tiny {
                 config.vision_width = 32;
                 config.vision_layers = 1;

@@ -561,6 +561,9 @@ mod tests {
         c.hidden = 32;
         c.layers = 1;
         c.mlp = 64;
+        // With grid positions, so the column probe of the language model's inputs has
+        // something to find.
+        c.visual_position_2d = true;
         DemoModel::random(c, 3, &Device::Cpu).unwrap()
     }
 

@@ -69,7 +69,9 @@ pub struct DemoConfig {
     /// a token's column hard to read (a linear probe of the column from the inputs of a
     /// model trained without it: 0.48, chance 0.083), and with it which of two objects
     /// is on the left; Qwen3-VL gives its visual tokens 2-D positions too (MRoPE's height
-    /// and width sections). Older configs without the key have none.
+    /// and width sections). Off unless asked for (`train --visual-positions-2d`): a
+    /// recipe run with it did not separate position pairs any better (README). Older
+    /// configs without the key have none.
     #[serde(default)]
     pub visual_position_2d: bool,
     /// Words, specials first ([`SPECIALS`]).
@@ -122,7 +124,7 @@ impl DemoConfig {
             heads: 4,
             mlp: 256,
             max_positions: 256,
-            visual_position_2d: true,
+            visual_position_2d: false,
             vocab,
             perspectives,
             fusion_theta: [0.0; 4],

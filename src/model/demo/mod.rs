@@ -1304,6 +1304,7 @@ mod tests {
         // With no decoder layer, the hidden states are the final norm of the inputs.
         let mut c = tiny().config().clone();
         c.layers = 0;
+        c.visual_position_2d = true;
         let m = DemoModel::random(c, 3, &Device::Cpu).unwrap();
         let visual = m.encode_pixels(&m.pixels(&[&image(5)]).unwrap()).unwrap();
         let rows = [PrefixItem {
@@ -1320,11 +1321,15 @@ mod tests {
 
     #[test]
     fn grid_positions_reach_images_but_not_texts() {
-        let with = tiny();
-        let mut config = with.config().clone();
-        config.visual_position_2d = false;
-        let params = with.params().clone().into_iter().collect::<HashMap<_, _>>();
-        let without = DemoModel::from_tensors(
+        let without = tiny();
+        let mut config = without.config().clone();
+        config.visual_position_2d = true;
+        let params = without
+            .params()
+            .clone()
+            .into_iter()
+            .collect::<HashMap<_, _>>();
+        let with = DemoModel::from_tensors(
             config,
             params,
             Path::new("(test)"),
