@@ -425,6 +425,37 @@ fn print_report(model: &str, r: &PairReport) {
         "  (cos img / cos txt: mean cosine of a pair's two images / two statements, global \
          view; near 1, the model does not tell them apart)"
     );
+    // Each fine perspective's own view (the global one's is GG above).
+    let views = r.perspectives.get(1..).unwrap_or_default();
+    if views.is_empty() {
+        return;
+    }
+    let mut header = format!("  {:<12}", "view alone");
+    for v in views {
+        header.push_str(&format!(
+            " {:>10}",
+            v.name.chars().take(10).collect::<String>()
+        ));
+    }
+    println!("{header}");
+    for p in MmvpPattern::ALL.iter().map(|p| p.name()) {
+        if !r.patterns.contains_key(p) {
+            continue;
+        }
+        let mut line = format!("  {p:<12}");
+        for v in views {
+            match v.patterns.get(p) {
+                Some(x) => line.push_str(&format!(" {x:>10.1}")),
+                None => line.push_str(&format!(" {:>10}", "–")),
+            }
+        }
+        println!("{line}");
+    }
+    let mut line = format!("  {:<12}", "average");
+    for v in views {
+        line.push_str(&format!(" {:>10.1}", v.average));
+    }
+    println!("{line}");
 }
 
 /// A Markdown table with a row per model (and a GG row under it), as [`print_rows`], with

@@ -222,6 +222,12 @@ impl TrainSettings {
                 self.tau
             )));
         }
+        if !(self.vision_lr_scale.is_finite() && self.vision_lr_scale >= 0.0) {
+            return Err(TrainError::Config(format!(
+                "the tower's learning-rate scale must be ≥ 0, got {}",
+                self.vision_lr_scale
+            )));
+        }
         if !(self.alpha.is_finite() && self.alpha >= 0.0) {
             return Err(TrainError::Config(format!(
                 "α must be ≥ 0, got {}",
@@ -1063,4 +1069,33 @@ pub fn fine_tune(
     };
     emit(&events, TrainEvent::Finished(summary.clone()));
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_a_run_cannot_use_are_refused() {
+        assert!(TrainSettings::default().validate().is_ok());
+        let refused = |s: TrainSettings| match s.validate() {
+            Err(TrainError::Config(m)) => m,
+            other => panic!("accepted: {other:?}"),
+        };
+        // A negative scale would climb the loss on the tower's parameters.
+        for scale in [-0.1, f64::NAN] {
+            let m = refused(TrainSettings {
+                vision_lr_scale: scale,
+                ..TrainSettings::default()
+            });
+            assert!(m.contains("learning-rate scale"), "{m}");
+        }
+        assert!(
+            refused(TrainSettings {
+                steps: 0,
+                ..TrainSettings::default()
+            })
+            .contains("steps must be at least 1")
+        );
+    }
 }
