@@ -958,6 +958,31 @@ fn eval_pmmvp_puts_several_models_in_one_table_with_a_row_each() {
     assert_eq!(avg["GG"], avg["fused"]);
 }
 
+#[test]
+fn eval_pmmvp_shows_each_fine_view_alone_for_one_model() {
+    let out = agff_lens()
+        .args(["eval", "pmmvp", "--model", "demo", "--pairs", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let header = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("view alone"))
+        .unwrap_or_else(|| panic!("no view table in:\n{text}"));
+    for view in ["attributes", "count", "spatial", "text"] {
+        assert!(header.contains(view), "{header}");
+    }
+    // A global-only model has no fine view to show.
+    let siglip = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/siglip/tiny");
+    let out = agff_lens()
+        .args(["eval", "pmmvp", "--model", siglip, "--pairs", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("view alone"));
+}
+
 /// `bench model --once` times one global embedding of a non-square image with the chosen
 /// preprocessing (how the README's 12-megapixel figures are measured).
 #[test]

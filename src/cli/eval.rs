@@ -291,8 +291,8 @@ fn pattern_names(reports: &[ModelReport]) -> Vec<String> {
 }
 
 /// Several models as rows of one table, as the paper's MMVP-VLM table: pair accuracy (%)
-/// per pattern and the average; the fused score, and below it, where the model has
-/// fine-grained perspectives, the global view alone (GG) and each fine view alone.
+/// per pattern and the average; the fused score, and the global view alone (GG) below
+/// it where the model has fine-grained perspectives.
 fn print_rows(benchmark: &str, reports: &[ModelReport]) {
     let names = pattern_names(reports);
     let width = reports
@@ -325,18 +325,6 @@ fn print_rows(benchmark: &str, reports: &[ModelReport]) {
             || r.report.patterns.values().any(|s| s.gg != s.fused)
         {
             println!("{}", row("  GG", |s| s.gg));
-        }
-        // Each fine-grained perspective's own view (the global one's is GG).
-        for view in r.report.perspectives.iter().skip(1) {
-            let mut line = format!("  {:<width$}", format!("  {} view", view.name));
-            for n in &names {
-                match view.patterns.get(n) {
-                    Some(v) => line.push_str(&format!(" {v:>7.1}")),
-                    None => line.push_str(&format!(" {:>7}", "–")),
-                }
-            }
-            line.push_str(&format!(" {:>7.1}", view.average));
-            println!("{line}");
         }
     }
     for r in reports {
