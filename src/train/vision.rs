@@ -159,12 +159,11 @@ fn rows_of(
 /// The features of an attribute's rows: token features `[B·N, W]` or mean-pooled image
 /// features `[B, W]`.
 fn features(tokens: &Tensor, attribute: Attribute) -> Result<Tensor, TrainError> {
-    let (b, n, w) = tokens.dims3()?;
-    Ok(if attribute.per_image() {
-        tokens.mean(1)?
+    if attribute.per_image() {
+        Ok(tokens.mean(1)?)
     } else {
-        tokens.reshape((b * n, w))?
-    })
+        flat(tokens)
+    }
 }
 
 /// Labels of a batch of scenes for `model`'s token grid.
