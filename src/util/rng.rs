@@ -4,7 +4,7 @@
 //! (`Tensor::randn` on the CPU cannot be seeded).
 //!
 //! The scene stream the committed demo weights learned from depends on it bit for bit;
-//! `tests/scenes.rs` pins that stream.
+//! `tests/integration/scenes.rs` pins that stream.
 
 /// SplitMix64 generator.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use agff_lens::model::{Backbone, EmbedInput, EmbedOptions};
 use agff_lens::train::{TrainControl, TrainError, TrainEvent, TrainSettings, train_demo};
 use candle_core::Device;
 
-mod common;
+use crate::common;
 
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("agff-train-{name}-{}", std::process::id()));

@@ -1,6 +1,6 @@
 //! The desktop app driven like a person would, headless: wgpu on lavapipe (Mesa's software
 //! Vulkan), no window. Snapshots of the main views live in tests/snapshots/
-//! (`UPDATE_SNAPSHOTS=1 cargo test --test app` rewrites them after a deliberate change).
+//! (`UPDATE_SNAPSHOTS=1 cargo test --test integration app::` rewrites them after a deliberate change).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

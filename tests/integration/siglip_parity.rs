@@ -2,7 +2,7 @@
 //! the real architecture (`tests/fixtures/make_siglip.py` writes it and the references;
 //! these tests need no Python).
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

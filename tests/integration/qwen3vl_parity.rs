@@ -2,7 +2,7 @@
 //! real architecture (`tests/fixtures/make_qwen3vl.py` writes them and the references;
 //! these tests need no Python).
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
