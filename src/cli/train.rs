@@ -86,6 +86,11 @@ pub struct TrainArgs {
     /// sine-cosine embedding of row and column in the language model's inputs).
     #[arg(long)]
     pub visual_positions_2d: bool,
+    /// Weight of the recipe's scene heads: an auxiliary loss asking each image embedding,
+    /// through a linear head per perspective, for its scene's counts, colours, columns,
+    /// rows, orientations and characters (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    pub scene_heads: f64,
     /// Factor on the learning rate of a tuned tower (--tune-vision).
     #[arg(long, default_value_t = 0.1)]
     pub vision_lr_scale: f64,
@@ -150,6 +155,7 @@ impl TrainArgs {
             freeze_vision: !self.tune_vision,
             vision_lr_scale: self.vision_lr_scale,
             visual_position_2d: self.visual_positions_2d,
+            scene_heads: self.scene_heads,
             ..base
         }
     }
@@ -283,6 +289,9 @@ where
                         "loss {:.4} acc {:.2} lr {:.2e} {:.2}s/step",
                         r.loss, r.accuracy, r.lr, r.seconds
                     );
+                    if let Some(h) = r.scene_heads {
+                        last.push_str(&format!(" heads {:.3} ({:.2})", h.loss, h.accuracy));
+                    }
                     bar.set_message(last.clone());
                     // The tower's pre-training writes no checkpoints: a quiet run still
                     // says how it goes, at the checkpoint interval.

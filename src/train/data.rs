@@ -27,6 +27,9 @@ pub struct Example {
     pub image: RgbImage,
     /// Its caption: the query of the pair.
     pub text: String,
+    /// The procedural scene it was rendered from (`None` for images read from disk): the
+    /// targets of the recipe's scene heads.
+    pub scene: Option<Scene>,
 }
 
 /// Where batches come from.
@@ -199,6 +202,7 @@ impl DataSource {
                         Ok(Example {
                             image,
                             text: p.text.clone(),
+                            scene: None,
                         })
                     })
                     .collect()
@@ -313,11 +317,12 @@ fn scene_batch(seed: u64, step: u64, n: usize, pair_share: f64, query_share: f32
         });
     }
     scenes
-        .iter()
+        .into_iter()
         .zip(texts)
         .map(|(scene, text)| Example {
             image: scene.render(),
             text,
+            scene: Some(scene),
         })
         .collect()
 }

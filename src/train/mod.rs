@@ -12,6 +12,7 @@
 //! checkpoint.
 
 mod data;
+pub mod heads;
 mod optim;
 pub mod vision;
 
@@ -159,6 +160,10 @@ pub struct TrainSettings {
     /// ([`DemoConfig::visual_position_2d`]).
     #[serde(default)]
     pub visual_position_2d: bool,
+    /// Weight of the scene heads' auxiliary loss in the contrastive stage of the demo recipe
+    /// ([`heads`]; 0: none). Only batches of procedural scenes have targets.
+    #[serde(default)]
+    pub scene_heads: f64,
 }
 
 fn default_vision_lr_scale() -> f64 {
@@ -194,6 +199,7 @@ impl Default for TrainSettings {
             vision_lr_scale: 0.1,
             query_share: DEFAULT_QUERY_SHARE,
             visual_position_2d: false,
+            scene_heads: 0.0,
         }
     }
 }
@@ -226,6 +232,12 @@ impl TrainSettings {
             return Err(TrainError::Config(format!(
                 "the tower's learning-rate scale must be ≥ 0, got {}",
                 self.vision_lr_scale
+            )));
+        }
+        if !(self.scene_heads.is_finite() && self.scene_heads >= 0.0) {
+            return Err(TrainError::Config(format!(
+                "the scene heads' weight must be ≥ 0, got {}",
+                self.scene_heads
             )));
         }
         if !(self.alpha.is_finite() && self.alpha >= 0.0) {
@@ -312,6 +324,9 @@ pub struct StepReport {
     pub thumbnails: Vec<image::RgbImage>,
     /// Wall-clock seconds of the step (making the batch, embedding it, the update).
     pub seconds: f64,
+    /// The scene heads' loss and the global head's accuracy, when the run trains them.
+    #[serde(default)]
+    pub scene_heads: Option<heads::HeadsLoss>,
 }
 
 /// What a training run reports while it goes.
@@ -454,8 +469,17 @@ fn batch_loss(
             captions: Vec::new(),
             thumbnails: Vec::new(),
             seconds: 0.0,
+            scene_heads: None,
         },
     })
+}
+
+/// A batch's raw embeddings `[B, 1+K, d]`, and the scene heads' loss on its images when
+/// the run trains them.
+struct Embedded {
+    text: Tensor,
+    image: Tensor,
+    extra: Option<(Tensor, heads::HeadsLoss)>,
 }
 
 /// One optimisation step on a batch's raw embeddings: the loss, its gradient, divergence
@@ -464,8 +488,7 @@ fn batch_loss(
 /// step's report (captions and timing are the caller's).
 fn optimise(
     step: u64,
-    text_emb: &Tensor,
-    image_emb: &Tensor,
+    batch: Embedded,
     fusion: &Fusion,
     optim: &mut AdamW,
     settings: &TrainSettings,
@@ -473,13 +496,21 @@ fn optimise(
 ) -> Result<StepReport, TrainError> {
     let diverged =
         |step: u64, what: String, kept: String| TrainError::Diverged { step, what, kept };
-    let loss = match batch_loss(text_emb, image_emb, fusion, settings) {
+    let Embedded { text, image, extra } = batch;
+    let mut loss = match batch_loss(&text, &image, fusion, settings) {
         Ok(l) => l,
         Err(TrainError::Agff(AgffError::NonFinite(what))) => {
             return Err(diverged(step + 1, what, kept));
         }
         Err(e) => return Err(e),
     };
+    if let Some((term, scored)) = extra {
+        if !scored.loss.is_finite() {
+            return Err(diverged(step + 1, "the scene heads' loss".into(), kept));
+        }
+        loss.objective = (loss.objective + (term * settings.scene_heads)?)?;
+        loss.report.scene_heads = Some(scored);
+    }
     let grads = loss.objective.backward()?;
     let norm = optim.grad_norm(&grads)?;
     if !norm.is_finite() {
@@ -644,6 +675,16 @@ pub fn train_demo(
         vars.push(("fusion.theta".into(), fusion.theta().clone(), false));
         vars.push(("fusion.rho".into(), fusion.rho().clone(), false));
     }
+    let scene_heads = if settings.scene_heads > 0.0 {
+        let mut h = heads::SceneHeads::new(&perspectives, model.config().hidden, &device)?;
+        if state.is_some() {
+            h.load(&out.join(heads::HEADS_FILE))?;
+        }
+        vars.extend(h.vars());
+        Some(h)
+    } else {
+        None
+    };
     let mut optim = AdamW::new(vars, settings.weight_decay);
     optim.scale_lr_where(|name| name.starts_with("vision."), settings.vision_lr_scale);
     if state.is_some() {
@@ -685,6 +726,9 @@ pub fn train_demo(
         ));
         model.save(out)?;
         optim.save(&out.join(OPTIM_FILE))?;
+        if let Some(h) = &scene_heads {
+            h.save(&out.join(heads::HEADS_FILE))?;
+        }
         write_state(
             out,
             &TrainerState {
@@ -730,9 +774,18 @@ pub fn train_demo(
             "the last good checkpoint (step {last_saved}) is in {}",
             out.display()
         );
-        let mut report = optimise(
-            step, &text_emb, &image_emb, &fusion, &mut optim, settings, kept,
-        )?;
+        let scenes: Vec<&crate::scenes::Scene> =
+            batch.iter().filter_map(|p| p.scene.as_ref()).collect();
+        let extra = match &scene_heads {
+            Some(h) if scenes.len() == batch.len() => Some(h.loss(&image_emb, &scenes)?),
+            _ => None,
+        };
+        let embedded = Embedded {
+            text: text_emb,
+            image: image_emb,
+            extra,
+        };
+        let mut report = optimise(step, embedded, &fusion, &mut optim, settings, kept)?;
         step = report.step;
         report.captions = batch.iter().map(|p| p.text.clone()).collect();
         report.thumbnails = batch_thumbnails(&batch);
@@ -1043,9 +1096,12 @@ pub fn fine_tune(
             "the last good checkpoint (step {last_saved}) is in {}",
             out.display()
         );
-        let mut report = optimise(
-            step, &text_emb, &image_emb, &fusion, &mut optim, settings, kept,
-        )?;
+        let embedded = Embedded {
+            text: text_emb,
+            image: image_emb,
+            extra: None,
+        };
+        let mut report = optimise(step, embedded, &fusion, &mut optim, settings, kept)?;
         step = report.step;
         report.captions = batch.iter().map(|p| p.text.clone()).collect();
         report.thumbnails = batch_thumbnails(&batch);
@@ -1089,6 +1145,13 @@ mod tests {
                 ..TrainSettings::default()
             });
             assert!(m.contains("learning-rate scale"), "{m}");
+        }
+        for weight in [-1.0, f64::INFINITY] {
+            let m = refused(TrainSettings {
+                scene_heads: weight,
+                ..TrainSettings::default()
+            });
+            assert!(m.contains("scene heads"), "{m}");
         }
         assert!(
             refused(TrainSettings {

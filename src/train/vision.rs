@@ -343,6 +343,7 @@ pub fn pretrain_vision(
                 captions: Vec::new(),
                 thumbnails: Vec::new(),
                 seconds: t0.elapsed().as_secs_f64(),
+                scene_heads: None,
             })),
         );
     }

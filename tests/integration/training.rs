@@ -176,25 +176,26 @@ fn a_short_run_lowers_the_loss_and_reports_hard_negatives() {
     );
 }
 
-#[test]
-fn resuming_gives_the_same_model_as_an_uninterrupted_run() {
-    let straight = temp("straight");
-    let (r, _) = run(&tiny(6), &straight, false);
+/// Runs `settings` straight and interrupted after step 4 then resumed; returns the
+/// resumed half's events after checking both runs end with the same weights.
+fn resumes_exactly(settings: &TrainSettings, name: &str) -> Vec<TrainEvent> {
+    let straight = temp(&format!("{name}-straight"));
+    let (r, _) = run(settings, &straight, false);
     r.unwrap();
 
-    let split = temp("split");
-    // Same schedule as the 6-step run, interrupted after step 4.
+    let split = temp(&format!("{name}-split"));
+    // Same schedule as the straight run, interrupted after step 4.
     let (r, _) = run(
         &TrainSettings {
             stop_at: 4,
-            ..tiny(6)
+            ..settings.clone()
         },
         &split,
         false,
     );
     assert!(r.unwrap().stopped_early);
-    let (r, events) = run(&tiny(6), &split, true);
-    assert_eq!(r.unwrap().steps_done, 6);
+    let (r, events) = run(settings, &split, true);
+    assert_eq!(r.unwrap().steps_done, settings.steps);
     assert!(events.iter().any(|e| matches!(
         e,
         TrainEvent::Started {
@@ -217,6 +218,40 @@ fn resuming_gives_the_same_model_as_an_uninterrupted_run() {
         std::fs::remove_dir_all(&straight),
         std::fs::remove_dir_all(&split),
     );
+    events
+}
+
+#[test]
+fn resuming_gives_the_same_model_as_an_uninterrupted_run() {
+    let events = resumes_exactly(&tiny(6), "plain");
+    assert!(events.iter().all(|e| match e {
+        TrainEvent::Step(r) => r.scene_heads.is_none(),
+        _ => true,
+    }));
+}
+
+/// With the scene heads on, every step reports their loss, and a resumed run restores
+/// them (their weights feed back into the model's gradients, so a lost head would show in
+/// the weights).
+#[test]
+fn scene_heads_report_every_step_and_resume_exactly() {
+    let settings = TrainSettings {
+        scene_heads: 1.0,
+        ..tiny(6)
+    };
+    let events = resumes_exactly(&settings, "heads");
+    let reports: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Step(r) => Some(r.scene_heads.expect("a step without the heads' loss")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reports.len(), 2);
+    for h in reports {
+        assert!(h.loss.is_finite() && h.loss > 0.0, "{h:?}");
+        assert!((0.0..=1.0).contains(&h.accuracy));
+    }
 }
 
 #[test]
