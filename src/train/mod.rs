@@ -707,7 +707,7 @@ pub fn train_demo(
         let (theta, beta) = fusion_values(&fusion)?;
         model.set_fusion(theta, beta);
         model.set_provenance(format!(
-            "agff-lens train --recipe demo: vision tower pre-trained {} of {} steps{}; {} of {} contrastive steps, batch {}, lr {}, α {}, τ {}, K {}, seed {}",
+            "agff-lens train --recipe demo: vision tower pre-trained {} of {} steps{}; {} of {} contrastive steps, batch {}, lr {}, α {}, τ {}, K {}, seed {}{}",
             vision_done,
             settings.vision_steps,
             if settings.freeze_vision {
@@ -722,7 +722,12 @@ pub fn train_demo(
             settings.alpha,
             settings.tau,
             settings.k,
-            settings.seed
+            settings.seed,
+            if settings.scene_heads > 0.0 {
+                format!(", scene heads {}", settings.scene_heads)
+            } else {
+                String::new()
+            }
         ));
         model.save(out)?;
         optim.save(&out.join(OPTIM_FILE))?;
