@@ -371,9 +371,7 @@ impl SceneHeads {
             .into_iter()
             .map(|(name, var, _)| (name, var.as_tensor().clone()))
             .collect();
-        let bytes = safetensors::serialize(&map, None)
-            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
-        super::write(path, &bytes)
+        super::write_tensors(path, &map)
     }
 
     /// Restores what [`SceneHeads::save`] wrote.

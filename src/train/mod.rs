@@ -16,6 +16,7 @@ pub mod heads;
 mod optim;
 pub mod vision;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -587,6 +588,14 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     crate::util::write_atomic(path, bytes).map_err(|e| TrainError::io(path, e))
 }
 
+/// Named tensors as a safetensors file, written atomically: checkpoints of the optimiser,
+/// the scene heads and a fine-tune's soft prompts.
+fn write_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<(), TrainError> {
+    let bytes = safetensors::serialize(tensors, None)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
+    write(path, &bytes)
+}
+
 /// The files a fine-tune writes into its output folder; `Session::apply_tuned` (and so
 /// `--tuned DIR` and the app) reads them back.
 pub mod tuned_files {
@@ -1032,7 +1041,7 @@ pub fn fine_tune(
     // Each file is replaced atomically: the app reads them back as soon as the run ends,
     // and a reader never sees half a file.
     let save = |step: u64| -> Result<(), TrainError> {
-        let mut map = std::collections::HashMap::new();
+        let mut map = HashMap::new();
         for (p, v) in perspectives.perspectives.iter().zip(&soft_vars) {
             if let Some(v) = v {
                 map.insert(format!("soft.{}", p.name), v.as_tensor().detach());
@@ -1040,9 +1049,7 @@ pub fn fine_tune(
         }
         let path = out.join(tuned_files::SOFT_PROMPTS);
         if !map.is_empty() {
-            let bytes = safetensors::serialize(&map, None)
-                .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
-            write(&path, &bytes)?;
+            write_tensors(&path, &map)?;
         }
         let ppath = out.join(tuned_files::PERSPECTIVES);
         let text = serde_json::to_string_pretty(perspectives)

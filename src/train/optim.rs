@@ -131,9 +131,7 @@ impl AdamW {
             "step".into(),
             Tensor::new(&[self.step as f64], &candle_core::Device::Cpu)?,
         );
-        let bytes = safetensors::serialize(&map, None)
-            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
-        super::write(path, &bytes)
+        super::write_tensors(path, &map)
     }
 
     /// Restores what [`AdamW::save`] wrote.
