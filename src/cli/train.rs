@@ -60,9 +60,9 @@ pub struct TrainArgs {
     /// learns faster with a softer start; 0.02, the method's default, for a fine-tune].
     #[arg(long)]
     pub tau: Option<f64>,
-    /// Fine-grained perspectives of the demo recipe (0: global only).
-    #[arg(long, default_value_t = 4)]
-    pub k: usize,
+    /// Fine-grained perspectives of the demo recipe (0: global only) [default: 4].
+    #[arg(long)]
+    pub k: Option<usize>,
     /// Seed of a recipe's initial weights and of the procedural scenes.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -74,11 +74,11 @@ pub struct TrainArgs {
     pub minutes: f64,
     /// Steps of the vision tower's dense pre-training before a recipe's contrastive
     /// stage (0: none; the tower then learns from captions alone).
-    #[arg(long, default_value_t = 0)]
-    pub vision_steps: u64,
+    #[arg(long)]
+    pub vision_steps: Option<u64>,
     /// Stop the pre-training after this many minutes (0: no limit).
-    #[arg(long, default_value_t = 0.0)]
-    pub vision_minutes: f64,
+    #[arg(long)]
+    pub vision_minutes: Option<f64>,
     /// Go on training the pre-trained tower in the contrastive stage (default: frozen).
     #[arg(long)]
     pub tune_vision: bool,
@@ -89,11 +89,16 @@ pub struct TrainArgs {
     /// Weight of the recipe's scene heads: an auxiliary loss asking each image embedding,
     /// through a linear head per perspective, for its scene's counts, colours, columns,
     /// rows, orientations and characters (0: none).
-    #[arg(long, default_value_t = 0.0)]
-    pub scene_heads: f64,
-    /// Factor on the learning rate of a tuned tower (--tune-vision).
-    #[arg(long, default_value_t = 0.1)]
-    pub vision_lr_scale: f64,
+    #[arg(long)]
+    pub scene_heads: Option<f64>,
+    /// Weight of the recipe's text heads: an auxiliary loss asking each text embedding,
+    /// through a linear head, which object the text puts on the left, right, top or
+    /// bottom of a relation it states (0: none).
+    #[arg(long)]
+    pub text_heads: Option<f64>,
+    /// Factor on the learning rate of a tuned tower (--tune-vision) [default: 0.1].
+    #[arg(long)]
+    pub vision_lr_scale: Option<f64>,
     /// Continue the run saved in --out.
     #[arg(long)]
     pub resume: bool,
@@ -146,23 +151,53 @@ impl TrainArgs {
             tau: self.tau.unwrap_or(base.tau),
             seed: self.seed,
             checkpoint_every: self.checkpoint_every,
-            k: self.k,
+            k: self.k.unwrap_or(base.k),
             train_fusion: !self.freeze_fusion,
             time_budget_s: (self.minutes * 60.0).round() as u64,
             tiny: self.tiny,
-            vision_steps: self.vision_steps,
-            vision_budget_s: (self.vision_minutes * 60.0).round() as u64,
+            vision_steps: self.vision_steps.unwrap_or(base.vision_steps),
+            vision_budget_s: self
+                .vision_minutes
+                .map_or(base.vision_budget_s, |m| (m * 60.0).round() as u64),
             freeze_vision: !self.tune_vision,
-            vision_lr_scale: self.vision_lr_scale,
+            vision_lr_scale: self.vision_lr_scale.unwrap_or(base.vision_lr_scale),
             visual_position_2d: self.visual_positions_2d,
-            scene_heads: self.scene_heads,
+            scene_heads: self.scene_heads.unwrap_or(base.scene_heads),
+            text_heads: self.text_heads.unwrap_or(base.text_heads),
             ..base
         }
     }
 }
 
+impl TrainArgs {
+    /// The options given that only a recipe reads (a fine-tune trains soft prompts and the
+    /// fusion of an existing model, whose tower, perspectives and heads it keeps).
+    fn recipe_only_given(&self) -> Vec<&'static str> {
+        [
+            ("--k", self.k.is_some()),
+            ("--vision-steps", self.vision_steps.is_some()),
+            ("--vision-minutes", self.vision_minutes.is_some()),
+            ("--tune-vision", self.tune_vision),
+            ("--visual-positions-2d", self.visual_positions_2d),
+            ("--scene-heads", self.scene_heads.is_some()),
+            ("--text-heads", self.text_heads.is_some()),
+            ("--vision-lr-scale", self.vision_lr_scale.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect()
+    }
+}
+
 /// Runs `train`.
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
+    let recipe_only = args.recipe_only_given();
+    if args.recipe.is_none() && !recipe_only.is_empty() {
+        anyhow::bail!(
+            "{} only apply to a recipe (--recipe demo|ablation); a fine-tune (--model … --data …) trains the soft prompts and the fusion of the model it loads",
+            recipe_only.join(", ")
+        );
+    }
     if args.recipe.is_some() && args.device != DeviceChoice::Cpu {
         // The recipes' kernels (fused GELU, im2col, the optimiser) are written for the CPU
         // they are budgeted on: say so rather than ignore the flag silently.
@@ -291,6 +326,9 @@ where
                     );
                     if let Some(h) = r.scene_heads {
                         last.push_str(&format!(" heads {:.3} ({:.2})", h.loss, h.accuracy));
+                    }
+                    if let Some(h) = r.text_heads {
+                        last.push_str(&format!(" text heads {:.3} ({:.2})", h.loss, h.accuracy));
                     }
                     bar.set_message(last.clone());
                     // The tower's pre-training writes no checkpoints: a quiet run still

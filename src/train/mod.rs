@@ -165,6 +165,11 @@ pub struct TrainSettings {
     /// ([`heads`]; 0: none). Only batches of procedural scenes have targets.
     #[serde(default)]
     pub scene_heads: f64,
+    /// Weight of the text heads' auxiliary loss in the contrastive stage of the demo recipe
+    /// ([`heads::text_tasks`]: which object a text puts left, right, above or below; 0:
+    /// none).
+    #[serde(default)]
+    pub text_heads: f64,
 }
 
 fn default_vision_lr_scale() -> f64 {
@@ -201,6 +206,7 @@ impl Default for TrainSettings {
             query_share: DEFAULT_QUERY_SHARE,
             visual_position_2d: false,
             scene_heads: 0.0,
+            text_heads: 0.0,
         }
     }
 }
@@ -239,6 +245,12 @@ impl TrainSettings {
             return Err(TrainError::Config(format!(
                 "the scene heads' weight must be ≥ 0, got {}",
                 self.scene_heads
+            )));
+        }
+        if !(self.text_heads.is_finite() && self.text_heads >= 0.0) {
+            return Err(TrainError::Config(format!(
+                "the text heads' weight must be ≥ 0, got {}",
+                self.text_heads
             )));
         }
         if !(self.alpha.is_finite() && self.alpha >= 0.0) {
@@ -328,6 +340,9 @@ pub struct StepReport {
     /// The scene heads' loss and the global head's accuracy, when the run trains them.
     #[serde(default)]
     pub scene_heads: Option<heads::HeadsLoss>,
+    /// The text heads' loss and the global text head's accuracy, when the run trains them.
+    #[serde(default)]
+    pub text_heads: Option<heads::HeadsLoss>,
 }
 
 /// What a training run reports while it goes.
@@ -471,16 +486,18 @@ fn batch_loss(
             thumbnails: Vec::new(),
             seconds: 0.0,
             scene_heads: None,
+            text_heads: None,
         },
     })
 }
 
-/// A batch's raw embeddings `[B, 1+K, d]`, and the scene heads' loss on its images when
-/// the run trains them.
+/// A batch's raw embeddings `[B, 1+K, d]`, and the scene heads' loss on its images and
+/// the text heads' on its texts when the run trains them.
 struct Embedded {
     text: Tensor,
     image: Tensor,
     extra: Option<(Tensor, heads::HeadsLoss)>,
+    text_extra: Option<(Tensor, heads::HeadsLoss)>,
 }
 
 /// One optimisation step on a batch's raw embeddings: the loss, its gradient, divergence
@@ -497,7 +514,12 @@ fn optimise(
 ) -> Result<StepReport, TrainError> {
     let diverged =
         |step: u64, what: String, kept: String| TrainError::Diverged { step, what, kept };
-    let Embedded { text, image, extra } = batch;
+    let Embedded {
+        text,
+        image,
+        extra,
+        text_extra,
+    } = batch;
     let mut loss = match batch_loss(&text, &image, fusion, settings) {
         Ok(l) => l,
         Err(TrainError::Agff(AgffError::NonFinite(what))) => {
@@ -511,6 +533,13 @@ fn optimise(
         }
         loss.objective = (loss.objective + (term * settings.scene_heads)?)?;
         loss.report.scene_heads = Some(scored);
+    }
+    if let Some((term, scored)) = text_extra {
+        if !scored.loss.is_finite() {
+            return Err(diverged(step + 1, "the text heads' loss".into(), kept));
+        }
+        loss.objective = (loss.objective + (term * settings.text_heads)?)?;
+        loss.report.text_heads = Some(scored);
     }
     let grads = loss.objective.backward()?;
     let norm = optim.grad_norm(&grads)?;
@@ -694,6 +723,16 @@ pub fn train_demo(
     } else {
         None
     };
+    let text_heads = if settings.text_heads > 0.0 {
+        let mut h = heads::SceneHeads::for_text(&perspectives, model.config().hidden, &device)?;
+        if state.is_some() {
+            h.load(&out.join(heads::TEXT_HEADS_FILE))?;
+        }
+        vars.extend(h.vars());
+        Some(h)
+    } else {
+        None
+    };
     let mut optim = AdamW::new(vars, settings.weight_decay);
     optim.scale_lr_where(|name| name.starts_with("vision."), settings.vision_lr_scale);
     if state.is_some() {
@@ -716,7 +755,7 @@ pub fn train_demo(
         let (theta, beta) = fusion_values(&fusion)?;
         model.set_fusion(theta, beta);
         model.set_provenance(format!(
-            "agff-lens train --recipe demo: vision tower pre-trained {} of {} steps{}; {} of {} contrastive steps, batch {}, lr {}, α {}, τ {}, K {}, seed {}{}",
+            "agff-lens train --recipe demo: vision tower pre-trained {} of {} steps{}; {} of {} contrastive steps, batch {}, lr {}, α {}, τ {}, K {}, seed {}{}{}",
             vision_done,
             settings.vision_steps,
             if settings.freeze_vision {
@@ -736,12 +775,20 @@ pub fn train_demo(
                 format!(", scene heads {}", settings.scene_heads)
             } else {
                 String::new()
+            },
+            if settings.text_heads > 0.0 {
+                format!(", text heads {}", settings.text_heads)
+            } else {
+                String::new()
             }
         ));
         model.save(out)?;
         optim.save(&out.join(OPTIM_FILE))?;
         if let Some(h) = &scene_heads {
             h.save(&out.join(heads::HEADS_FILE))?;
+        }
+        if let Some(h) = &text_heads {
+            h.save(&out.join(heads::TEXT_HEADS_FILE))?;
         }
         write_state(
             out,
@@ -794,10 +841,15 @@ pub fn train_demo(
             Some(h) if scenes.len() == batch.len() => Some(h.loss(&image_emb, &scenes)?),
             _ => None,
         };
+        let text_extra = match &text_heads {
+            Some(h) => Some(h.text_loss(&text_emb, &texts)?),
+            None => None,
+        };
         let embedded = Embedded {
             text: text_emb,
             image: image_emb,
             extra,
+            text_extra,
         };
         let mut report = optimise(step, embedded, &fusion, &mut optim, settings, kept)?;
         step = report.step;
@@ -1112,6 +1164,7 @@ pub fn fine_tune(
             text: text_emb,
             image: image_emb,
             extra: None,
+            text_extra: None,
         };
         let mut report = optimise(step, embedded, &fusion, &mut optim, settings, kept)?;
         step = report.step;
@@ -1164,6 +1217,11 @@ mod tests {
                 ..TrainSettings::default()
             });
             assert!(m.contains("scene heads"), "{m}");
+            let m = refused(TrainSettings {
+                text_heads: weight,
+                ..TrainSettings::default()
+            });
+            assert!(m.contains("text heads"), "{m}");
         }
         assert!(
             refused(TrainSettings {

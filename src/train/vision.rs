@@ -344,6 +344,7 @@ pub fn pretrain_vision(
                 thumbnails: Vec::new(),
                 seconds: t0.elapsed().as_secs_f64(),
                 scene_heads: None,
+                text_heads: None,
             })),
         );
     }

@@ -333,6 +333,39 @@ fn train_without_a_target_or_with_bad_data_says_what_to_do() {
     let _ = std::fs::remove_dir_all(&empty);
 }
 
+/// The recipe's options would change nothing in a fine-tune: given there, they are refused
+/// by name before anything loads or is written.
+#[test]
+fn a_fine_tune_refuses_the_recipes_options() {
+    let out = temp("ftrecipe");
+    let o = agff_lens()
+        .args([
+            "train",
+            "--model",
+            "demo",
+            "--data",
+            "scenes",
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "2",
+            "--scene-heads",
+            "1",
+            "--k",
+            "2",
+            "--tune-vision",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--k, --tune-vision, --scene-heads only apply to a recipe"),
+        "{err}"
+    );
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
+}
+
 #[test]
 fn fine_tune_on_a_scenes_folder_writes_soft_prompts_and_fusion() {
     let data = temp("ftdata");

@@ -237,18 +237,22 @@ fn resuming_gives_the_same_model_as_an_uninterrupted_run() {
 fn scene_heads_report_every_step_and_resume_exactly() {
     let settings = TrainSettings {
         scene_heads: 1.0,
+        text_heads: 1.0,
         ..tiny(6)
     };
     let events = resumes_exactly(&settings, "heads");
     let reports: Vec<_> = events
         .iter()
         .filter_map(|e| match e {
-            TrainEvent::Step(r) => Some(r.scene_heads.expect("a step without the heads' loss")),
+            TrainEvent::Step(r) => Some([
+                r.scene_heads.expect("a step without the heads' loss"),
+                r.text_heads.expect("a step without the text heads' loss"),
+            ]),
             _ => None,
         })
         .collect();
     assert_eq!(reports.len(), 2);
-    for h in reports {
+    for h in reports.into_iter().flatten() {
         assert!(h.loss.is_finite() && h.loss > 0.0, "{h:?}");
         assert!((0.0..=1.0).contains(&h.accuracy));
     }
