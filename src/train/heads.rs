@@ -436,6 +436,16 @@ impl SceneHeads {
             .collect()
     }
 
+    /// The file beside a run's checkpoint that holds these heads: [`HEADS_FILE`] or
+    /// [`TEXT_HEADS_FILE`].
+    pub fn file_name(&self) -> &'static str {
+        if self.prefix == "text_heads" {
+            TEXT_HEADS_FILE
+        } else {
+            HEADS_FILE
+        }
+    }
+
     /// The image heads' loss on raw image embeddings `[n, 1+K, d]` of `scenes` (same
     /// order), and what it scored. The loss is differentiable in the embeddings and the
     /// heads.

@@ -491,6 +491,9 @@ fn batch_loss(
     })
 }
 
+/// [`heads::SceneHeads::new`] or [`heads::SceneHeads::for_text`].
+type HeadsMaker = fn(&PerspectiveSet, usize, &Device) -> Result<heads::SceneHeads, TrainError>;
+
 /// A batch's raw embeddings `[B, 1+K, d]`, and the scene heads' loss on its images and
 /// the text heads' on its texts when the run trains them.
 struct Embedded {
@@ -713,26 +716,20 @@ pub fn train_demo(
         vars.push(("fusion.theta".into(), fusion.theta().clone(), false));
         vars.push(("fusion.rho".into(), fusion.rho().clone(), false));
     }
-    let scene_heads = if settings.scene_heads > 0.0 {
-        let mut h = heads::SceneHeads::new(&perspectives, model.config().hidden, &device)?;
+    let dim = model.config().hidden;
+    let mut with_heads = |on: bool, make: HeadsMaker| -> Result<_, TrainError> {
+        if !on {
+            return Ok(None);
+        }
+        let mut h = make(&perspectives, dim, &device)?;
         if state.is_some() {
-            h.load(&out.join(heads::HEADS_FILE))?;
+            h.load(&out.join(h.file_name()))?;
         }
         vars.extend(h.vars());
-        Some(h)
-    } else {
-        None
+        Ok(Some(h))
     };
-    let text_heads = if settings.text_heads > 0.0 {
-        let mut h = heads::SceneHeads::for_text(&perspectives, model.config().hidden, &device)?;
-        if state.is_some() {
-            h.load(&out.join(heads::TEXT_HEADS_FILE))?;
-        }
-        vars.extend(h.vars());
-        Some(h)
-    } else {
-        None
-    };
+    let scene_heads = with_heads(settings.scene_heads > 0.0, heads::SceneHeads::new)?;
+    let text_heads = with_heads(settings.text_heads > 0.0, heads::SceneHeads::for_text)?;
     let mut optim = AdamW::new(vars, settings.weight_decay);
     optim.scale_lr_where(|name| name.starts_with("vision."), settings.vision_lr_scale);
     if state.is_some() {
@@ -784,11 +781,8 @@ pub fn train_demo(
         ));
         model.save(out)?;
         optim.save(&out.join(OPTIM_FILE))?;
-        if let Some(h) = &scene_heads {
-            h.save(&out.join(heads::HEADS_FILE))?;
-        }
-        if let Some(h) = &text_heads {
-            h.save(&out.join(heads::TEXT_HEADS_FILE))?;
+        for h in scene_heads.iter().chain(&text_heads) {
+            h.save(&out.join(h.file_name()))?;
         }
         write_state(
             out,
