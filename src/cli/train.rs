@@ -167,9 +167,7 @@ impl TrainArgs {
             ..base
         }
     }
-}
 
-impl TrainArgs {
     /// The options given that only a recipe reads (a fine-tune trains soft prompts and the
     /// fusion of an existing model, whose tower, perspectives and heads it keeps).
     fn recipe_only_given(&self) -> Vec<&'static str> {

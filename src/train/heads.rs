@@ -340,6 +340,8 @@ pub struct SceneHeads {
     heads: Vec<Head>,
     /// First part of the variables' names: `heads` (images) or `text_heads`.
     prefix: &'static str,
+    /// Their file beside a run's checkpoint: [`HEADS_FILE`] or [`TEXT_HEADS_FILE`].
+    file: &'static str,
 }
 
 /// The image heads' file beside a run's checkpoint.
@@ -359,7 +361,13 @@ impl SceneHeads {
         dim: usize,
         device: &Device,
     ) -> Result<Self, TrainError> {
-        Self::build(scene_tasks(), "heads", perspectives, dim, device)
+        Self::build(
+            scene_tasks(),
+            ("heads", HEADS_FILE),
+            perspectives,
+            dim,
+            device,
+        )
     }
 
     /// Zero-initialised text heads answering [`text_tasks`] from the text embeddings: the
@@ -372,12 +380,18 @@ impl SceneHeads {
         dim: usize,
         device: &Device,
     ) -> Result<Self, TrainError> {
-        Self::build(text_tasks(), "text_heads", perspectives, dim, device)
+        Self::build(
+            text_tasks(),
+            ("text_heads", TEXT_HEADS_FILE),
+            perspectives,
+            dim,
+            device,
+        )
     }
 
     fn build(
         tasks: Vec<SceneTask>,
-        prefix: &'static str,
+        (prefix, file): (&'static str, &'static str),
         perspectives: &PerspectiveSet,
         dim: usize,
         device: &Device,
@@ -411,6 +425,7 @@ impl SceneHeads {
             tasks,
             heads,
             prefix,
+            file,
         })
     }
 
@@ -439,11 +454,7 @@ impl SceneHeads {
     /// The file beside a run's checkpoint that holds these heads: [`HEADS_FILE`] or
     /// [`TEXT_HEADS_FILE`].
     pub fn file_name(&self) -> &'static str {
-        if self.prefix == "text_heads" {
-            TEXT_HEADS_FILE
-        } else {
-            HEADS_FILE
-        }
+        self.file
     }
 
     /// The image heads' loss on raw image embeddings `[n, 1+K, d]` of `scenes` (same

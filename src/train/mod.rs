@@ -530,19 +530,29 @@ fn optimise(
         }
         Err(e) => return Err(e),
     };
-    if let Some((term, scored)) = extra {
+    let terms = [
+        (
+            extra,
+            settings.scene_heads,
+            "scene",
+            &mut loss.report.scene_heads,
+        ),
+        (
+            text_extra,
+            settings.text_heads,
+            "text",
+            &mut loss.report.text_heads,
+        ),
+    ];
+    for (term, weight, which, report) in terms {
+        let Some((term, scored)) = term else {
+            continue;
+        };
         if !scored.loss.is_finite() {
-            return Err(diverged(step + 1, "the scene heads' loss".into(), kept));
+            return Err(diverged(step + 1, format!("the {which} heads' loss"), kept));
         }
-        loss.objective = (loss.objective + (term * settings.scene_heads)?)?;
-        loss.report.scene_heads = Some(scored);
-    }
-    if let Some((term, scored)) = text_extra {
-        if !scored.loss.is_finite() {
-            return Err(diverged(step + 1, "the text heads' loss".into(), kept));
-        }
-        loss.objective = (loss.objective + (term * settings.text_heads)?)?;
-        loss.report.text_heads = Some(scored);
+        loss.objective = (loss.objective + (term * weight)?)?;
+        *report = Some(scored);
     }
     let grads = loss.objective.backward()?;
     let norm = optim.grad_norm(&grads)?;
@@ -835,10 +845,10 @@ pub fn train_demo(
             Some(h) if scenes.len() == batch.len() => Some(h.loss(&image_emb, &scenes)?),
             _ => None,
         };
-        let text_extra = match &text_heads {
-            Some(h) => Some(h.text_loss(&text_emb, &texts)?),
-            None => None,
-        };
+        let text_extra = text_heads
+            .as_ref()
+            .map(|h| h.text_loss(&text_emb, &texts))
+            .transpose()?;
         let embedded = Embedded {
             text: text_emb,
             image: image_emb,
