@@ -97,7 +97,10 @@ impl AdamW {
                 continue;
             };
             let lr = lr * lr_scale;
-            let g = (g * scale)?;
+            // Detached: a gradient that candle computed from tracked tensors (a cosine
+            // head's normalised weights) carries their op graph, and the moments built
+            // from it would chain every step's graph to the next one's.
+            let g = (g.detach() * scale)?;
             let m = match self.m.get(name) {
                 Some(m) => ((m * self.beta1)? + (&g * (1.0 - self.beta1))?)?,
                 None => (&g * (1.0 - self.beta1))?,
@@ -207,6 +210,31 @@ mod tests {
         // And it did move towards the target.
         let moved = crate::model::testing::max_abs_diff(ours_var.as_tensor(), &target);
         assert!(moved < 0.9, "{moved}");
+    }
+
+    /// The moments hold values, not graphs: a gradient that passes through the variable
+    /// itself (a cosine head's row normalisation) comes out of candle's backward pass
+    /// tracking ops, and moments built from it chained each step's graph to the next, so
+    /// the demo recipe with cosine heads grew by megabytes a step until the kernel killed
+    /// it (24 GB after 2,000 steps).
+    #[test]
+    fn moments_keep_no_graph() {
+        let dev = Device::Cpu;
+        let init = crate::util::rng::SplitMix64::new(9).uniform_pm1(12);
+        let w = Var::from_vec(init, (3, 4), &dev).unwrap();
+        let x = Tensor::from_vec(vec![0.5f32, -1.0, 2.0, 0.25], (1, 4), &dev).unwrap();
+        let mut optim = AdamW::new(vec![("w".into(), w.clone(), true)], 0.1);
+        for _ in 0..3 {
+            let t = w.as_tensor();
+            let norm = t.sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap();
+            let unit = t.broadcast_div(&norm).unwrap();
+            let loss = x.matmul(&unit.t().unwrap()).unwrap().sum_all().unwrap();
+            optim.step(&loss.backward().unwrap(), 0.01, 1.0).unwrap();
+        }
+        for moments in [&optim.m, &optim.v] {
+            let m = moments.get("w").unwrap();
+            assert!(!m.track_op(), "a moment keeps the op graph it was computed from");
+        }
     }
 
     /// A variable whose rate is scaled by s takes the steps it would take alone at s·lr,
