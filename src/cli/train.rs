@@ -93,9 +93,15 @@ pub struct TrainArgs {
     pub scene_heads: Option<f64>,
     /// Weight of the recipe's text heads: an auxiliary loss asking each text embedding,
     /// through a linear head, which object the text puts on the left, right, top or
-    /// bottom of a relation it states (0: none).
+    /// bottom of a relation it states, and which orientation and characters it names
+    /// (0: none).
     #[arg(long)]
     pub text_heads: Option<f64>,
+    /// Make the scene and text heads cosine classifiers at this scale (a logit is scale ×
+    /// the cosine of the embedding and the class's weight row, so a head cannot answer
+    /// from a hair's difference between two embeddings) [default: 0, linear heads].
+    #[arg(long)]
+    pub head_scale: Option<f64>,
     /// Factor on the learning rate of a tuned tower (--tune-vision) [default: 0.1].
     #[arg(long)]
     pub vision_lr_scale: Option<f64>,
@@ -164,6 +170,7 @@ impl TrainArgs {
             visual_position_2d: self.visual_positions_2d,
             scene_heads: self.scene_heads.unwrap_or(base.scene_heads),
             text_heads: self.text_heads.unwrap_or(base.text_heads),
+            head_scale: self.head_scale.unwrap_or(base.head_scale),
             ..base
         }
     }
@@ -179,6 +186,7 @@ impl TrainArgs {
             ("--visual-positions-2d", self.visual_positions_2d),
             ("--scene-heads", self.scene_heads.is_some()),
             ("--text-heads", self.text_heads.is_some()),
+            ("--head-scale", self.head_scale.is_some()),
             ("--vision-lr-scale", self.vision_lr_scale.is_some()),
         ]
         .into_iter()

@@ -23,7 +23,15 @@
 //! linear head on the global and the `spatial` text embedding asks which object the text
 //! puts on the left and on the right, above and below ([`text_tasks`], read off the text
 //! by [`text_targets`]), so that a statement's embedding has to hold the order its
-//! relation states.
+//! relation states. They also ask which orientation ("pointing up") and which characters
+//! ("the letter q") a text names: the one word an orientation or a text pair's two
+//! statements differ in.
+//!
+//! Linear heads answered all this from differences of a hair: their loss fell while the
+//! two statements of a position pair kept a cosine of 0.9996, because a linear classifier
+//! can grow its weights until any consistent difference is enough. `train --head-scale S`
+//! makes every head a cosine classifier at scale `S` ([`SceneHeads::cosine`]), whose logits
+//! are bounded by `S` and so ask for embeddings whose directions differ.
 //!
 //! This is ordinary multi-task supervision of the demo recipe, not part of AGFF-Embed
 //! (method.md fixes only the embedding, similarity, fusion and loss): the heads are thrown
@@ -40,6 +48,7 @@ use super::TrainError;
 use crate::agff::PerspectiveEmbeddings;
 use crate::model::PerspectiveSet;
 use crate::scenes::{Colour, Orientation, SCENE_SIZE, Scene, SceneObject, Shape, font};
+use crate::util::rng::{SplitMix64, derive_seed};
 
 /// Which perspective a task supervises (besides the global embedding, which gets all).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,10 +233,12 @@ pub fn scene_targets(scene: &Scene) -> Vec<u32> {
 
 /// The tasks of the text heads, in the order of [`text_targets`]: for a text that relates
 /// two objects ("a red circle left of a blue square"), the colour and the shape of the
-/// object on the left and of the one on the right, or of the upper and the lower one. The
+/// object on the left and of the one on the right, or of the upper and the lower one (the
 /// slots follow the scene, not the sentence: "X left of Y" and "Y right of X" have the same
-/// targets, and the two statements of a position pair differ in all four of their axis.
-/// Class 0 of each is "no such relation in the text".
+/// targets, and the two statements of a position pair differ in all four of their axis);
+/// then the first orientation the text names ("pointing up") and the first characters
+/// ("the letter q"), the two things an orientation or a text pair's statements differ in.
+/// Class 0 of each is "not named in the text".
 pub fn text_tasks() -> Vec<SceneTask> {
     let mut tasks = Vec::new();
     for side in ["left", "right", "upper", "lower"] {
@@ -242,6 +253,16 @@ pub fn text_tasks() -> Vec<SceneTask> {
             group: TaskGroup::Spatial,
         });
     }
+    tasks.push(SceneTask {
+        name: "orientation named".into(),
+        classes: 1 + Orientation::ALL.len(),
+        group: TaskGroup::Spatial,
+    });
+    tasks.push(SceneTask {
+        name: "characters named".into(),
+        classes: 1 + font::LABEL_CHARS.len(),
+        group: TaskGroup::Text,
+    });
     tasks
 }
 
@@ -270,13 +291,42 @@ fn named(words: &[&str], last: bool) -> (u32, u32) {
 }
 
 /// The class of every task of [`text_tasks`] for one text of the scene grammar
-/// ([`crate::scenes::caption`], the MMVP statements): its first relation ("left of",
-/// "right of", "above", "below"; "pointing left" is an orientation, not a relation), the
-/// last object named before it and the first one named after it. A text without a
-/// relation, or whose objects name no shape, gets class 0 throughout.
+/// ([`crate::scenes::caption`], the MMVP statements). The relation slots read its first
+/// relation ("left of", "right of", "above", "below"; "pointing left" is an orientation,
+/// not a relation), the last object named before it and the first one named after it; a
+/// text without a relation, or whose objects name no shape, gets class 0 there. The
+/// orientation slot reads the first word after "pointing", the characters slot the first
+/// one after "letter" or "digit" (0 where there is none, or it names no orientation or
+/// character).
 pub fn text_targets(text: &str) -> Vec<u32> {
     let words: Vec<&str> = text.split_whitespace().collect();
-    let mut t = vec![0; 8];
+    let mut t = vec![0; 10];
+    t[..8].copy_from_slice(&relation_targets(&words));
+    let after = |keys: &[&str]| {
+        words
+            .windows(2)
+            .find(|w| keys.contains(&w[0]))
+            .map(|w| w[1])
+    };
+    t[8] = after(&["pointing"])
+        .and_then(|w| Orientation::ALL.iter().position(|o| o.name() == w))
+        .map_or(0, |i| 1 + i as u32);
+    t[9] = after(&["letter", "digit"])
+        .and_then(|w| {
+            let mut chars = w.chars();
+            match (chars.next(), chars.next()) {
+                (Some(c), None) => Some(c.to_ascii_uppercase()),
+                _ => None,
+            }
+        })
+        .and_then(|c| font::LABEL_CHARS.iter().position(|&x| x == c))
+        .map_or(0, |i| 1 + i as u32);
+    t
+}
+
+/// The eight relation slots of [`text_targets`].
+fn relation_targets(words: &[&str]) -> [u32; 8] {
+    let mut t = [0; 8];
     let found = (0..words.len()).find_map(|i| match (words[i], words.get(i + 1)) {
         ("left", Some(&"of")) => Some((i, 2, 0, false)),
         ("right", Some(&"of")) => Some((i, 2, 0, true)),
@@ -342,6 +392,8 @@ pub struct SceneHeads {
     prefix: &'static str,
     /// Their file beside a run's checkpoint: [`HEADS_FILE`] or [`TEXT_HEADS_FILE`].
     file: &'static str,
+    /// `Some(s)`: cosine classifiers at scale `s` ([`SceneHeads::cosine`]); `None`: linear.
+    scale: Option<f64>,
 }
 
 /// The image heads' file beside a run's checkpoint.
@@ -426,7 +478,38 @@ impl SceneHeads {
             heads,
             prefix,
             file,
+            scale: None,
         })
+    }
+
+    /// The same heads as cosine classifiers (NormFace, Wang et al. 2017): class `c`'s logit
+    /// is `scale · cos(e, w_c) + b_c` instead of `e · w_c + b_c`. A linear head can answer
+    /// from a difference of a hair between two embeddings by growing its weights (the text
+    /// heads of the committed weights read the left and right object of a position pair's
+    /// two statements, whose embeddings keep a cosine of 0.9996); a cosine head cannot, so
+    /// telling two classes apart asks for embeddings whose directions differ by a margin on
+    /// the order of `1 / scale`. The weights start as seeded random rows (a zero row has no
+    /// direction); the biases at zero.
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] for a scale that is not positive and finite; allocating the
+    /// weights.
+    pub fn cosine(mut self, scale: f64, seed: u64) -> Result<Self, TrainError> {
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(TrainError::Config(format!(
+                "a cosine head's scale must be positive, got {scale}"
+            )));
+        }
+        for (i, head) in self.heads.iter().enumerate() {
+            let (rows, dim) = head.weight.dims2()?;
+            let mut rng = SplitMix64::new(derive_seed(seed, i as u64));
+            let values: Vec<f32> = (0..rows * dim).map(|_| rng.range(-1.0, 1.0)).collect();
+            let device = head.weight.device();
+            head.weight
+                .set(&Tensor::from_vec(values, (rows, dim), device)?)?;
+        }
+        self.scale = Some(scale);
+        Ok(self)
     }
 
     /// The trainable variables, named `heads.<perspective>.weight|bias` (image heads) or
@@ -502,9 +585,15 @@ impl SceneHeads {
         let mut asked = 0usize;
         for head in &self.heads {
             let e = unit.narrow(1, head.perspective, 1)?.squeeze(1)?;
-            let logits = e
-                .matmul(&head.weight.as_tensor().t()?)?
-                .broadcast_add(head.bias.as_tensor())?;
+            let w = head.weight.as_tensor();
+            let w = match self.scale {
+                Some(scale) => {
+                    let norm = w.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-6, f64::MAX)?;
+                    (w.broadcast_div(&norm)? * scale)?
+                }
+                None => w.clone(),
+            };
+            let logits = e.matmul(&w.t()?)?.broadcast_add(head.bias.as_tensor())?;
             let mut sum: Option<Tensor> = None;
             for &(task, at) in &head.tasks {
                 let classes = self.tasks[task].classes;
@@ -689,7 +778,7 @@ mod tests {
                 class("shape of the right object", "square"),
             ]
         );
-        assert_eq!(left[4..], [0, 0, 0, 0]);
+        assert_eq!(left[4..8], [0, 0, 0, 0]);
         assert_eq!(
             text_targets("a blue square right of a red circle"),
             left,
@@ -704,7 +793,7 @@ mod tests {
              with letter b below a black triangle pointing up and a red star",
         );
         assert_eq!(
-            below[4..],
+            below[4..8],
             [
                 class("colour of the upper object", "black"),
                 class("shape of the upper object", "triangle"),
@@ -713,8 +802,12 @@ mod tests {
             ]
         );
         assert_eq!(below[..4], [0, 0, 0, 0]);
+        assert_eq!(
+            text_targets("a red arrow pointing left")[..8],
+            [0; 8],
+            "an orientation is not a relation"
+        );
         for none in [
-            "a red arrow pointing left",
             "a scene with no red circle",
             "a small filled green cross",
             "",
@@ -742,6 +835,120 @@ mod tests {
         assert_eq!(differ, 20, "position pairs whose statements differ");
     }
 
+    /// The orientation and characters slots read the word after "pointing" and after
+    /// "letter"/"digit", and the two statements of every orientation and text pair differ
+    /// there.
+    #[test]
+    fn text_targets_read_orientations_and_characters() {
+        let tasks = text_tasks();
+        let slot = |name: &str| tasks.iter().position(|t| t.name == name).unwrap();
+        let (orientation, characters) = (slot("orientation named"), slot("characters named"));
+        let oriented = |o: Orientation| 1 + index_of(&Orientation::ALL, &o);
+        let written = |c: char| 1 + index_of(&font::LABEL_CHARS, &c);
+        let t = text_targets("a red arrow pointing left");
+        assert_eq!(t[orientation], oriented(Orientation::Left));
+        assert_eq!(t[characters], 0);
+        let t = text_targets(
+            "a large filled blue square with the letter q and a triangle pointing down",
+        );
+        assert_eq!(t[orientation], oriented(Orientation::Down));
+        assert_eq!(t[characters], written('Q'));
+        assert_eq!(
+            text_targets("a sign with the digit 7")[characters],
+            written('7')
+        );
+        for unread in [
+            "a red arrow pointing",
+            "the letter qq",
+            "a pointing star",
+            "a sign with the letter",
+        ] {
+            let t = text_targets(unread);
+            assert_eq!((t[orientation], t[characters]), (0, 0), "{unread}");
+        }
+
+        let mut rng = SceneRng::new(9);
+        for (pattern, at) in [
+            (MmvpPattern::Orientation, orientation),
+            (MmvpPattern::Text, characters),
+        ] {
+            for _ in 0..20 {
+                let pair = ScenePair::generate(pattern, &mut rng);
+                let [a, b] = &pair.statements;
+                let (ta, tb) = (text_targets(a), text_targets(b));
+                assert!(ta[at] > 0 && tb[at] > 0 && ta[at] != tb[at], "{a} / {b}");
+            }
+        }
+    }
+
+    /// A cosine head's logits depend on its weights' directions only, so scaling the
+    /// weights leaves its loss as it was (where a linear head's changes); its seeded start
+    /// is the same for the same seed; it learns; a scale that is not positive is refused.
+    #[test]
+    fn cosine_heads_answer_from_directions_only() {
+        let dev = Device::Cpu;
+        let set = crate::model::demo::DemoConfig::default_perspectives(1);
+        let mut rng = SceneRng::new(4);
+        let scenes: Vec<Scene> = (0..6).map(|_| Scene::random(&mut rng)).collect();
+        let refs: Vec<&Scene> = scenes.iter().collect();
+        let image = Tensor::randn(0f32, 1.0, (6, 2, 16), &dev).unwrap();
+        let scaled_loss = |heads: &SceneHeads| {
+            let before = heads.loss(&image, &refs).unwrap().1.loss;
+            for h in &heads.heads {
+                let w = (h.weight.as_tensor() * 7.0).unwrap();
+                h.weight.set(&w).unwrap();
+            }
+            (before, heads.loss(&image, &refs).unwrap().1.loss)
+        };
+        let cosine = SceneHeads::new(&set, 16, &dev)
+            .unwrap()
+            .cosine(10.0, 1)
+            .unwrap();
+        let (before, after) = scaled_loss(&cosine);
+        assert!((before - after).abs() < 1e-5, "{before} → {after}");
+        let linear = SceneHeads::new(&set, 16, &dev)
+            .unwrap()
+            .cosine(10.0, 1)
+            .unwrap();
+        let linear = SceneHeads {
+            scale: None,
+            ..linear
+        };
+        let (before, after) = scaled_loss(&linear);
+        assert!((before - after).abs() > 1e-2, "{before} → {after}");
+
+        let made = |seed: u64| {
+            SceneHeads::new(&set, 16, &dev)
+                .unwrap()
+                .cosine(10.0, seed)
+                .unwrap()
+        };
+        let weights = |h: &SceneHeads| h.heads[0].weight.as_tensor().to_vec2::<f32>().unwrap();
+        assert_eq!(weights(&made(1)), weights(&made(1)));
+        assert_ne!(weights(&made(1)), weights(&made(2)));
+
+        // It learns: a few steps on fixed embeddings lower its loss.
+        let heads = made(3);
+        let (_, first) = heads.loss(&image, &refs).unwrap();
+        let mut optim = super::super::optim::AdamW::new(heads.vars(), 0.0);
+        for _ in 0..30 {
+            let (loss, _) = heads.loss(&image, &refs).unwrap();
+            let grads = loss.backward().unwrap();
+            optim.step(&grads, 0.05, 1.0).unwrap();
+        }
+        let (_, last) = heads.loss(&image, &refs).unwrap();
+        assert!(
+            last.loss < 0.7 * first.loss,
+            "{} → {}",
+            first.loss,
+            last.loss
+        );
+        for bad in [0.0, -1.0, f64::NAN] {
+            let err = SceneHeads::new(&set, 16, &dev).unwrap().cosine(bad, 1);
+            assert!(matches!(err, Err(TrainError::Config(_))), "{bad}");
+        }
+    }
+
     #[test]
     fn each_fine_perspective_gets_its_group_and_the_global_one_all() {
         let set = crate::model::demo::DemoConfig::default_perspectives(4);
@@ -763,7 +970,7 @@ mod tests {
 
         let text = SceneHeads::for_text(&set, 8, &Device::Cpu).unwrap();
         let names: Vec<&str> = text.heads.iter().map(|h| h.name.as_str()).collect();
-        assert_eq!(names, ["global", "spatial"]);
+        assert_eq!(names, ["global", "spatial", "text"]);
         assert!(
             text.vars()
                 .iter()

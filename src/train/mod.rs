@@ -32,6 +32,7 @@ use crate::agff::{
 };
 use crate::model::demo::{DemoConfig, DemoModel};
 use crate::model::{Backbone, EmbedInput, EmbedOptions, ModelError, PerspectiveSet};
+use crate::util::rng::derive_seed;
 
 pub use data::{CaptionPair, DEFAULT_QUERY_SHARE, DataSource, load_caption_dataset};
 pub use optim::AdamW;
@@ -170,6 +171,10 @@ pub struct TrainSettings {
     /// none).
     #[serde(default)]
     pub text_heads: f64,
+    /// Scale of the scene and text heads as cosine classifiers
+    /// ([`heads::SceneHeads::cosine`]; 0: linear heads, as runs before this setting).
+    #[serde(default)]
+    pub head_scale: f64,
 }
 
 fn default_vision_lr_scale() -> f64 {
@@ -207,6 +212,7 @@ impl Default for TrainSettings {
             visual_position_2d: false,
             scene_heads: 0.0,
             text_heads: 0.0,
+            head_scale: 0.0,
         }
     }
 }
@@ -251,6 +257,12 @@ impl TrainSettings {
             return Err(TrainError::Config(format!(
                 "the text heads' weight must be ≥ 0, got {}",
                 self.text_heads
+            )));
+        }
+        if !(self.head_scale.is_finite() && self.head_scale >= 0.0) {
+            return Err(TrainError::Config(format!(
+                "the heads' scale must be ≥ 0 (0: linear heads), got {}",
+                self.head_scale
             )));
         }
         if !(self.alpha.is_finite() && self.alpha >= 0.0) {
@@ -732,6 +744,9 @@ pub fn train_demo(
             return Ok(None);
         }
         let mut h = make(&perspectives, dim, &device)?;
+        if settings.head_scale > 0.0 {
+            h = h.cosine(settings.head_scale, derive_seed(settings.seed, 0x4ead))?;
+        }
         if state.is_some() {
             h.load(&out.join(h.file_name()))?;
         }
@@ -762,7 +777,7 @@ pub fn train_demo(
         let (theta, beta) = fusion_values(&fusion)?;
         model.set_fusion(theta, beta);
         model.set_provenance(format!(
-            "agff-lens train --recipe demo: vision tower pre-trained {} of {} steps{}; {} of {} contrastive steps, batch {}, lr {}, α {}, τ {}, K {}, seed {}{}{}",
+            "agff-lens train --recipe demo: vision tower pre-trained {} of {} steps{}; {} of {} contrastive steps, batch {}, lr {}, α {}, τ {}, K {}, seed {}{}{}{}",
             vision_done,
             settings.vision_steps,
             if settings.freeze_vision {
@@ -785,6 +800,11 @@ pub fn train_demo(
             },
             if settings.text_heads > 0.0 {
                 format!(", text heads {}", settings.text_heads)
+            } else {
+                String::new()
+            },
+            if settings.head_scale > 0.0 && settings.scene_heads + settings.text_heads > 0.0 {
+                format!(" (cosine, scale {})", settings.head_scale)
             } else {
                 String::new()
             }
@@ -1226,6 +1246,11 @@ mod tests {
                 ..TrainSettings::default()
             });
             assert!(m.contains("text heads"), "{m}");
+            let m = refused(TrainSettings {
+                head_scale: weight,
+                ..TrainSettings::default()
+            });
+            assert!(m.contains("heads' scale"), "{m}");
         }
         assert!(
             refused(TrainSettings {
