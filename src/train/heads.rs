@@ -682,6 +682,18 @@ mod tests {
     use super::*;
     use crate::scenes::{MmvpPattern, ScenePair, SceneRng};
 
+    /// The heads' loss on fixed embeddings before and after 30 AdamW steps.
+    fn fit(heads: &SceneHeads, image: &Tensor, scenes: &[&Scene]) -> (HeadsLoss, HeadsLoss) {
+        let (_, first) = heads.loss(image, scenes).unwrap();
+        let mut optim = super::super::optim::AdamW::new(heads.vars(), 0.0);
+        for _ in 0..30 {
+            let (loss, _) = heads.loss(image, scenes).unwrap();
+            optim.step(&loss.backward().unwrap(), 0.05, 1.0).unwrap();
+        }
+        let (_, last) = heads.loss(image, scenes).unwrap();
+        (first, last)
+    }
+
     fn differing(a: &Scene, b: &Scene) -> Vec<SceneTask> {
         let (ta, tb) = (scene_targets(a), scene_targets(b));
         scene_tasks()
@@ -929,14 +941,7 @@ mod tests {
 
         // It learns: a few steps on fixed embeddings lower its loss.
         let heads = made(3);
-        let (_, first) = heads.loss(&image, &refs).unwrap();
-        let mut optim = super::super::optim::AdamW::new(heads.vars(), 0.0);
-        for _ in 0..30 {
-            let (loss, _) = heads.loss(&image, &refs).unwrap();
-            let grads = loss.backward().unwrap();
-            optim.step(&grads, 0.05, 1.0).unwrap();
-        }
-        let (_, last) = heads.loss(&image, &refs).unwrap();
+        let (first, last) = fit(&heads, &image, &refs);
         assert!(
             last.loss < 0.7 * first.loss,
             "{} → {}",
@@ -989,14 +994,7 @@ mod tests {
         let scenes: Vec<Scene> = (0..8).map(|_| Scene::random(&mut rng)).collect();
         let refs: Vec<&Scene> = scenes.iter().collect();
         let image = Tensor::randn(0f32, 1.0, (8, 2, 16), &dev).unwrap();
-        let (_, first) = heads.loss(&image, &refs).unwrap();
-        let mut optim = super::super::optim::AdamW::new(heads.vars(), 0.0);
-        for _ in 0..30 {
-            let (loss, _) = heads.loss(&image, &refs).unwrap();
-            let grads = loss.backward().unwrap();
-            optim.step(&grads, 0.05, 1.0).unwrap();
-        }
-        let (_, last) = heads.loss(&image, &refs).unwrap();
+        let (first, last) = fit(&heads, &image, &refs);
         assert!(
             last.loss < 0.5 * first.loss,
             "{} → {}",

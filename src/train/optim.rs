@@ -233,7 +233,10 @@ mod tests {
         }
         for moments in [&optim.m, &optim.v] {
             let m = moments.get("w").unwrap();
-            assert!(!m.track_op(), "a moment keeps the op graph it was computed from");
+            assert!(
+                !m.track_op(),
+                "a moment keeps the op graph it was computed from"
+            );
         }
     }
 
