@@ -200,8 +200,13 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let recipe_only = args.recipe_only_given();
     if args.recipe.is_none() && !recipe_only.is_empty() {
         anyhow::bail!(
-            "{} only apply to a recipe (--recipe demo|ablation); a fine-tune (--model … --data …) trains the soft prompts and the fusion of the model it loads",
-            recipe_only.join(", ")
+            "{} only {} to a recipe (--recipe demo|ablation); a fine-tune (--model … --data …) trains the soft prompts and the fusion of the model it loads",
+            recipe_only.join(", "),
+            if recipe_only.len() == 1 {
+                "applies"
+            } else {
+                "apply"
+            }
         );
     }
     if args.recipe.is_some() && args.device != DeviceChoice::Cpu {

@@ -366,6 +366,19 @@ fn a_fine_tune_refuses_the_recipes_options() {
         "{err}"
     );
     assert!(!out.exists(), "a refused run wrote {}", out.display());
+    let o = agff_lens()
+        .args(["train", "--model", "demo", "--data", "scenes", "--out"])
+        .arg(&out)
+        .args(["--head-scale", "10"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--head-scale only applies to a recipe"),
+        "{err}"
+    );
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
 }
 
 #[test]
