@@ -400,8 +400,6 @@ pub struct SceneHeads {
     scale: Option<f64>,
     /// Class 0 means "not named" (text heads), not "none there" (image heads).
     zero_is_unnamed: bool,
-    /// Leave rows whose target is class 0 out of a task's loss (cosine text heads).
-    skip_unnamed: bool,
 }
 
 /// The image heads' file beside a run's checkpoint.
@@ -488,7 +486,6 @@ impl SceneHeads {
             file,
             scale: None,
             zero_is_unnamed,
-            skip_unnamed: false,
         })
     }
 
@@ -518,15 +515,19 @@ impl SceneHeads {
         }
         for (i, head) in self.heads.iter().enumerate() {
             let (rows, dim) = head.weight.dims2()?;
-            let mut rng = SplitMix64::new(derive_seed(seed, i as u64));
-            let values: Vec<f32> = (0..rows * dim).map(|_| rng.range(-1.0, 1.0)).collect();
+            let values = SplitMix64::new(derive_seed(seed, i as u64)).uniform_pm1(rows * dim);
             let device = head.weight.device();
             head.weight
                 .set(&Tensor::from_vec(values, (rows, dim), device)?)?;
         }
         self.scale = Some(scale);
-        self.skip_unnamed = self.zero_is_unnamed;
         Ok(self)
+    }
+
+    /// Whether a task's loss leaves out rows of class 0: cosine text heads only
+    /// ([`SceneHeads::cosine`]).
+    fn skips_unnamed(&self) -> bool {
+        self.zero_is_unnamed && self.scale.is_some()
     }
 
     /// The trainable variables, named `heads.<perspective>.weight|bias` (image heads) or
@@ -602,6 +603,7 @@ impl SceneHeads {
         let mut right = 0usize;
         let mut asked = 0usize;
         let mut heads_counted = 0usize;
+        let skip_unnamed = self.skips_unnamed();
         for head in &self.heads {
             let e = unit.narrow(1, head.perspective, 1)?.squeeze(1)?;
             let w = head.weight.as_tensor();
@@ -618,7 +620,7 @@ impl SceneHeads {
             for &(task, at) in &head.tasks {
                 let classes = self.tasks[task].classes;
                 let rows: Vec<u32> = (0..targets.len())
-                    .filter(|&r| !self.skip_unnamed || targets[r][task] > 0)
+                    .filter(|&r| !skip_unnamed || targets[r][task] > 0)
                     .map(|r| r as u32)
                     .collect();
                 if rows.is_empty() {
@@ -1020,7 +1022,7 @@ mod tests {
             .unwrap()
             .cosine(10.0, 1)
             .unwrap();
-        assert!(!image.skip_unnamed);
+        assert!(!image.skips_unnamed());
     }
 
     #[test]

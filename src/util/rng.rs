@@ -99,7 +99,8 @@ impl SplitMix64 {
         (a + b - 1.0) * 2.449_489_7
     }
 
-    /// `n` values uniform in `[-1, 1)`, as f32: fixed inputs for tests and benchmarks.
+    /// `n` values uniform in `[-1, 1)`, as f32: fixed inputs for tests and benchmarks, and
+    /// seeded initial weights (the cosine scene heads).
     pub fn uniform_pm1(&mut self, n: usize) -> Vec<f32> {
         (0..n).map(|_| self.unit() * 2.0 - 1.0).collect()
     }
