@@ -97,11 +97,14 @@ pub struct TrainArgs {
     /// (0: none).
     #[arg(long)]
     pub text_heads: Option<f64>,
-    /// Make the scene and text heads cosine classifiers at this scale (a logit is scale ×
+    /// Make the scene (image) heads cosine classifiers at this scale (a logit is scale ×
     /// the cosine of the embedding and the class's weight row, so a head cannot answer
     /// from a hair's difference between two embeddings) [default: 0, linear heads].
     #[arg(long)]
     pub head_scale: Option<f64>,
+    /// The same for the text heads [default: 0, linear heads].
+    #[arg(long)]
+    pub text_head_scale: Option<f64>,
     /// Factor on the learning rate of a tuned tower (--tune-vision) [default: 0.1].
     #[arg(long)]
     pub vision_lr_scale: Option<f64>,
@@ -171,6 +174,7 @@ impl TrainArgs {
             scene_heads: self.scene_heads.unwrap_or(base.scene_heads),
             text_heads: self.text_heads.unwrap_or(base.text_heads),
             head_scale: self.head_scale.unwrap_or(base.head_scale),
+            text_head_scale: self.text_head_scale.unwrap_or(base.text_head_scale),
             ..base
         }
     }
@@ -187,6 +191,7 @@ impl TrainArgs {
             ("--scene-heads", self.scene_heads.is_some()),
             ("--text-heads", self.text_heads.is_some()),
             ("--head-scale", self.head_scale.is_some()),
+            ("--text-head-scale", self.text_head_scale.is_some()),
             ("--vision-lr-scale", self.vision_lr_scale.is_some()),
         ]
         .into_iter()

@@ -171,10 +171,15 @@ pub struct TrainSettings {
     /// none).
     #[serde(default)]
     pub text_heads: f64,
-    /// Scale of the scene and text heads as cosine classifiers
+    /// Scale of the scene (image) heads as cosine classifiers
     /// ([`heads::SceneHeads::cosine`]; 0: linear heads, as runs before this setting).
     #[serde(default)]
     pub head_scale: f64,
+    /// Scale of the text heads as cosine classifiers (0: linear). Separate from
+    /// `head_scale`: a run with both cosine separated the statements of orientation and
+    /// text pairs but cost the fine views what the linear image heads gave them (README).
+    #[serde(default)]
+    pub text_head_scale: f64,
 }
 
 fn default_vision_lr_scale() -> f64 {
@@ -213,6 +218,7 @@ impl Default for TrainSettings {
             scene_heads: 0.0,
             text_heads: 0.0,
             head_scale: 0.0,
+            text_head_scale: 0.0,
         }
     }
 }
@@ -261,8 +267,14 @@ impl TrainSettings {
         }
         if !(self.head_scale.is_finite() && self.head_scale >= 0.0) {
             return Err(TrainError::Config(format!(
-                "the heads' scale must be ≥ 0 (0: linear heads), got {}",
+                "the scene heads' scale must be ≥ 0 (0: linear heads), got {}",
                 self.head_scale
+            )));
+        }
+        if !(self.text_head_scale.is_finite() && self.text_head_scale >= 0.0) {
+            return Err(TrainError::Config(format!(
+                "the text heads' scale must be ≥ 0 (0: linear heads), got {}",
+                self.text_head_scale
             )));
         }
         if !(self.alpha.is_finite() && self.alpha >= 0.0) {
@@ -603,6 +615,16 @@ struct TrainerState {
 const STATE_FILE: &str = "trainer.json";
 const OPTIM_FILE: &str = "optimizer.safetensors";
 
+/// The provenance words of one kind of heads: ", scene heads 1 (cosine, scale 10)", or
+/// nothing for a run without them.
+fn heads_provenance(kind: &str, weight: f64, scale: f64) -> String {
+    match (weight > 0.0, scale > 0.0) {
+        (false, _) => String::new(),
+        (true, false) => format!(", {kind} heads {weight}"),
+        (true, true) => format!(", {kind} heads {weight} (cosine, scale {scale})"),
+    }
+}
+
 fn fusion_values(fusion: &Fusion) -> Result<([f64; 4], f64), TrainError> {
     let theta = fusion
         .theta()
@@ -739,13 +761,13 @@ pub fn train_demo(
         vars.push(("fusion.rho".into(), fusion.rho().clone(), false));
     }
     let dim = model.config().hidden;
-    let mut with_heads = |on: bool, make: HeadsMaker| -> Result<_, TrainError> {
+    let mut with_heads = |on: bool, make: HeadsMaker, scale: f64| -> Result<_, TrainError> {
         if !on {
             return Ok(None);
         }
         let mut h = make(&perspectives, dim, &device)?;
-        if settings.head_scale > 0.0 {
-            h = h.cosine(settings.head_scale, derive_seed(settings.seed, 0x4ead))?;
+        if scale > 0.0 {
+            h = h.cosine(scale, derive_seed(settings.seed, 0x4ead))?;
         }
         if state.is_some() {
             h.load(&out.join(h.file_name()))?;
@@ -753,8 +775,16 @@ pub fn train_demo(
         vars.extend(h.vars());
         Ok(Some(h))
     };
-    let scene_heads = with_heads(settings.scene_heads > 0.0, heads::SceneHeads::new)?;
-    let text_heads = with_heads(settings.text_heads > 0.0, heads::SceneHeads::for_text)?;
+    let scene_heads = with_heads(
+        settings.scene_heads > 0.0,
+        heads::SceneHeads::new,
+        settings.head_scale,
+    )?;
+    let text_heads = with_heads(
+        settings.text_heads > 0.0,
+        heads::SceneHeads::for_text,
+        settings.text_head_scale,
+    )?;
     let mut optim = AdamW::new(vars, settings.weight_decay);
     optim.scale_lr_where(|name| name.starts_with("vision."), settings.vision_lr_scale);
     if state.is_some() {
@@ -777,7 +807,7 @@ pub fn train_demo(
         let (theta, beta) = fusion_values(&fusion)?;
         model.set_fusion(theta, beta);
         model.set_provenance(format!(
-            "agff-lens train --recipe demo: vision tower pre-trained {} of {} steps{}; {} of {} contrastive steps, batch {}, lr {}, α {}, τ {}, K {}, seed {}{}{}{}",
+            "agff-lens train --recipe demo: vision tower pre-trained {} of {} steps{}; {} of {} contrastive steps, batch {}, lr {}, α {}, τ {}, K {}, seed {}{}{}",
             vision_done,
             settings.vision_steps,
             if settings.freeze_vision {
@@ -793,21 +823,8 @@ pub fn train_demo(
             settings.tau,
             settings.k,
             settings.seed,
-            if settings.scene_heads > 0.0 {
-                format!(", scene heads {}", settings.scene_heads)
-            } else {
-                String::new()
-            },
-            if settings.text_heads > 0.0 {
-                format!(", text heads {}", settings.text_heads)
-            } else {
-                String::new()
-            },
-            if settings.head_scale > 0.0 && settings.scene_heads + settings.text_heads > 0.0 {
-                format!(" (cosine, scale {})", settings.head_scale)
-            } else {
-                String::new()
-            }
+            heads_provenance("scene", settings.scene_heads, settings.head_scale),
+            heads_provenance("text", settings.text_heads, settings.text_head_scale),
         ));
         model.save(out)?;
         optim.save(&out.join(OPTIM_FILE))?;
@@ -1220,6 +1237,17 @@ pub fn fine_tune(
 mod tests {
     use super::*;
 
+    /// Each kind of heads says its own weight and, where cosine, its own scale.
+    #[test]
+    fn heads_provenance_names_each_kind_and_scale() {
+        assert_eq!(heads_provenance("scene", 0.0, 10.0), "");
+        assert_eq!(heads_provenance("scene", 1.0, 0.0), ", scene heads 1");
+        assert_eq!(
+            heads_provenance("text", 0.5, 10.0),
+            ", text heads 0.5 (cosine, scale 10)"
+        );
+    }
+
     #[test]
     fn settings_a_run_cannot_use_are_refused() {
         assert!(TrainSettings::default().validate().is_ok());
@@ -1250,7 +1278,12 @@ mod tests {
                 head_scale: weight,
                 ..TrainSettings::default()
             });
-            assert!(m.contains("heads' scale"), "{m}");
+            assert!(m.contains("scene heads' scale"), "{m}");
+            let m = refused(TrainSettings {
+                text_head_scale: weight,
+                ..TrainSettings::default()
+            });
+            assert!(m.contains("text heads' scale"), "{m}");
         }
         assert!(
             refused(TrainSettings {

@@ -356,13 +356,17 @@ fn a_fine_tune_refuses_the_recipes_options() {
             "--tune-vision",
             "--head-scale",
             "10",
+            "--text-head-scale",
+            "10",
         ])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("--k, --tune-vision, --scene-heads, --head-scale only apply to a recipe"),
+        err.contains(
+            "--k, --tune-vision, --scene-heads, --head-scale, --text-head-scale only apply to a recipe"
+        ),
         "{err}"
     );
     assert!(!out.exists(), "a refused run wrote {}", out.display());

@@ -240,7 +240,36 @@ fn scene_heads_report_every_step_and_resume_exactly() {
         text_heads: 1.0,
         ..tiny(6)
     };
-    let events = resumes_exactly(&settings, "heads");
+    heads_report_and_resume(&settings, "heads");
+}
+
+/// Cosine text heads beside linear scene heads (`--text-head-scale` alone) train, resume
+/// exactly and are named so in the model's provenance, the scene heads as linear.
+#[test]
+fn cosine_text_heads_beside_linear_scene_heads_resume_exactly() {
+    let settings = TrainSettings {
+        scene_heads: 1.0,
+        text_heads: 1.0,
+        text_head_scale: 10.0,
+        ..tiny(6)
+    };
+    heads_report_and_resume(&settings, "cosine-text");
+    let out = temp("cosine-text-kept");
+    let (r, _) = run(&settings, &out, false);
+    r.unwrap();
+    let model = DemoModel::load(&out, &Device::Cpu).unwrap();
+    let provenance = &model.config().provenance;
+    assert!(
+        provenance.ends_with(", scene heads 1, text heads 1 (cosine, scale 10)"),
+        "{provenance}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// Checks that every step of a run with both kinds of heads reports both losses and that
+/// the run resumes exactly.
+fn heads_report_and_resume(settings: &TrainSettings, name: &str) {
+    let events = resumes_exactly(settings, name);
     let reports: Vec<_> = events
         .iter()
         .filter_map(|e| match e {
