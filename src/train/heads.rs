@@ -31,8 +31,8 @@
 //! two statements of a position pair kept a cosine of 0.9996, because a linear classifier
 //! can grow its weights until any consistent difference is enough. `train --head-scale S`
 //! (scene heads) and `--text-head-scale S` (text heads) make each head a cosine classifier
-//! at scale `S` ([`SceneHeads::cosine`]), whose logits
-//! are bounded by `S` and so ask for embeddings whose directions differ. Cosine text heads
+//! at scale `S` ([`SceneHeads::cosine`]), whose logits are bounded by `S` and so ask for
+//! embeddings whose directions differ. Cosine text heads
 //! leave out what a text does not name (class 0), which would otherwise pull most texts
 //! to one point. A run with them (README, "Tried this round") separated the statements of
 //! text and orientation pairs but lost on retrieval, so the committed recipe keeps linear

@@ -253,29 +253,21 @@ impl TrainSettings {
                 self.vision_lr_scale
             )));
         }
-        if !(self.scene_heads.is_finite() && self.scene_heads >= 0.0) {
-            return Err(TrainError::Config(format!(
-                "the scene heads' weight must be ≥ 0, got {}",
-                self.scene_heads
-            )));
-        }
-        if !(self.text_heads.is_finite() && self.text_heads >= 0.0) {
-            return Err(TrainError::Config(format!(
-                "the text heads' weight must be ≥ 0, got {}",
-                self.text_heads
-            )));
-        }
-        if !(self.head_scale.is_finite() && self.head_scale >= 0.0) {
-            return Err(TrainError::Config(format!(
-                "the scene heads' scale must be ≥ 0 (0: linear heads), got {}",
-                self.head_scale
-            )));
-        }
-        if !(self.text_head_scale.is_finite() && self.text_head_scale >= 0.0) {
-            return Err(TrainError::Config(format!(
-                "the text heads' scale must be ≥ 0 (0: linear heads), got {}",
-                self.text_head_scale
-            )));
+        for (value, what) in [
+            (self.scene_heads, "the scene heads' weight must be ≥ 0"),
+            (self.text_heads, "the text heads' weight must be ≥ 0"),
+            (
+                self.head_scale,
+                "the scene heads' scale must be ≥ 0 (0: linear heads)",
+            ),
+            (
+                self.text_head_scale,
+                "the text heads' scale must be ≥ 0 (0: linear heads)",
+            ),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(TrainError::Config(format!("{what}, got {value}")));
+            }
         }
         if !(self.alpha.is_finite() && self.alpha >= 0.0) {
             return Err(TrainError::Config(format!(
