@@ -178,7 +178,8 @@ fn a_short_run_lowers_the_loss_and_reports_hard_negatives() {
 
 /// Runs `settings` straight and interrupted after step 4 then resumed; returns the
 /// resumed half's events after checking both runs end with the same weights.
-fn resumes_exactly(settings: &TrainSettings, name: &str) -> Vec<TrainEvent> {
+/// Returns the resumed run's events and the uninterrupted run's model provenance.
+fn resumes_exactly(settings: &TrainSettings, name: &str) -> (Vec<TrainEvent>, String) {
     let straight = temp(&format!("{name}-straight"));
     let (r, _) = run(settings, &straight, false);
     r.unwrap();
@@ -214,16 +215,17 @@ fn resumes_exactly(settings: &TrainSettings, name: &str) -> Vec<TrainEvent> {
     // Equal only if the weights, the optimiser moments, the fusion and the data stream
     // all survived the interruption.
     assert!(worst < 1e-4, "resumed run differs by {worst}");
+    let provenance = a.config().provenance.clone();
     let _ = (
         std::fs::remove_dir_all(&straight),
         std::fs::remove_dir_all(&split),
     );
-    events
+    (events, provenance)
 }
 
 #[test]
 fn resuming_gives_the_same_model_as_an_uninterrupted_run() {
-    let events = resumes_exactly(&tiny(6), "plain");
+    let (events, _) = resumes_exactly(&tiny(6), "plain");
     assert!(events.iter().all(|e| match e {
         TrainEvent::Step(r) => r.scene_heads.is_none(),
         _ => true,
@@ -253,23 +255,17 @@ fn cosine_text_heads_beside_linear_scene_heads_resume_exactly() {
         text_head_scale: 10.0,
         ..tiny(6)
     };
-    heads_report_and_resume(&settings, "cosine-text");
-    let out = temp("cosine-text-kept");
-    let (r, _) = run(&settings, &out, false);
-    r.unwrap();
-    let model = DemoModel::load(&out, &Device::Cpu).unwrap();
-    let provenance = &model.config().provenance;
+    let provenance = heads_report_and_resume(&settings, "cosine-text");
     assert!(
         provenance.ends_with(", scene heads 1, text heads 1 (cosine, scale 10)"),
         "{provenance}"
     );
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 /// Checks that every step of a run with both kinds of heads reports both losses and that
-/// the run resumes exactly.
-fn heads_report_and_resume(settings: &TrainSettings, name: &str) {
-    let events = resumes_exactly(settings, name);
+/// the run resumes exactly; returns the model's provenance.
+fn heads_report_and_resume(settings: &TrainSettings, name: &str) -> String {
+    let (events, provenance) = resumes_exactly(settings, name);
     let reports: Vec<_> = events
         .iter()
         .filter_map(|e| match e {
@@ -285,6 +281,7 @@ fn heads_report_and_resume(settings: &TrainSettings, name: &str) {
         assert!(h.loss.is_finite() && h.loss > 0.0, "{h:?}");
         assert!((0.0..=1.0).contains(&h.accuracy));
     }
+    provenance
 }
 
 #[test]
