@@ -13,7 +13,7 @@ use rayon::prelude::*;
 pub(crate) const CHUNK: usize = 1 << 14;
 
 /// Elements per parallel task for rows of `n` values: whole rows, about [`CHUNK`].
-fn row_chunk(n: usize) -> usize {
+pub(crate) fn row_chunk(n: usize) -> usize {
     let n = n.max(1);
     n * (CHUNK / n).max(1)
 }
@@ -67,13 +67,17 @@ macro_rules! multiversion {
 pub(crate) use multiversion;
 
 /// `exp(x)` in f32 with a relative error below 3e-7, written so that loops over it
-/// vectorise: `2^n · p(r)` with `x = n·ln2 + r`, `|r| ≤ ln2/2`, p of degree 6. Inputs are
-/// clamped to f32's finite range (`exp(−∞)` gives about 1e−38, not 0).
+/// vectorise: `2^n · p(r)` with `x = n·ln2 + r`, `|r| ≤ ln2/2`, p of degree 6. Large
+/// inputs are clamped to f32's finite range; below −87 (where `exp` nears f32's smallest
+/// normal number) the result is exactly 0, so that a masked softmax entry is 0 and never
+/// a subnormal: products with subnormals run about a hundred times slower on x86, and a
+/// training step whose attention gradients carried them took three times as long.
 #[inline(always)]
 pub fn fast_exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
+    let underflow = x < -87.0;
     let x = x.clamp(-87.0, 88.0);
     // floor(t) without calling libm (which would stop vectorisation on baseline x86-64).
     let t = x * LOG2E + 0.5;
@@ -85,7 +89,8 @@ pub fn fast_exp(x: f32) -> f32 {
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((ni + 127) << 23) as u32)
+    let y = p * f32::from_bits(((ni + 127) << 23) as u32);
+    if underflow { 0.0 } else { y }
 }
 
 /// Reduces `xs` with `f` over 8 independent lanes, so that the loop vectorises (a single
@@ -118,6 +123,32 @@ multiversion! {
     fn softmax_row(row: &mut [f32]) {
         let inv = 1.0 / exp_row(row);
         row.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+multiversion! {
+    /// Softmax of `scale·x + mask` for one row, into `out` (`mask` empty: no mask).
+    pub(crate) fn softmax_scaled_row(x: &[f32], mask: &[f32], scale: f32, out: &mut [f32]) {
+        if mask.is_empty() {
+            out.iter_mut().zip(x).for_each(|(o, &v)| *o = scale * v);
+        } else {
+            for ((o, &v), &m) in out.iter_mut().zip(x).zip(mask) {
+                *o = scale * v + m;
+            }
+        }
+        let inv = 1.0 / exp_row(out);
+        out.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+multiversion! {
+    /// The gradient reaching the input `x` of one row of `y = softmax(scale·x + mask)`
+    /// from the gradient `g` of `y`: `scale·y·(g − Σ g·y)`.
+    pub(crate) fn softmax_grad_row(y: &[f32], g: &[f32], scale: f32, out: &mut [f32]) {
+        let dot = lane_dot(y, g);
+        for ((o, &y), &g) in out.iter_mut().zip(y).zip(g) {
+            *o = scale * y * (g - dot);
+        }
     }
 }
 
@@ -270,6 +301,25 @@ fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+/// `Σ a·b` in 16 independent lanes (see [`lane_sum`]).
+#[inline(always)]
+fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let (mut ca, mut cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for i in 0..16 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
 multiversion! {
     fn layer_norm_chunk(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) {
         let d = weight.len().max(1);
@@ -393,6 +443,62 @@ pub fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     out.par_chunks_mut(row_chunk(d))
         .zip(x.par_chunks(row_chunk(d)))
         .for_each(|(o, src)| rms_norm_chunk(src, weight, eps, o));
+}
+
+multiversion! {
+    /// The gradient reaching `x` of [`rms_norm_rows`] from the gradient `g` of its output,
+    /// rows of `weight.len()`: with `r = 1/√(mean(x²) + eps)` and `dn = g·w`,
+    /// `dx = r·(dn − x·r·mean(dn·x·r))`.
+    pub(crate) fn rms_norm_grad_chunk(
+        x: &[f32],
+        weight: &[f32],
+        g: &[f32],
+        eps: f32,
+        out: &mut [f32],
+    ) {
+        let d = weight.len().max(1);
+        for ((orow, row), grow) in out.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
+            let inv = 1.0 / (lane_sum(row, |v| v * v) / d as f32 + eps).sqrt();
+            for ((o, &gv), &w) in orow.iter_mut().zip(grow).zip(weight) {
+                *o = gv * w;
+            }
+            let c = lane_dot(orow, row) * inv / d as f32;
+            for (o, &v) in orow.iter_mut().zip(row) {
+                *o = inv * (*o - v * inv * c);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Adds to `acc` (`d` values) the gradient reaching the weight of [`rms_norm_rows`]
+    /// from the rows of `x` and of the output's gradient `g`: `Σ_rows g·x·r`.
+    pub(crate) fn rms_norm_weight_grad_chunk(x: &[f32], g: &[f32], eps: f32, acc: &mut [f32]) {
+        let d = acc.len().max(1);
+        for (row, grow) in x.chunks(d).zip(g.chunks(d)) {
+            let inv = 1.0 / (lane_sum(row, |v| v * v) / d as f32 + eps).sqrt();
+            for ((a, &v), &gv) in acc.iter_mut().zip(row).zip(grow) {
+                *a += gv * v * inv;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// The gradient reaching `x = [a | b]` (rows of `2·half`) of [`swiglu_rows`] from the
+    /// gradient `g` of its output (rows of `half`): with `s = σ(a)`,
+    /// `da = g·b·s·(1 + a·(1 − s))`, `db = g·a·s`.
+    pub(crate) fn swiglu_grad_chunk(x: &[f32], g: &[f32], half: usize, out: &mut [f32]) {
+        for ((orow, row), grow) in out.chunks_mut(2 * half).zip(x.chunks(2 * half)).zip(g.chunks(half)) {
+            let (a, b) = row.split_at(half);
+            let (da, db) = orow.split_at_mut(half);
+            for ((((da, db), &a), &b), &g) in da.iter_mut().zip(db).zip(a).zip(b).zip(grow) {
+                let s = 1.0 / (1.0 + fast_exp(-a));
+                *da = g * b * s * (1.0 + a * (1.0 - s));
+                *db = g * a * s;
+            }
+        }
+    }
 }
 
 multiversion! {
@@ -642,7 +748,11 @@ mod tests {
             x += 0.0137;
         }
         assert!(worst < 3e-7, "worst relative error {worst}");
-        assert!(fast_exp(f32::NEG_INFINITY) < 1e-37);
+        // Below −87 exactly 0, never a subnormal (see `fast_exp`).
+        for x in [f32::NEG_INFINITY, -1e9, -87.5] {
+            assert_eq!(fast_exp(x), 0.0, "exp({x})");
+        }
+        assert!(fast_exp(-86.9).is_normal());
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod cpu;
 pub mod demo;
 pub mod device;
 pub mod error;
+mod fused;
 pub mod hub;
 pub mod image_io;
 pub mod loader;

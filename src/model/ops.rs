@@ -8,9 +8,16 @@ use rayon::prelude::*;
 use super::cpu::{
     CHUNK, gelu_tanh_inplace, gelu_tanh_scalar, silu_scalar, softmax_rows, swiglu_rows,
 };
+use super::fused;
 
 fn tracked(xs: &[&Tensor]) -> bool {
     xs.iter().any(|x| x.track_op())
+}
+
+/// Whether the fused CPU kernels of [`super::fused`] take these tensors (CPU, f32).
+fn fusable(xs: &[&Tensor]) -> bool {
+    xs.iter()
+        .all(|x| x.dtype() == DType::F32 && x.device().is_cpu())
 }
 
 /// The contiguous f32 data of a CPU tensor that no gradient flows through, if it is one.
@@ -48,6 +55,31 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     } else {
         candle_nn::ops::softmax_last_dim(x)
     }
+}
+
+/// Attention probabilities: softmax over the last axis of `scale·scores + mask`, for
+/// scores `[B, H, T, S]` and an additive mask `[B or 1, 1, T, S]` (no gradient reaches
+/// the mask).
+///
+/// On CPU f32 it is one fused kernel, differentiable with a one-pass backward
+/// ([`super::fused`]); elsewhere the composite of candle ops.
+pub fn attention_softmax(scores: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
+    let mask_fits = mask.is_none_or(|m| {
+        fusable(&[m])
+            && scores.rank() == 4
+            && m.rank() == 4
+            && m.dim(1).ok() == Some(1)
+            && (m.dim(0).ok() == Some(1) || m.dim(0).ok() == scores.dim(0).ok())
+            && m.dims()[2..] == scores.dims()[2..]
+    });
+    if fusable(&[scores]) && mask_fits {
+        return fused::softmax_scaled(scores, scale, mask);
+    }
+    let mut scores = (scores * scale)?;
+    if let Some(m) = mask {
+        scores = scores.broadcast_add(m)?;
+    }
+    softmax_last(&scores)
 }
 
 /// In-place kernels on CPU f32 storage.
@@ -98,7 +130,8 @@ pub fn softmax_last_owned(x: Tensor) -> Result<Tensor> {
 }
 
 /// `silu(a)·b` where `x = [a | b]` along the last axis (the stacked gate and up
-/// projections of a SwiGLU MLP).
+/// projections of a SwiGLU MLP). Differentiable; with a gradient tracked on CPU f32 one
+/// fused kernel each way ([`super::fused`]).
 pub fn swiglu(x: &Tensor) -> Result<Tensor> {
     let width = x.dim(D::Minus1)?;
     let half = width / 2;
@@ -111,6 +144,9 @@ pub fn swiglu(x: &Tensor) -> Result<Tensor> {
             *last = half;
         }
         return Tensor::from_vec(out, dims, &Device::Cpu);
+    }
+    if fusable(&[x]) && width.is_multiple_of(2) && width > 0 {
+        return fused::swiglu(x);
     }
     let gate = x.narrow(D::Minus1, 0, half)?;
     let up = x.narrow(D::Minus1, half, half)?;
@@ -128,8 +164,12 @@ pub fn gelu_tanh_owned(x: Tensor) -> Result<Tensor> {
 }
 
 /// RMS normalisation over the last axis, computed in f32 and returned in `x`'s dtype,
-/// then scaled by `weight` (as transformers' Qwen RMSNorm does).
+/// then scaled by `weight` (as transformers' Qwen RMSNorm does). With a gradient tracked
+/// (on `x` or `weight`) on CPU f32 it is one fused kernel each way ([`super::fused`]).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if tracked(&[x, weight]) && fusable(&[x, weight]) && weight.rank() == 1 {
+        return fused::rms_norm(x, weight, eps);
+    }
     let dtype = x.dtype();
     let xf = x.to_dtype(DType::F32)?;
     let normed = if tracked(&[x]) {
@@ -207,91 +247,12 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 /// `0.5·x·(1 + tanh(z)) = x·σ(2z)`, `z = √(2/π)·(x + 0.044715·x³)`.
 ///
 /// With a gradient tracked on a CPU f32 tensor it is one fused kernel whose backward is
-/// one kernel too ([`GeluTanhOp`]); candle's `gelu` records about ten element-wise ops
-/// (`powf`, `tanh`, …), which made GELU a quarter of the demo tower's training step.
+/// one kernel too ([`super::fused`]).
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    if tracked(&[x]) && x.dtype() == DType::F32 && x.device().is_cpu() {
-        return x.contiguous()?.apply_op1(GeluTanhOp);
+    if fusable(&[x]) && tracked(&[x]) {
+        return fused::gelu_tanh(x);
     }
     map_f32(x, gelu_tanh_scalar, || x.gelu())
-}
-
-/// The contiguous f32 slice of a CPU storage.
-fn f32_slice<'a>(
-    storage: &'a candle_core::CpuStorage,
-    layout: &candle_core::Layout,
-) -> Result<&'a [f32]> {
-    let data = storage.as_slice::<f32>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("a fused GELU needs a contiguous input"),
-    }
-}
-
-/// GELU (tanh approximation) as one CPU kernel, differentiable through
-/// [`GeluTanhGradOp`].
-struct GeluTanhOp;
-
-impl candle_core::CustomOp1 for GeluTanhOp {
-    fn name(&self) -> &'static str {
-        "gelu-tanh-fused"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &candle_core::CpuStorage,
-        layout: &candle_core::Layout,
-    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let mut out = f32_slice(storage, layout)?.to_vec();
-        gelu_tanh_inplace(&mut out);
-        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(
-            arg.apply_op2_no_bwd(&grad.contiguous()?, &GeluTanhGradOp)?,
-        ))
-    }
-}
-
-/// `grad · GELU'(x)` for the tanh approximation, in one pass: with `s = σ(2z)`,
-/// `GELU'(x) = s + x·s·(1 − s)·2·√(2/π)·(1 + 3·0.044715·x²)`.
-struct GeluTanhGradOp;
-
-impl candle_core::CustomOp2 for GeluTanhGradOp {
-    fn name(&self) -> &'static str {
-        "gelu-tanh-fused-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x_storage: &candle_core::CpuStorage,
-        x_layout: &candle_core::Layout,
-        g_storage: &candle_core::CpuStorage,
-        g_layout: &candle_core::Layout,
-    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        const K: f32 = 0.797_884_6; // √(2/π)
-        const A: f32 = 0.044_715;
-        let x = f32_slice(x_storage, x_layout)?;
-        let g = f32_slice(g_storage, g_layout)?;
-        if x.len() != g.len() {
-            candle_core::bail!(
-                "fused GELU backward: {} inputs, {} gradients",
-                x.len(),
-                g.len()
-            );
-        }
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .for_each(|(o, (x, g))| {
-                for ((o, &v), &d) in o.iter_mut().zip(x).zip(g) {
-                    let s = 1.0 / (1.0 + super::cpu::fast_exp(-2.0 * K * (v + A * v * v * v)));
-                    *o = d * (s + v * s * (1.0 - s) * 2.0 * K * (1.0 + 3.0 * A * v * v));
-                }
-            });
-        Ok((candle_core::CpuStorage::F32(out), x_layout.shape().clone()))
-    }
 }
 
 /// Exact GELU with the error function (`nn.GELU()`).
@@ -382,6 +343,99 @@ mod tests {
             };
             let got = max_rel_diff(&grad(&ours), &grad(&theirs));
             assert!(got < 1e-5, "seed {seed}: gradient off by {got}");
+        }
+    }
+
+    /// The gradients of `Σ y·up` with respect to each of `vars`.
+    fn grads_of(y: &Tensor, up: &Tensor, vars: &[&Var]) -> Vec<Tensor> {
+        let g = (y * up).unwrap().sum_all().unwrap().backward().unwrap();
+        vars.iter()
+            .map(|v| g.get(v.as_tensor()).expect("a gradient").clone())
+            .collect()
+    }
+
+    #[test]
+    fn fused_attention_softmax_trains_like_the_composite() {
+        let (b, h, t, s) = (2, 3, 5, 37);
+        // Mask the later keys of each row, as the demo's block mask does (−1e9).
+        let causal: Vec<f32> = (0..b * t * s)
+            .map(|i| {
+                if (i % s) > (i / s) % t + 20 {
+                    -1e9
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let per_batch = Tensor::from_vec(causal, (b, 1, t, s), &Device::Cpu).unwrap();
+        let shared = per_batch.narrow(0, 1, 1).unwrap().contiguous().unwrap();
+        for (seed, mask) in [(0, None), (1, Some(&per_batch)), (2, Some(&shared))] {
+            let x = Var::from_tensor(&normal(0.0, 4.0, &[b, h, t, s], seed)).unwrap();
+            let up = normal(0.0, 1.0, &[b, h, t, s], seed + 50);
+            let scale = 0.3;
+            let ours = attention_softmax(x.as_tensor(), scale, mask).unwrap();
+            let mut z = (x.as_tensor() * scale).unwrap();
+            if let Some(m) = mask {
+                z = z.broadcast_add(m).unwrap();
+            }
+            let theirs = candle_nn::ops::softmax(&z, D::Minus1).unwrap();
+            assert!(max_diff(&ours, &theirs) < 1e-6, "seed {seed}: forward");
+            let (g1, g2) = (grads_of(&ours, &up, &[&x]), grads_of(&theirs, &up, &[&x]));
+            let d = max_diff(&g1[0], &g2[0]);
+            assert!(d < 1e-5, "seed {seed}: gradient off by {d}");
+            // Without a gradient the same kernel serves inference.
+            let plain = attention_softmax(&x.as_tensor().detach(), scale, mask).unwrap();
+            assert!(!plain.track_op() && max_diff(&plain, &theirs) < 1e-6);
+        }
+        // A mask that fits no scores is refused, not read out of bounds.
+        let x = normal(0.0, 1.0, &[b, h, t, s], 9);
+        let wrong = Tensor::zeros((3, 1, t, s), DType::F32, &Device::Cpu).unwrap();
+        assert!(fused::softmax_scaled(&x, 1.0, Some(&wrong)).is_err());
+    }
+
+    #[test]
+    fn fused_rms_norm_trains_like_the_composite() {
+        for seed in 0..3 {
+            let x = Var::from_tensor(&normal(0.5, 2.0, &[3, 7, 40], seed)).unwrap();
+            let w = Var::from_tensor(&normal(1.0, 0.3, &[40], seed + 10)).unwrap();
+            let up = normal(0.0, 1.0, &[3, 7, 40], seed + 20);
+            let ours = rms_norm(x.as_tensor(), w.as_tensor(), 1e-6).unwrap();
+            let xt = x.as_tensor();
+            let theirs = xt
+                .broadcast_div(
+                    &(xt.sqr().unwrap().mean_keepdim(D::Minus1).unwrap() + 1e-6)
+                        .unwrap()
+                        .sqrt()
+                        .unwrap(),
+                )
+                .unwrap()
+                .broadcast_mul(w.as_tensor())
+                .unwrap();
+            assert!(max_rel_diff(&ours, &theirs) < 2e-6, "seed {seed}: forward");
+            let g1 = grads_of(&ours, &up, &[&x, &w]);
+            let g2 = grads_of(&theirs, &up, &[&x, &w]);
+            for (name, a, b) in [("x", &g1[0], &g2[0]), ("weight", &g1[1], &g2[1])] {
+                let d = max_rel_diff(a, b);
+                assert!(d < 1e-5, "seed {seed}: gradient of {name} off by {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn fused_swiglu_trains_like_the_composite() {
+        for seed in 0..3 {
+            let x = Var::from_tensor(&normal(0.0, 3.0, &[4, 9, 2 * 33], seed)).unwrap();
+            let up = normal(0.0, 1.0, &[4, 9, 33], seed + 30);
+            let ours = swiglu(x.as_tensor()).unwrap();
+            let a = x.as_tensor().narrow(D::Minus1, 0, 33).unwrap();
+            let b = x.as_tensor().narrow(D::Minus1, 33, 33).unwrap();
+            let theirs = (a.silu().unwrap() * b).unwrap();
+            assert!(max_rel_diff(&ours, &theirs) < 2e-6, "seed {seed}: forward");
+            let d = max_rel_diff(
+                &grads_of(&ours, &up, &[&x])[0],
+                &grads_of(&theirs, &up, &[&x])[0],
+            );
+            assert!(d < 1e-5, "seed {seed}: gradient off by {d}");
         }
     }
 

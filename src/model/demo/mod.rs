@@ -17,7 +17,7 @@ mod config;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use candle_core::{D, DType, Device, IndexOp, Tensor, Var};
+use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use image::RgbImage;
 
 pub use config::{BOS, DemoConfig, EMB, IMG, PAD, SOFT, SPECIALS, Stem, UNK, Vocab};
@@ -478,24 +478,27 @@ impl DemoModel {
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (b, t, w) = x.dims3()?;
         let dh = w / heads;
+        let qkv_w = self.p(&format!("{pre}.qkv.weight"))?;
         let qkv_b = if bias {
             Some(self.p(&format!("{pre}.qkv.bias"))?)
         } else {
             None
         };
-        let qkv = ops::linear(x, self.p(&format!("{pre}.qkv.weight"))?, qkv_b)?
-            .reshape((b, t, 3, heads, dh))?
-            .permute((2, 0, 3, 1, 4))?;
-        let q = qkv.i(0)?.contiguous()?;
-        let k = qkv.i(1)?.contiguous()?;
-        let v = qkv.i(2)?.contiguous()?;
-        let mut scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?;
-        if let Some(m) = mask {
-            scores = scores.broadcast_add(m)?;
-        }
-        // `ops::softmax_last` stays differentiable when tracked (candle-nn's fused
+        // q, k and v each from its rows of the stacked weight: slicing the weight (whose
+        // gradient is then a small concatenation) instead of the projected activations
+        // (whose gradient would be three zero-padded copies of them).
+        let project = |j: usize| -> Result<Tensor> {
+            let wj = qkv_w.narrow(0, j * w, w)?;
+            let bj = qkv_b.map(|b| b.narrow(0, j * w, w)).transpose()?;
+            Ok(ops::linear(x, &wj, bj.as_ref())?
+                .reshape((b, t, heads, dh))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let (q, k, v) = (project(0)?, project(1)?, project(2)?);
+        // One kernel for scale, mask and softmax, differentiable (candle-nn's fused
         // softmax_last_dim has no backward pass and would cut the graph).
-        let probs = ops::softmax_last(&scores)?;
+        let probs = ops::attention_softmax(&q.matmul(&k.t()?)?, 1.0 / (dh as f64).sqrt(), mask)?;
         let out = probs
             .matmul(&v)?
             .transpose(1, 2)?
@@ -721,9 +724,7 @@ impl DemoModel {
             x = (x + a)?;
             let h = ops::rms_norm(&x, self.p(&format!("{pre}.norm2.weight"))?, 1e-6)?;
             let gu = ops::linear(&h, self.p(&format!("{pre}.mlp.gate_up.weight"))?, None)?;
-            let gate = gu.narrow(D::Minus1, 0, c.mlp)?;
-            let up = gu.narrow(D::Minus1, c.mlp, c.mlp)?;
-            let h = (candle_nn::ops::silu(&gate)? * up)?;
+            let h = ops::swiglu(&gu)?;
             let h = ops::linear(&h, self.p(&format!("{pre}.mlp.down.weight"))?, None)?;
             x = (x + h)?;
         }
