@@ -241,8 +241,13 @@ impl CustomOp2 for RmsNorm {
         let g = grad.contiguous()?;
         let op = RmsNormGrad { eps: self.eps };
         let dx = x.apply_op3_no_bwd(w, &g, &op)?;
-        let dw = x.apply_op2_no_bwd(&g, &op)?.reshape(w.shape())?;
-        Ok((Some(dx), Some(dw)))
+        // A frozen weight (a fine-tune's backbone) needs no gradient.
+        let dw = if w.track_op() {
+            Some(x.apply_op2_no_bwd(&g, &op)?.reshape(w.shape())?)
+        } else {
+            None
+        };
+        Ok((Some(dx), dw))
     }
 }
 

@@ -167,7 +167,11 @@ pub fn gelu_tanh_owned(x: Tensor) -> Result<Tensor> {
 /// then scaled by `weight` (as transformers' Qwen RMSNorm does). With a gradient tracked
 /// (on `x` or `weight`) on CPU f32 it is one fused kernel each way ([`super::fused`]).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    if tracked(&[x, weight]) && fusable(&[x, weight]) && weight.rank() == 1 {
+    if tracked(&[x, weight])
+        && fusable(&[x, weight])
+        && weight.rank() == 1
+        && x.dim(D::Minus1)? == weight.dim(0)?
+    {
         return fused::rms_norm(x, weight, eps);
     }
     let dtype = x.dtype();
