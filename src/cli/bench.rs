@@ -567,3 +567,82 @@ pub fn tower(args: &TowerArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Options of `bench contrastive`.
+#[derive(Debug, Args)]
+pub struct ContrastiveArgs {
+    /// Timed steps (after the run's first 30 %, whose batches hold fewer minimal pairs).
+    #[arg(long, default_value_t = 20)]
+    pub steps: u64,
+    /// Print JSON instead of a line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ContrastiveReport {
+    steps: usize,
+    batch: usize,
+    median_s: f64,
+    min_s: f64,
+    max_s: f64,
+}
+
+/// `bench contrastive`: the demo recipe's stage-2 step (scenes, captions, object queries
+/// and minimal pairs; the frozen tower, the language model under 1 + 4 perspectives, the
+/// fused InfoNCE with EGA both ways, the scene and text heads; backward, AdamW) on a
+/// freshly initialised demo model, CPU, median seconds per step. The tower is random, not
+/// pre-trained: the same arithmetic as the recipe's, which loads stage 1's.
+pub fn contrastive(args: &ContrastiveArgs) -> anyhow::Result<()> {
+    use crate::session::defaults;
+    use crate::train::{TrainControl, TrainEvent, TrainSettings, train_demo};
+    if args.steps == 0 {
+        anyhow::bail!("--steps must be positive");
+    }
+    // The share of minimal pairs ramps up over the first 30 % of a run: time the rest.
+    let untimed = (args.steps * 3).div_ceil(7);
+    let total = untimed + args.steps;
+    let out = tempfile::tempdir().context("a temporary folder for the run")?;
+    let settings = TrainSettings {
+        steps: total,
+        batch: defaults::RECIPE_BATCH,
+        lr: defaults::LR,
+        warmup: defaults::warmup(total),
+        tau: defaults::RECIPE_TAU,
+        checkpoint_every: total,
+        scene_heads: 1.0,
+        text_heads: 1.0,
+        ..TrainSettings::default()
+    };
+    let (tx, rx) = std::sync::mpsc::sync_channel(total as usize + 16);
+    train_demo(
+        &settings,
+        out.path(),
+        false,
+        &TrainControl::default(),
+        Some(tx),
+    )?;
+    let seconds: Vec<f64> = rx
+        .try_iter()
+        .filter_map(|e| match e {
+            TrainEvent::Step(r) if r.step > untimed => Some(r.seconds),
+            _ => None,
+        })
+        .collect();
+    let report = ContrastiveReport {
+        steps: seconds.len(),
+        batch: settings.batch,
+        median_s: median(seconds.clone()),
+        min_s: seconds.iter().copied().fold(f64::INFINITY, f64::min),
+        max_s: seconds.iter().copied().fold(0.0, f64::max),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "contrastive step (batch {}): median {:.3} s (min {:.3}, max {:.3}) over {} steps",
+            report.batch, report.median_s, report.min_s, report.max_s, report.steps
+        );
+    }
+    Ok(())
+}

@@ -59,6 +59,9 @@ pub enum BenchCommand {
     Search(bench_search::SearchBenchArgs),
     /// Seconds per step of the demo tower's dense pre-training (stage 1 of the recipe).
     Tower(bench::TowerArgs),
+    /// Seconds per step of the demo recipe's contrastive training (stage 2: AGFF + EGA
+    /// with the scene and text heads).
+    Contrastive(bench::ContrastiveArgs),
 }
 
 /// Options of `gui`.
@@ -301,5 +304,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Model(args)) => bench::model(&args),
         Command::Bench(BenchCommand::Search(args)) => bench_search::run(&args),
         Command::Bench(BenchCommand::Tower(args)) => bench::tower(&args),
+        Command::Bench(BenchCommand::Contrastive(args)) => bench::contrastive(&args),
     }
 }
