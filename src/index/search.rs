@@ -7,6 +7,7 @@ use rayon::prelude::*;
 use super::IndexError;
 use super::embed::GalleryEmbeddings;
 use crate::agff::{FusedScorer, PerspectiveEmbeddings};
+use crate::model::cpu::lane_dot as dot;
 
 /// What the first stage ranks candidates by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -60,24 +61,6 @@ pub struct Hit {
     pub weights: [f32; 4],
     /// `<query perspective a, candidate perspective b>`, row-major `(1+K)×(1+K)`.
     pub perspective_sims: Vec<f32>,
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let mut ca = a.chunks_exact(8);
-    let mut cb = b.chunks_exact(8);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for i in 0..8 {
-            lanes[i] += x[i] * y[i];
-        }
-    }
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    lanes.iter().sum::<f32>() + tail
 }
 
 /// Indices of the `n` largest values (any order).

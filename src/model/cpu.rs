@@ -301,9 +301,10 @@ fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// `Σ a·b` in 16 independent lanes (see [`lane_sum`]).
+/// `Σ a·b` in 16 independent lanes, so that the loop vectorises (one accumulator would
+/// serialise it).
 #[inline(always)]
-fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 16];
     let (mut ca, mut cb) = (a.chunks_exact(16), b.chunks_exact(16));
     for (x, y) in (&mut ca).zip(&mut cb) {
