@@ -5,9 +5,7 @@
 use candle_core::{D, DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{
-    CHUNK, gelu_tanh_inplace, gelu_tanh_scalar, silu_scalar, softmax_rows, swiglu_rows,
-};
+use super::cpu::{CHUNK, gelu_tanh_inplace, gelu_tanh_scalar, silu_scalar, softmax_rows};
 use super::fused;
 
 fn tracked(xs: &[&Tensor]) -> bool {
@@ -130,21 +128,12 @@ pub fn softmax_last_owned(x: Tensor) -> Result<Tensor> {
 }
 
 /// `silu(a)·b` where `x = [a | b]` along the last axis (the stacked gate and up
-/// projections of a SwiGLU MLP). Differentiable; with a gradient tracked on CPU f32 one
-/// fused kernel each way ([`super::fused`]).
+/// projections of a SwiGLU MLP). Differentiable; on CPU f32 one fused kernel each way
+/// ([`super::fused`]), which also serves inference (no graph is recorded without a
+/// gradient).
 pub fn swiglu(x: &Tensor) -> Result<Tensor> {
     let width = x.dim(D::Minus1)?;
     let half = width / 2;
-    if let Some(data) = cpu_f32(x) {
-        let rows = data.len() / width.max(1);
-        let mut out = vec![0f32; rows * half];
-        swiglu_rows(&data, half, &mut out);
-        let mut dims = x.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = half;
-        }
-        return Tensor::from_vec(out, dims, &Device::Cpu);
-    }
     if fusable(&[x]) && width.is_multiple_of(2) && width > 0 {
         return fused::swiglu(x);
     }
