@@ -50,6 +50,19 @@ pub mod defaults {
         (steps / 10).clamp(1, 100)
     }
 
+    /// A from-scratch recipe's settings (`train --recipe`): batch, temperature, learning
+    /// rate and warm-up for `steps` steps; every other setting at its default.
+    pub fn recipe(steps: u64) -> crate::train::TrainSettings {
+        crate::train::TrainSettings {
+            steps,
+            batch: RECIPE_BATCH,
+            lr: LR,
+            warmup: warmup(steps),
+            tau: RECIPE_TAU,
+            ..crate::train::TrainSettings::default()
+        }
+    }
+
     /// A fine-tune's settings: soft prompts and fusion, no weight decay, one checkpoint at
     /// the end.
     pub fn fine_tune(steps: u64) -> crate::train::TrainSettings {

@@ -498,14 +498,43 @@ pub struct TowerArgs {
     pub json: bool,
 }
 
+/// Seconds per training step, as `bench tower` and `bench contrastive` report them.
 #[derive(Debug, Serialize)]
-struct TowerReport {
+struct StepTimes {
     steps: usize,
     batch: usize,
     median_s: f64,
     min_s: f64,
     max_s: f64,
     scenes_per_s: f64,
+}
+
+impl StepTimes {
+    /// The summary of the timed steps' `seconds`, `batch` scenes each.
+    fn new(batch: usize, seconds: &[f64]) -> Self {
+        let median_s = median(seconds.to_vec());
+        Self {
+            steps: seconds.len(),
+            batch,
+            median_s,
+            min_s: seconds.iter().copied().fold(f64::INFINITY, f64::min),
+            max_s: seconds.iter().copied().fold(0.0, f64::max),
+            scenes_per_s: batch as f64 / median_s,
+        }
+    }
+
+    /// Prints the summary as JSON or as one line about the `what` step.
+    fn print(&self, what: &str, json: bool) -> anyhow::Result<()> {
+        if json {
+            println!("{}", serde_json::to_string_pretty(self)?);
+        } else {
+            println!(
+                "{what} step (batch {}): median {:.3} s (min {:.3}, max {:.3}) over {} steps, {:.1} scenes/s",
+                self.batch, self.median_s, self.min_s, self.max_s, self.steps, self.scenes_per_s
+            );
+        }
+        Ok(())
+    }
 }
 
 /// `bench tower`: the demo recipe's stage-1 step (render, forward, backward, AdamW) on a
@@ -543,29 +572,7 @@ pub fn tower(args: &TowerArgs) -> anyhow::Result<()> {
         })
         .skip(warm as usize)
         .collect();
-    let median_s = median(seconds.clone());
-    let report = TowerReport {
-        steps: seconds.len(),
-        batch: args.batch,
-        median_s,
-        min_s: seconds.iter().copied().fold(f64::INFINITY, f64::min),
-        max_s: seconds.iter().copied().fold(0.0, f64::max),
-        scenes_per_s: args.batch as f64 / median_s,
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!(
-            "tower step (batch {}): median {:.3} s (min {:.3}, max {:.3}) over {} steps, {:.1} scenes/s",
-            report.batch,
-            report.median_s,
-            report.min_s,
-            report.max_s,
-            report.steps,
-            report.scenes_per_s
-        );
-    }
-    Ok(())
+    StepTimes::new(args.batch, &seconds).print("tower", args.json)
 }
 
 /// Options of `bench contrastive`.
@@ -577,15 +584,6 @@ pub struct ContrastiveArgs {
     /// Print JSON instead of a line.
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Debug, Serialize)]
-struct ContrastiveReport {
-    steps: usize,
-    batch: usize,
-    median_s: f64,
-    min_s: f64,
-    max_s: f64,
 }
 
 /// `bench contrastive`: the demo recipe's stage-2 step (scenes, captions, object queries
@@ -604,15 +602,10 @@ pub fn contrastive(args: &ContrastiveArgs) -> anyhow::Result<()> {
     let total = untimed + args.steps;
     let out = tempfile::tempdir().context("a temporary folder for the run")?;
     let settings = TrainSettings {
-        steps: total,
-        batch: defaults::RECIPE_BATCH,
-        lr: defaults::LR,
-        warmup: defaults::warmup(total),
-        tau: defaults::RECIPE_TAU,
         checkpoint_every: total,
         scene_heads: 1.0,
         text_heads: 1.0,
-        ..TrainSettings::default()
+        ..defaults::recipe(total)
     };
     let (tx, rx) = std::sync::mpsc::sync_channel(total as usize + 16);
     train_demo(
@@ -629,20 +622,5 @@ pub fn contrastive(args: &ContrastiveArgs) -> anyhow::Result<()> {
             _ => None,
         })
         .collect();
-    let report = ContrastiveReport {
-        steps: seconds.len(),
-        batch: settings.batch,
-        median_s: median(seconds.clone()),
-        min_s: seconds.iter().copied().fold(f64::INFINITY, f64::min),
-        max_s: seconds.iter().copied().fold(0.0, f64::max),
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!(
-            "contrastive step (batch {}): median {:.3} s (min {:.3}, max {:.3}) over {} steps",
-            report.batch, report.median_s, report.min_s, report.max_s, report.steps
-        );
-    }
-    Ok(())
+    StepTimes::new(settings.batch, &seconds).print("contrastive", args.json)
 }

@@ -142,13 +142,7 @@ impl TrainArgs {
             defaults::FINE_TUNE_STEPS
         });
         let base = if recipe {
-            TrainSettings {
-                steps,
-                batch: defaults::RECIPE_BATCH,
-                warmup: defaults::warmup(steps),
-                tau: defaults::RECIPE_TAU,
-                ..TrainSettings::default()
-            }
+            defaults::recipe(steps)
         } else {
             defaults::fine_tune(steps)
         };
