@@ -618,7 +618,7 @@ pub fn inspector(app: &mut LensApp, ui: &mut egui::Ui) {
         egui::ComboBox::from_label("method")
             .selected_text(method.name())
             .show_ui(ui, |ui| {
-                for m in [Method::Attribution, Method::Attention, Method::Similarity] {
+                for m in Method::ALL {
                     ui.selectable_value(&mut method, m, m.name());
                 }
             });

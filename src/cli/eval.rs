@@ -208,7 +208,7 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
                 pb.finish_and_clear();
                 if !args.common.json {
                     println!(
-                        "{:<12} hit rate {:.3} ({} of {}; a random cell: {:.3}); energy in the box {:.3}; 2×2 composite: quadrant hit rate {:.3} (chance {:.3}), energy {:.3}",
+                        "{:<14} hit rate {:.3} ({} of {}; a random cell: {:.3}); energy in the box {:.3}; 2×2 composite: quadrant hit rate {:.3} (chance {:.3}), energy {:.3}",
                         method.name(),
                         s.hit_rate,
                         s.hits,

@@ -4,6 +4,12 @@
 //! For a (query, image) pair every map has one cell per visual token of the image:
 //! - **attribution** (default): gradient of the chosen score w.r.t. the language model's
 //!   visual-token inputs, times those inputs, summed over channels (grad × input);
+//! - **mean-baseline** (ours, beside method.md's three): the same gradient times each
+//!   input minus the image's mean visual token, the first-order estimate of how much the
+//!   score would fall were that token replaced by the image's average one (the reference
+//!   input of DeepLIFT and Integrated Gradients, in one step). Plain grad × input credits
+//!   every token for its whole input, background included; against the mean token, what
+//!   all tokens share cancels and the object that sets the score apart stands out;
 //! - **attention**: attention from the perspective's last token to the visual tokens,
 //!   mean over heads and the last layers;
 //! - **similarity**: cosine between the query's perspective embedding and each visual
@@ -38,6 +44,9 @@ pub enum Method {
     /// inputs, summed over channels (grad × input; the default).
     #[default]
     Attribution,
+    /// Gradient of the score w.r.t. the visual-token inputs, times each input minus the
+    /// mean of the image's visual-token inputs, summed over channels ([module docs](self)).
+    MeanBaseline,
     /// Attention from the perspective's last token to the visual tokens, mean over heads
     /// and the last [`Explainer::attention_layers`] layers.
     Attention,
@@ -47,16 +56,27 @@ pub enum Method {
 }
 
 impl Method {
-    /// All three methods, the default first.
-    pub const ALL: [Method; 3] = [Method::Attribution, Method::Attention, Method::Similarity];
+    /// All methods, the default first.
+    pub const ALL: [Method; 4] = [
+        Method::Attribution,
+        Method::MeanBaseline,
+        Method::Attention,
+        Method::Similarity,
+    ];
 
     /// The lower-case name used on the command line, in JSON and in the UI.
     pub fn name(self) -> &'static str {
         match self {
             Method::Attribution => "attribution",
+            Method::MeanBaseline => "mean-baseline",
             Method::Attention => "attention",
             Method::Similarity => "similarity",
         }
+    }
+
+    /// Whether the map is a gradient of the score (attribution and mean-baseline).
+    pub fn uses_gradient(self) -> bool {
+        matches!(self, Method::Attribution | Method::MeanBaseline)
     }
 
     /// The method whose [`Method::name`] is `s`; `None` for any other string.
@@ -338,7 +358,7 @@ impl<'a> Explainer<'a> {
             } else {
                 0
             },
-            track_visual_inputs: method == Method::Attribution,
+            track_visual_inputs: method.uses_gradient(),
             truncate: self.truncate,
             dim: self.dim,
         };
@@ -367,8 +387,16 @@ impl<'a> Explainer<'a> {
         };
 
         let (perspective_maps, similarity_maps, fused_map) = match method {
-            Method::Attribution => {
+            Method::Attribution | Method::MeanBaseline => {
                 let inputs = visual.inputs.clone();
+                // What each token's gradient multiplies: its input, or its input minus
+                // the image's mean token.
+                let x = inputs.detach().to_dtype(DType::F32)?;
+                let x = if method == Method::MeanBaseline {
+                    x.broadcast_sub(&x.mean_keepdim(0)?)?
+                } else {
+                    x
+                };
                 let qt = q.tensor().i(0)?;
                 let ct = c.tensor().i(0)?;
                 let attribute = |score: &Tensor| -> Result<Vec<f32>, ExplainError> {
@@ -377,9 +405,7 @@ impl<'a> Explainer<'a> {
                         .get(&inputs)
                         .ok_or(ExplainError::NoVisualTokens)?
                         .to_dtype(DType::F32)?;
-                    Ok((g * inputs.detach().to_dtype(DType::F32)?)?
-                        .sum(D::Minus1)?
-                        .to_vec1::<f32>()?)
+                    Ok((g * &x)?.sum(D::Minus1)?.to_vec1::<f32>()?)
                 };
                 let mut per = Vec::with_capacity(p);
                 let pats = agff_similarities(q, &c, &self.similarity_config)?.similarities;

@@ -529,7 +529,7 @@ fn explain_writes_overlays_and_a_breakdown_that_adds_up() {
     );
     let a = scenes.join("scene_00000.png");
     let b = scenes.join("scene_00001.png");
-    for method in ["attribution", "attention", "similarity"] {
+    for method in ["attribution", "mean-baseline", "attention", "similarity"] {
         let o = agff_lens()
             .args([
                 "explain",
@@ -586,7 +586,7 @@ fn pointing_reports_a_hit_rate_per_method() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    for m in ["attribution", "attention", "similarity"] {
+    for m in ["attribution", "mean-baseline", "attention", "similarity"] {
         let s = &v["methods"][m];
         assert_eq!(s["trials"], 4);
         let hits = s["hits"].as_u64().unwrap();

@@ -92,3 +92,36 @@ const FLOOR_OBJECT: f64 = 0.5;
 const FLOOR_SHAPE: f64 = 0.7;
 /// Orientation probe fitted on 400 scenes (the committed weights: 0.945).
 const FLOOR_ORIENTATION: f64 = 0.7;
+
+/// The mean-baseline maps of the committed weights point at the object a query names: the
+/// pointing game on a few seeded scenes, with a floor well below the README's figure, well
+/// above a random cell, and above plain grad × input on the same scenes.
+#[test]
+fn the_committed_weights_point_at_the_named_object() {
+    use agff_lens::agff::Fusion;
+    use agff_lens::explain::{Explainer, Method, pointing_game};
+    use agff_lens::model::Backbone;
+    let model = DemoModel::embedded(&Device::Cpu).unwrap();
+    let explainer = Explainer::new(
+        &model,
+        model.default_perspectives(),
+        Fusion::for_backbone(&model).unwrap(),
+    );
+    let score = |method| pointing_game(&explainer, method, 40, 4343, |_, _| {}).unwrap();
+    let (baseline, plain) = (score(Method::MeanBaseline), score(Method::Attribution));
+    eprintln!(
+        "pointing over 40 scenes: mean-baseline {:.3}, attribution {:.3}, chance {:.3}",
+        baseline.hit_rate, plain.hit_rate, baseline.chance
+    );
+    assert!(
+        baseline.hit_rate >= FLOOR_POINTING,
+        "mean-baseline hit rate {} < {FLOOR_POINTING}",
+        baseline.hit_rate
+    );
+    assert!(baseline.hit_rate > 4.0 * baseline.chance);
+    assert!(baseline.hit_rate > plain.hit_rate);
+}
+
+/// Pointing-game hit rate of the mean-baseline maps over 40 scenes (the committed
+/// weights: 0.725; plain grad × input 0.500, a random cell 0.052).
+const FLOOR_POINTING: f64 = 0.4;
