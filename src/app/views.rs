@@ -619,7 +619,8 @@ pub fn inspector(app: &mut LensApp, ui: &mut egui::Ui) {
             .selected_text(method.name())
             .show_ui(ui, |ui| {
                 for m in Method::ALL {
-                    ui.selectable_value(&mut method, m, m.name());
+                    ui.selectable_value(&mut method, m, m.name())
+                        .on_hover_text(m.describe());
                 }
             });
         egui::ComboBox::from_label("colours")

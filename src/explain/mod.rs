@@ -74,6 +74,25 @@ impl Method {
         }
     }
 
+    /// One line on how the map is made, for the UI's method picker.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Method::Attribution => {
+                "gradient of the score times each visual token's input (grad × input, method.md §7)"
+            }
+            Method::MeanBaseline => {
+                "gradient of the score times each visual token's input minus the image's mean \
+                 token: how much the score would fall were the token replaced by an average one"
+            }
+            Method::Attention => {
+                "attention from the perspective's last token to the visual tokens, last layers"
+            }
+            Method::Similarity => {
+                "cosine between the query's embedding and each visual token's final hidden state"
+            }
+        }
+    }
+
     /// Whether the map is a gradient of the score (attribution and mean-baseline).
     pub fn uses_gradient(self) -> bool {
         matches!(self, Method::Attribution | Method::MeanBaseline)

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use agff_lens::app::{AppOptions, LensApp, Picker, Tab};
+use agff_lens::explain::Method;
 use egui::accesskit::Role;
 use egui_kittest::kittest::Queryable;
 use egui_kittest::{Harness, SnapshotOptions};
@@ -202,6 +203,34 @@ fn search_select_and_switch_perspective() {
     h.step();
     assert_eq!(h.state().map_choice, "spatial");
     snapshot(&mut h, "app_inspector_spatial");
+
+    // Pick the mean-baseline method in the inspector: the maps are made again with it.
+    let before = h
+        .state()
+        .inspector
+        .as_ref()
+        .unwrap()
+        .result
+        .explanation
+        .clone();
+    assert_eq!(before.method, Method::Attribution);
+    h.get_by_role_and_label(Role::ComboBox, "method").click();
+    h.step();
+    h.step();
+    h.get_by_label("mean-baseline").click();
+    step_until(&mut h, "the mean-baseline maps", |a| {
+        a.inspector.as_ref().is_some_and(|i| {
+            i.loading_for.is_none() && i.result.explanation.method == Method::MeanBaseline
+        }) && !a.busy()
+    });
+    let app = h.state();
+    assert_eq!(app.settings.method(), Method::MeanBaseline);
+    let after = &app.inspector.as_ref().unwrap().result.explanation;
+    assert_eq!(
+        after.scores, before.scores,
+        "the same result, its maps made again"
+    );
+    assert_ne!(after.fused_map.values, before.fused_map.values);
 }
 
 #[test]
