@@ -25,11 +25,7 @@
 //! by [`text_targets`]), so that a statement's embedding has to hold the order its
 //! relation states. They also ask which orientation ("pointing up") and which characters
 //! ("the letter q") a text names: the one word an orientation or a text pair's two
-//! statements differ in; and how many of its first object a text names ("no", "a",
-//! "two") and its fill ("filled", "outlined"), on the `count` and the `attributes`
-//! text embedding. The committed weights before these two tasks lost most of their
-//! quantity and state pairs when the text heads became cosine: a cosine head pulls a
-//! text's direction towards what it is asked, and nothing asked for the number or fill.
+//! statements differ in.
 //!
 //! Linear heads answered all this from differences of a hair: their loss fell while the
 //! two statements of a position pair kept a cosine of 0.9996, because a linear classifier
@@ -246,10 +242,8 @@ pub fn scene_targets(scene: &Scene) -> Vec<u32> {
 /// slots follow the scene, not the sentence: "X left of Y" and "Y right of X" have the same
 /// targets, and the two statements of a position pair differ in all four of their axis);
 /// then the first orientation the text names ("pointing up") and the first characters
-/// ("the letter q"), the two things an orientation or a text pair's statements differ in;
-/// then how many of its first object the text names ("no", "a", "two" …) and that object's
-/// fill ("filled", "outlined"), what a quantity, presence or state pair's statements differ
-/// in. Class 0 of each is "not named in the text".
+/// ("the letter q"), the two things an orientation or a text pair's statements differ in.
+/// Class 0 of each is "not named in the text".
 pub fn text_tasks() -> Vec<SceneTask> {
     let mut tasks = Vec::new();
     for side in ["left", "right", "upper", "lower"] {
@@ -274,60 +268,7 @@ pub fn text_tasks() -> Vec<SceneTask> {
         classes: 1 + font::LABEL_CHARS.len(),
         group: TaskGroup::Text,
     });
-    tasks.push(SceneTask {
-        name: "number named".into(),
-        classes: 2 + MAX_COUNT,
-        group: TaskGroup::Count,
-    });
-    tasks.push(SceneTask {
-        name: "fill named".into(),
-        classes: 3,
-        group: TaskGroup::Attributes,
-    });
     tasks
-}
-
-/// Words that count the object they stand before: "no" is 0, "a", "an" and "one" are 1,
-/// then "two" … "five" (the scene grammar's [`crate::scenes::caption::count_word`]).
-const NUMBER_WORDS: [(&str, u32); 8] = [
-    ("no", 0),
-    ("a", 1),
-    ("an", 1),
-    ("one", 1),
-    ("two", 2),
-    ("three", 3),
-    ("four", 4),
-    ("five", 5),
-];
-
-/// (number, fill) classes of the first object phrase of `words`: the words before its
-/// first shape word, back to the first word that is no number, size, fill or colour.
-/// Number: 1 + the count ("no red circle" is 1, "two red circles" 3); fill: 1 filled,
-/// 2 outlined; 0 where the phrase names none.
-fn first_phrase(words: &[&str]) -> (u32, u32) {
-    let is_shape = |w: &&str| {
-        Shape::ALL
-            .iter()
-            .any(|s| s.name() == *w || s.plural() == *w)
-    };
-    let Some(at) = words.iter().position(is_shape) else {
-        return (0, 0);
-    };
-    let (mut number, mut fill) = (0, 0);
-    for w in words[..at].iter().rev() {
-        if let Some(&(_, n)) = NUMBER_WORDS.iter().find(|(x, _)| x == w) {
-            number = 1 + n;
-            break;
-        }
-        match *w {
-            "filled" => fill = 1,
-            "outlined" => fill = 2,
-            "small" | "large" => {}
-            w if Colour::ALL.iter().any(|c| c.name() == w) => {}
-            _ => break,
-        }
-    }
-    (number, fill)
 }
 
 /// (colour, shape) classes of the first (or the `last`) shape named in `words` and the
@@ -361,11 +302,10 @@ fn named(words: &[&str], last: bool) -> (u32, u32) {
 /// text without a relation, or whose objects name no shape, gets class 0 there. The
 /// orientation slot reads the first word after "pointing", the characters slot the first
 /// one after "letter" or "digit" (0 where there is none, or it names no orientation or
-/// character). The number and fill slots read the first object phrase
-/// ("a far view of a beach scene with two small outlined red circles …": 2, outlined).
+/// character).
 pub fn text_targets(text: &str) -> Vec<u32> {
     let words: Vec<&str> = text.split_whitespace().collect();
-    let mut t = vec![0; 12];
+    let mut t = vec![0; 10];
     t[..8].copy_from_slice(&relation_targets(&words));
     let after = |keys: &[&str]| {
         words
@@ -386,7 +326,6 @@ pub fn text_targets(text: &str) -> Vec<u32> {
         })
         .and_then(|c| font::LABEL_CHARS.iter().position(|&x| x == c))
         .map_or(0, |i| 1 + i as u32);
-    (t[10], t[11]) = first_phrase(&words);
     t
 }
 
@@ -917,10 +856,11 @@ mod tests {
             [0; 8],
             "an orientation is not a relation"
         );
-        for none in ["a scene with no red circle", "a small filled green cross"] {
-            assert_eq!(text_targets(none)[..8], [0; 8], "{none}");
-        }
-        for none in ["", "a night scene", "a far view of a beach scene"] {
+        for none in [
+            "a scene with no red circle",
+            "a small filled green cross",
+            "",
+        ] {
             assert_eq!(text_targets(none), vec![0; tasks.len()], "{none}");
         }
 
@@ -986,59 +926,6 @@ mod tests {
                 let [a, b] = &pair.statements;
                 let (ta, tb) = (text_targets(a), text_targets(b));
                 assert!(ta[at] > 0 && tb[at] > 0 && ta[at] != tb[at], "{a} / {b}");
-            }
-        }
-    }
-
-    /// The number and fill slots read the first object phrase of a text: its count word
-    /// ("no" and "a" included) and fill word, not those of a later object or of the
-    /// setting; the two statements of every quantity, presence and state pair differ
-    /// there.
-    #[test]
-    fn text_targets_read_the_number_and_fill_of_the_first_object() {
-        let tasks = text_tasks();
-        let slot = |name: &str| tasks.iter().position(|t| t.name == name).unwrap();
-        let (number, fill) = (slot("number named"), slot("fill named"));
-        assert_eq!(tasks[number].group, TaskGroup::Count);
-        assert_eq!(tasks[fill].group, TaskGroup::Attributes);
-        let read = |text: &str| {
-            let t = text_targets(text);
-            (t[number], t[fill])
-        };
-        assert_eq!(read("two red circles"), (3, 0));
-        assert_eq!(read("a small filled green cross"), (2, 1));
-        assert_eq!(read("an outlined red star"), (2, 2));
-        assert_eq!(read("a scene with no red circle"), (1, 0));
-        assert_eq!(read("five blue squares"), (6, 0));
-        assert_eq!(
-            read(
-                "a far view of a beach scene with three large outlined red circles left of \
-                 a small filled blue square"
-            ),
-            (4, 2),
-            "the first object, not the setting's article or the second object"
-        );
-        assert_eq!(read("red circles"), (0, 0), "no number or fill named");
-        assert_eq!(read("the circle"), (0, 0));
-
-        let mut rng = SceneRng::new(11);
-        for (pattern, at) in [
-            (MmvpPattern::Quantity, number),
-            (MmvpPattern::Presence, number),
-            (MmvpPattern::State, fill),
-        ] {
-            for _ in 0..20 {
-                let pair = ScenePair::generate(pattern, &mut rng);
-                let [a, b] = &pair.statements;
-                let (ta, tb) = (text_targets(a), text_targets(b));
-                assert!(ta[at] > 0 && tb[at] > 0 && ta[at] != tb[at], "{a} / {b}");
-            }
-        }
-        for _ in 0..100 {
-            let scene = Scene::random(&mut rng);
-            let t = text_targets(&crate::scenes::caption::caption(&scene));
-            if !scene.objects.is_empty() {
-                assert!(t[number] > 1, "a caption names its first object's number");
             }
         }
     }
@@ -1116,14 +1003,14 @@ mod tests {
             .cosine(10.0, 1)
             .unwrap();
         let raw = Tensor::randn(0f32, 1.0, (2, 5, 16), &dev).unwrap();
-        let unnamed = ["red circles", "the blue square"];
+        let unnamed = ["a red circle", "two blue squares"];
         let (_, none) = cosine.text_loss(&raw, &unnamed).unwrap();
         assert_eq!(none.loss, 0.0);
         let linear = SceneHeads::for_text(&set, 16, &dev).unwrap();
         assert!(linear.text_loss(&raw, &unnamed).unwrap().1.loss > 0.1);
 
         let named = "a red arrow pointing up left of a blue square";
-        let (_, mixed) = cosine.text_loss(&raw, &["red circles", named]).unwrap();
+        let (_, mixed) = cosine.text_loss(&raw, &["a red circle", named]).unwrap();
         let alone = raw.narrow(0, 1, 1).unwrap();
         let (_, single) = cosine.text_loss(&alone, &[named]).unwrap();
         assert!(mixed.loss > 0.0);
@@ -1160,7 +1047,7 @@ mod tests {
 
         let text = SceneHeads::for_text(&set, 8, &Device::Cpu).unwrap();
         let names: Vec<&str> = text.heads.iter().map(|h| h.name.as_str()).collect();
-        assert_eq!(names, ["global", "attributes", "count", "spatial", "text"]);
+        assert_eq!(names, ["global", "spatial", "text"]);
         assert!(
             text.vars()
                 .iter()
