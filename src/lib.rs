@@ -12,7 +12,7 @@
 //!   fusion with AGFF InfoNCE and EGA (§4–§6);
 //! - [`index`]: galleries (recursive scan, bad files skipped with reasons), the
 //!   checksummed, locked embedding cache, and search by the fused score;
-//! - [`explain`]: heatmaps per perspective and pattern (attribution, attention,
+//! - [`explain`]: heatmaps per perspective and pattern (attribution, mean-baseline, attention,
 //!   similarity), candidate comparisons and the pointing game;
 //! - [`session`]: the workflow shared by the app and the CLI: load a model, apply a
 //!   fine-tune, index a gallery, search, explain;

@@ -6,8 +6,9 @@
 //!   visual-token inputs, times those inputs, summed over channels (grad × input);
 //! - **mean-baseline** (ours, beside method.md's three): the same gradient times each
 //!   input minus the image's mean visual token, the first-order estimate of how much the
-//!   score would fall were that token replaced by the image's average one (the reference
-//!   input of DeepLIFT and Integrated Gradients, in one step). Plain grad × input credits
+//!   score would fall were that token replaced by the image's average one (a reference
+//!   input, as DeepLIFT and Integrated Gradients use, here the mean token, in one gradient
+//!   step; the map's sum estimates s(x) − s(every token set to the mean)). Plain grad × input credits
 //!   every token for its whole input, background included; against the mean token, what
 //!   all tokens share cancels and the object that sets the score apart stands out;
 //! - **attention**: attention from the perspective's last token to the visual tokens,
@@ -16,7 +17,7 @@
 //!   token's final hidden state.
 //!
 //! Maps exist per perspective (score `<q_p, c_p>`) and per pattern (score s_m) and for the
-//! fused score. Attribution differentiates each score itself. Attention and similarity
+//! fused score. Attribution and mean-baseline differentiate each score itself. Attention and similarity
 //! have no score to differentiate, so a pattern's map there is the mean of the maps of the
 //! image-side perspectives it reads (ours): GG and FG read the global view, GF and FF the
 //! fine ones, the fused score all of them weighted by a_m.
@@ -44,8 +45,10 @@ pub enum Method {
     /// inputs, summed over channels (grad × input; the default).
     #[default]
     Attribution,
-    /// Gradient of the score w.r.t. the visual-token inputs, times each input minus the
-    /// mean of the image's visual-token inputs, summed over channels ([module docs](self)).
+    /// Gradient of the score w.r.t. the visual-token inputs `[rows·cols, hidden]`, times
+    /// each input minus the mean of the image's visual-token inputs (over the tokens),
+    /// summed over channels: one value per token in units of the score
+    /// ([`centre_on_mean`], [module docs](self)). A one-token grid gives a zero map.
     MeanBaseline,
     /// Attention from the perspective's last token to the visual tokens, mean over heads
     /// and the last [`Explainer::attention_layers`] layers.
@@ -225,10 +228,10 @@ pub struct Explanation {
     /// scores.
     pub scores: PairBreakdown,
     /// One map per perspective (global first, in the perspective set's order); empty for
-    /// attribution from [`Explainer::explain_fused`].
+    /// the gradient methods ([`Method::uses_gradient`]) from [`Explainer::explain_fused`].
     pub perspective_maps: Vec<Heatmap>,
     /// One map per similarity in [`Similarity::ALL`] order (GG, FG, GF, FF); empty for
-    /// attribution from [`Explainer::explain_fused`].
+    /// the gradient methods from [`Explainer::explain_fused`].
     pub similarity_maps: Vec<Heatmap>,
     /// The map of the fused score, named `fused`.
     pub fused_map: Heatmap,
@@ -351,9 +354,9 @@ impl<'a> Explainer<'a> {
         self.explain_maps(query, image, method, false)
     }
 
-    /// Only the fused-score map (and the scores): attribution then runs one backward pass
-    /// instead of one per perspective and pattern. The per-perspective and per-pattern
-    /// lists of the result are empty for attribution.
+    /// Only the fused-score map (and the scores): the gradient methods then run one
+    /// backward pass instead of one per perspective and pattern. The per-perspective and
+    /// per-pattern lists of the result are empty for them.
     pub fn explain_fused(
         &self,
         query: &EmbedInput,
@@ -412,7 +415,7 @@ impl<'a> Explainer<'a> {
                 // the image's mean token.
                 let x = inputs.detach().to_dtype(DType::F32)?;
                 let x = if method == Method::MeanBaseline {
-                    x.broadcast_sub(&x.mean_keepdim(0)?)?
+                    centre_on_mean(&x)?
                 } else {
                     x
                 };
@@ -565,6 +568,17 @@ pub struct PointingScore {
     /// Energy-based pointing: the mean share of the map's positive mass on cells whose
     /// centre lies in the target box (a uniform map scores `chance`).
     pub energy: f64,
+}
+
+/// Visual-token inputs `[tokens, hidden]` minus their mean token (the mean over the
+/// tokens, per channel): what [`Method::MeanBaseline`] multiplies the gradient by. Each
+/// channel of the result sums to zero over the tokens.
+///
+/// # Errors
+/// A tensor that is not 2-D.
+pub fn centre_on_mean(inputs: &Tensor) -> Result<Tensor, ExplainError> {
+    inputs.dims2()?;
+    Ok(inputs.broadcast_sub(&inputs.mean_keepdim(0)?)?)
 }
 
 /// The share of `map`'s positive mass on cells whose centre lies in `bbox` (pixels of a
@@ -763,6 +777,20 @@ mod tests {
             cols,
             values,
         }
+    }
+
+    #[test]
+    fn centring_on_the_mean_token_leaves_what_sets_a_token_apart() {
+        let dev = candle_core::Device::Cpu;
+        // Three tokens of two channels; the mean token is (2, 10).
+        let x = Tensor::new(&[[1f32, 10.0], [2.0, 10.0], [3.0, 10.0]], &dev).unwrap();
+        let c = centre_on_mean(&x).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(c, [[-1.0, 0.0], [0.0, 0.0], [1.0, 0.0]]);
+        // One token: nothing sets it apart, so its map is zero.
+        let one = Tensor::new(&[[4f32, -2.0]], &dev).unwrap();
+        let c = centre_on_mean(&one).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(c, [[0.0, 0.0]]);
+        assert!(centre_on_mean(&Tensor::zeros(3, DType::F32, &dev).unwrap()).is_err());
     }
 
     #[test]

@@ -58,8 +58,8 @@ pub struct EmbedOptions {
     /// Return the attention from each branch's last token to the visual tokens, mean over
     /// heads and over this many last layers (0: none).
     pub attention_layers: usize,
-    /// Make the visual-token inputs of the language model a gradient leaf (for
-    /// attribution heatmaps).
+    /// Make the visual-token inputs of the language model a gradient leaf (for the
+    /// gradient heatmaps: attribution and mean-baseline).
     pub track_visual_inputs: bool,
     /// Cut a text longer than the model reads to fit (keeping its start, with a warning)
     /// instead of failing with [`super::ModelError::TooLong`].

@@ -34,9 +34,9 @@
 //! at scale `S` ([`SceneHeads::cosine`]), whose logits are bounded by `S` and so ask for
 //! embeddings whose directions differ. Cosine text heads
 //! leave out what a text does not name (class 0), which would otherwise pull most texts
-//! to one point. A run with them (README, "Tried this round") separated the statements of
-//! text and orientation pairs but lost on retrieval, so the committed recipe keeps linear
-//! heads.
+//! to one point. The committed recipe makes the text heads cosine and keeps the scene
+//! heads linear (README: cosine scene heads cost the fine views what the linear ones gave
+//! them).
 //!
 //! This is ordinary multi-task supervision of the demo recipe, not part of AGFF-Embed
 //! (method.md fixes only the embedding, similarity, fusion and loss): the heads are thrown
