@@ -27,12 +27,39 @@ fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&
     }
 }
 
-/// Fails unless `a` and `b` hold the same number of values.
-fn same_len(op: &str, a: &[f32], b: &[f32]) -> Result<()> {
-    if a.len() != b.len() {
-        candle_core::bail!("{op}: {} values against {} gradients", a.len(), b.len());
+/// The contiguous f32 slices of an input and of a gradient of the same length: what
+/// every backward kernel here but SwiGLU's reads.
+fn input_and_grad<'a>(
+    op: &str,
+    (x, x_layout): (&'a CpuStorage, &Layout),
+    (g, g_layout): (&'a CpuStorage, &Layout),
+) -> Result<(&'a [f32], &'a [f32])> {
+    let (x, g) = (f32_slice(x, x_layout, op)?, f32_slice(g, g_layout, op)?);
+    if x.len() != g.len() {
+        candle_core::bail!("{op}: {} values against {} gradients", x.len(), g.len());
     }
-    Ok(())
+    Ok((x, g))
+}
+
+/// `f(out, a, b)` on matching `chunk`-long pieces of the three slices, in parallel.
+fn zip_chunks(
+    out: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    chunk: usize,
+    f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync + Send,
+) {
+    out.par_chunks_mut(chunk)
+        .zip(a.par_chunks(chunk).zip(b.par_chunks(chunk)))
+        .for_each(|(o, (a, b))| f(o, a, b));
+}
+
+/// Whether an additive attention mask of shape `mask` fits scores of shape `scores`:
+/// `[B or 1, 1, T, S]` against `[B, H, T, S]`. [`softmax_scaled`] refuses any other, and
+/// [`crate::model::ops::attention_softmax`] then takes the composite path.
+pub(crate) fn mask_fits(scores: &[usize], mask: &[usize]) -> bool {
+    matches!((scores, mask), (&[b, _, t, s], &[mb, 1, mt, ms])
+        if mt == t && ms == s && (mb == 1 || mb == b))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -67,15 +94,12 @@ impl SoftmaxScaled {
         let mask_row = match mask {
             None => None,
             Some((m, mshape)) => {
-                let (&[b, h, t, s], &[mb, 1, mt, ms]) = (dims, mshape.dims()) else {
-                    candle_core::bail!(
-                        "{}: scores {shape:?} and mask {mshape:?}: expected [B, H, T, S] and [B or 1, 1, T, S]",
-                        Self::NAME
-                    )
+                let (&[_, h, t, _], &[mb, ..]) = (dims, mshape.dims()) else {
+                    candle_core::bail!("{}: scores {shape:?} are not [B, H, T, S]", Self::NAME)
                 };
-                if mt != t || ms != s || (mb != 1 && mb != b) {
+                if !mask_fits(dims, mshape.dims()) {
                     candle_core::bail!(
-                        "{}: a mask {mshape:?} does not fit scores {shape:?}",
+                        "{}: a mask {mshape:?} does not fit scores {shape:?} (expected [B or 1, 1, T, S])",
                         Self::NAME
                     );
                 }
@@ -172,19 +196,14 @@ impl CustomOp2 for SoftmaxGrad {
         g_storage: &CpuStorage,
         g_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let y = f32_slice(y_storage, y_layout, self.name())?;
-        let g = f32_slice(g_storage, g_layout, self.name())?;
-        same_len(self.name(), y, g)?;
+        let (y, g) = input_and_grad(self.name(), (y_storage, y_layout), (g_storage, g_layout))?;
         let n = y_layout.dims().last().copied().unwrap_or(1).max(1);
         let mut out = vec![0f32; y.len()];
-        let chunk = row_chunk(n);
-        out.par_chunks_mut(chunk)
-            .zip(y.par_chunks(chunk).zip(g.par_chunks(chunk)))
-            .for_each(|(o, (y, g))| {
-                for ((o, y), g) in o.chunks_mut(n).zip(y.chunks(n)).zip(g.chunks(n)) {
-                    softmax_grad_row(y, g, self.scale, o);
-                }
-            });
+        zip_chunks(&mut out, y, g, row_chunk(n), |o, y, g| {
+            for ((o, y), g) in o.chunks_mut(n).zip(y.chunks(n)).zip(g.chunks(n)) {
+                softmax_grad_row(y, g, self.scale, o);
+            }
+        });
         Ok((CpuStorage::F32(out), y_layout.shape().clone()))
     }
 }
@@ -272,15 +291,13 @@ impl CustomOp3 for RmsNormGrad {
         g_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let name = CustomOp3::name(self);
-        let x = f32_slice(x_storage, x_layout, name)?;
+        let (x, g) = input_and_grad(name, (x_storage, x_layout), (g_storage, g_layout))?;
         let w = f32_slice(w_storage, w_layout, name)?;
-        let g = f32_slice(g_storage, g_layout, name)?;
-        same_len(name, x, g)?;
         let d = rms_width(name, x, w)?;
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(row_chunk(d))
-            .zip(x.par_chunks(row_chunk(d)).zip(g.par_chunks(row_chunk(d))))
-            .for_each(|(o, (x, g))| cpu::rms_norm_grad_chunk(x, w, g, self.eps, o));
+        zip_chunks(&mut out, x, g, row_chunk(d), |o, x, g| {
+            cpu::rms_norm_grad_chunk(x, w, g, self.eps, o);
+        });
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
     }
 }
@@ -298,9 +315,7 @@ impl CustomOp2 for RmsNormGrad {
         g_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let name = CustomOp2::name(self);
-        let x = f32_slice(x_storage, x_layout, name)?;
-        let g = f32_slice(g_storage, g_layout, name)?;
-        same_len(name, x, g)?;
+        let (x, g) = input_and_grad(name, (x_storage, x_layout), (g_storage, g_layout))?;
         let d = g_layout.dims().last().copied().unwrap_or(1).max(1);
         // One partial sum per chunk of rows, added in chunk order: the same sum on every
         // run, whatever thread did which chunk (a resumed training run repeats the
@@ -443,18 +458,14 @@ impl CustomOp2 for GeluTanhGrad {
     ) -> Result<(CpuStorage, Shape)> {
         const K: f32 = 0.797_884_6; // √(2/π)
         const A: f32 = 0.044_715;
-        let x = f32_slice(x_storage, x_layout, self.name())?;
-        let g = f32_slice(g_storage, g_layout, self.name())?;
-        same_len(self.name(), x, g)?;
+        let (x, g) = input_and_grad(self.name(), (x_storage, x_layout), (g_storage, g_layout))?;
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .for_each(|(o, (x, g))| {
-                for ((o, &v), &d) in o.iter_mut().zip(x).zip(g) {
-                    let s = 1.0 / (1.0 + cpu::fast_exp(-2.0 * K * (v + A * v * v * v)));
-                    *o = d * (s + v * s * (1.0 - s) * 2.0 * K * (1.0 + 3.0 * A * v * v));
-                }
-            });
+        zip_chunks(&mut out, x, g, CHUNK, |o, x, g| {
+            for ((o, &v), &d) in o.iter_mut().zip(x).zip(g) {
+                let s = 1.0 / (1.0 + cpu::fast_exp(-2.0 * K * (v + A * v * v * v)));
+                *o = d * (s + v * s * (1.0 - s) * 2.0 * K * (1.0 + 3.0 * A * v * v));
+            }
+        });
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
     }
 }

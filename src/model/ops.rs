@@ -62,14 +62,7 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 /// On CPU f32 it is one fused kernel, differentiable with a one-pass backward
 /// ([`super::fused`]); elsewhere the composite of candle ops.
 pub fn attention_softmax(scores: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
-    let mask_fits = mask.is_none_or(|m| {
-        fusable(&[m])
-            && scores.rank() == 4
-            && m.rank() == 4
-            && m.dim(1).ok() == Some(1)
-            && (m.dim(0).ok() == Some(1) || m.dim(0).ok() == scores.dim(0).ok())
-            && m.dims()[2..] == scores.dims()[2..]
-    });
+    let mask_fits = mask.is_none_or(|m| fusable(&[m]) && fused::mask_fits(scores.dims(), m.dims()));
     if fusable(&[scores]) && mask_fits {
         return fused::softmax_scaled(scores, scale, mask);
     }
