@@ -25,12 +25,9 @@
 //! by [`text_targets`]), so that a statement's embedding has to hold the order its
 //! relation states. They also ask which orientation ("pointing up") and which characters
 //! ("the letter q") a text names: the one word an orientation or a text pair's two
-//! statements differ in; and, on the `count` text embedding alone, the number a text
-//! names for its first object ("no", "two" … "five"), what a quantity or presence pair's
-//! statements differ in. The global text embedding is not asked the number: "two red
-//! circles" and "two blue circles" share its class, and a cosine head pulls texts of one
-//! class together on the embedding that answers it (a run that asked it there lost its
-//! colour pairs and most of its retrieval; README, "Tried").
+//! statements differ in; and, on the `count` text embedding, the number a text names
+//! for its first object ("no", "two" … "five"), what a quantity or presence pair's
+//! statements differ in.
 //!
 //! Linear heads answered all this from differences of a hair: their loss fell while the
 //! two statements of a position pair kept a cosine of 0.9996, because a linear classifier
@@ -95,10 +92,6 @@ pub struct SceneTask {
     pub classes: usize,
     /// The perspective it supervises.
     pub group: TaskGroup,
-    /// Whether the global embedding answers it too (every task but the text heads'
-    /// number: a class that texts of every colour share pulls them together on the
-    /// embedding that answers it, README "Tried").
-    pub global: bool,
 }
 
 /// Columns of the scene a task tells apart (thirds of the width).
@@ -117,7 +110,6 @@ pub fn scene_tasks() -> Vec<SceneTask> {
             name,
             classes,
             group,
-            global: true,
         });
     };
     for s in Shape::ALL {
@@ -261,32 +253,27 @@ pub fn text_tasks() -> Vec<SceneTask> {
             name: format!("colour of the {side} object"),
             classes: 1 + Colour::ALL.len(),
             group: TaskGroup::Spatial,
-            global: true,
         });
         tasks.push(SceneTask {
             name: format!("shape of the {side} object"),
             classes: 1 + Shape::ALL.len(),
             group: TaskGroup::Spatial,
-            global: true,
         });
     }
     tasks.push(SceneTask {
         name: "orientation named".into(),
         classes: 1 + Orientation::ALL.len(),
         group: TaskGroup::Spatial,
-        global: true,
     });
     tasks.push(SceneTask {
         name: "characters named".into(),
         classes: 1 + font::LABEL_CHARS.len(),
         group: TaskGroup::Text,
-        global: true,
     });
     tasks.push(SceneTask {
         name: "number named".into(),
         classes: 1 + MAX_COUNT,
         group: TaskGroup::Count,
-        global: false,
     });
     tasks
 }
@@ -483,8 +470,8 @@ impl SceneHeads {
     }
 
     /// Zero-initialised text heads answering [`text_tasks`] from the text embeddings: the
-    /// global one every task but the number ([`SceneTask::global`]), the `count`,
-    /// `spatial` and `text` perspectives those of their group.
+    /// global one every task, the `count`, `spatial` and `text` perspectives those of their
+    /// group.
     ///
     /// # Errors
     /// Allocating the weights.
@@ -512,9 +499,7 @@ impl SceneHeads {
         let mut heads = Vec::new();
         for (p, perspective) in perspectives.perspectives.iter().enumerate() {
             let mine: Vec<usize> = (0..tasks.len())
-                .filter(|&i| {
-                    (p == 0 && tasks[i].global) || tasks[i].group.perspective() == perspective.name
-                })
+                .filter(|&i| p == 0 || tasks[i].group.perspective() == perspective.name)
                 .collect();
             if mine.is_empty() {
                 continue;
@@ -1143,16 +1128,6 @@ mod tests {
         let text = SceneHeads::for_text(&set, 8, &Device::Cpu).unwrap();
         let names: Vec<&str> = text.heads.iter().map(|h| h.name.as_str()).collect();
         assert_eq!(names, ["global", "count", "spatial", "text"]);
-        let number = text_tasks()
-            .iter()
-            .position(|t| t.name == "number named")
-            .unwrap();
-        let answers = |h: &Head| h.tasks.iter().any(|&(i, _)| i == number);
-        assert!(
-            !answers(&text.heads[0]),
-            "the global text head asks no number"
-        );
-        assert!(answers(&text.heads[1]), "the count text head does");
         assert!(
             text.vars()
                 .iter()
