@@ -93,8 +93,8 @@ pub struct TrainArgs {
     pub scene_heads: Option<f64>,
     /// Weight of the recipe's text heads: an auxiliary loss asking each text embedding,
     /// through a linear head, which object the text puts on the left, right, top or
-    /// bottom of a relation it states, and which orientation, characters and number
-    /// ("no", "two" …) it names (0: none).
+    /// bottom of a relation it states, and which orientation and characters it names
+    /// (0: none).
     #[arg(long)]
     pub text_heads: Option<f64>,
     /// Make the scene (image) heads cosine classifiers at this scale (a logit is scale ×

@@ -25,8 +25,6 @@
 //! by [`text_targets`]), so that a statement's embedding has to hold the order its
 //! relation states. They also ask which orientation ("pointing up") and which characters
 //! ("the letter q") a text names: the one word an orientation or a text pair's two
-//! statements differ in; and, on the `count` text embedding, the number a text names
-//! for its first object ("no", "two" … "five"), what a quantity or presence pair's
 //! statements differ in.
 //!
 //! Linear heads answered all this from differences of a hair: their loss fell while the
@@ -270,43 +268,7 @@ pub fn text_tasks() -> Vec<SceneTask> {
         classes: 1 + font::LABEL_CHARS.len(),
         group: TaskGroup::Text,
     });
-    tasks.push(SceneTask {
-        name: "number named".into(),
-        classes: 1 + MAX_COUNT,
-        group: TaskGroup::Count,
-    });
     tasks
-}
-
-/// The number class of the first object phrase of `words` ("two small outlined red
-/// circles"): the count word before its first shape word, read back over size, fill and
-/// colour words. "no" is class 1, "two" … "five" are 2 … 5. "a", "an" and "one" are class
-/// 0 ("not named") with texts that name no number: nearly every text of the grammar opens
-/// with "a", and a cosine head asked for one class on most texts pulls them all to one
-/// direction (README, "Tried": a run that asked it lost its colour pairs and most of its
-/// retrieval).
-fn number_named(words: &[&str]) -> u32 {
-    let is_shape = |w: &&str| {
-        Shape::ALL
-            .iter()
-            .any(|s| s.name() == *w || s.plural() == *w)
-    };
-    let Some(at) = words.iter().position(is_shape) else {
-        return 0;
-    };
-    for w in words[..at].iter().rev() {
-        match *w {
-            "no" => return 1,
-            "two" => return 2,
-            "three" => return 3,
-            "four" => return 4,
-            "five" => return 5,
-            "small" | "large" | "filled" | "outlined" => {}
-            w if Colour::ALL.iter().any(|c| c.name() == w) => {}
-            _ => return 0,
-        }
-    }
-    0
 }
 
 /// (colour, shape) classes of the first (or the `last`) shape named in `words` and the
@@ -340,11 +302,10 @@ fn named(words: &[&str], last: bool) -> (u32, u32) {
 /// text without a relation, or whose objects name no shape, gets class 0 there. The
 /// orientation slot reads the first word after "pointing", the characters slot the first
 /// one after "letter" or "digit" (0 where there is none, or it names no orientation or
-/// character); the number slot the count word of the first object phrase
-/// ([`number_named`]: "no", "two" … "five"; 0 for "a", "one" or none).
+/// character).
 pub fn text_targets(text: &str) -> Vec<u32> {
     let words: Vec<&str> = text.split_whitespace().collect();
-    let mut t = vec![0; 11];
+    let mut t = vec![0; 10];
     t[..8].copy_from_slice(&relation_targets(&words));
     let after = |keys: &[&str]| {
         words
@@ -365,7 +326,6 @@ pub fn text_targets(text: &str) -> Vec<u32> {
         })
         .and_then(|c| font::LABEL_CHARS.iter().position(|&x| x == c))
         .map_or(0, |i| 1 + i as u32);
-    t[10] = number_named(&words);
     t
 }
 
@@ -470,8 +430,7 @@ impl SceneHeads {
     }
 
     /// Zero-initialised text heads answering [`text_tasks`] from the text embeddings: the
-    /// global one every task, the `count`, `spatial` and `text` perspectives those of their
-    /// group.
+    /// global one and the `spatial` perspective (the group of every text task).
     ///
     /// # Errors
     /// Allocating the weights.
@@ -897,10 +856,13 @@ mod tests {
             [0; 8],
             "an orientation is not a relation"
         );
-        for none in ["a small filled green cross", "one red circle", ""] {
+        for none in [
+            "a scene with no red circle",
+            "a small filled green cross",
+            "",
+        ] {
             assert_eq!(text_targets(none), vec![0; tasks.len()], "{none}");
         }
-        assert_eq!(text_targets("a scene with no red circle")[..10], [0; 10]);
 
         let mut rng = SceneRng::new(5);
         let mut related = 0;
@@ -966,48 +928,6 @@ mod tests {
                 assert!(ta[at] > 0 && tb[at] > 0 && ta[at] != tb[at], "{a} / {b}");
             }
         }
-    }
-
-    /// The number slot reads the count word of a text's first object phrase ("no", "two" …
-    /// "five"), not a later object's or the setting's article, and leaves "a" and "one" as
-    /// not named; the two statements of a quantity or presence pair never share a named
-    /// number, and most captions' first objects name none.
-    #[test]
-    fn text_targets_read_the_number_of_the_first_object() {
-        let tasks = text_tasks();
-        let number = tasks.iter().position(|t| t.name == "number named").unwrap();
-        assert_eq!(tasks[number].group, TaskGroup::Count);
-        let read = |text: &str| text_targets(text)[number];
-        assert_eq!(read("two red circles"), 2);
-        assert_eq!(read("five blue squares"), 5);
-        assert_eq!(read("a scene with no red circle"), 1);
-        assert_eq!(read("a small filled green cross"), 0);
-        assert_eq!(read("one red circle"), 0);
-        assert_eq!(read("red circles"), 0);
-        assert_eq!(
-            read(
-                "a far view of a beach scene with three large outlined red circles left of \
-                 two small filled blue squares"
-            ),
-            3,
-            "the first object's number, not the setting's article or the second object's"
-        );
-
-        let mut rng = SceneRng::new(11);
-        for pattern in [MmvpPattern::Quantity, MmvpPattern::Presence] {
-            for _ in 0..40 {
-                let pair = ScenePair::generate(pattern, &mut rng);
-                let [a, b] = &pair.statements;
-                let (na, nb) = (read(a), read(b));
-                assert!(na != nb && na + nb > 0, "{a} / {b}");
-            }
-        }
-        let mut named = 0;
-        for _ in 0..200 {
-            let scene = Scene::random(&mut rng);
-            named += usize::from(read(&crate::scenes::caption::caption(&scene)) > 0);
-        }
-        assert!(named < 150, "{named} of 200 captions name a number");
     }
 
     /// A cosine head's logits depend on its weights' directions only, so scaling the
@@ -1083,7 +1003,7 @@ mod tests {
             .cosine(10.0, 1)
             .unwrap();
         let raw = Tensor::randn(0f32, 1.0, (2, 5, 16), &dev).unwrap();
-        let unnamed = ["a red circle", "the blue square"];
+        let unnamed = ["a red circle", "two blue squares"];
         let (_, none) = cosine.text_loss(&raw, &unnamed).unwrap();
         assert_eq!(none.loss, 0.0);
         let linear = SceneHeads::for_text(&set, 16, &dev).unwrap();
@@ -1127,7 +1047,7 @@ mod tests {
 
         let text = SceneHeads::for_text(&set, 8, &Device::Cpu).unwrap();
         let names: Vec<&str> = text.heads.iter().map(|h| h.name.as_str()).collect();
-        assert_eq!(names, ["global", "count", "spatial", "text"]);
+        assert_eq!(names, ["global", "spatial", "text"]);
         assert!(
             text.vars()
                 .iter()

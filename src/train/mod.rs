@@ -167,8 +167,8 @@ pub struct TrainSettings {
     #[serde(default)]
     pub scene_heads: f64,
     /// Weight of the text heads' auxiliary loss in the contrastive stage of the demo recipe
-    /// ([`heads::text_tasks`]: which object a text puts left, right, above or below, the
-    /// orientation, characters and number it names; 0: none).
+    /// ([`heads::text_tasks`]: which object a text puts left, right, above or below; 0:
+    /// none).
     #[serde(default)]
     pub text_heads: f64,
     /// Scale of the scene (image) heads as cosine classifiers
