@@ -1174,15 +1174,17 @@ impl Worker {
                     }
                 }
             });
-            fine_tune(
-                &*loaded.backbone,
-                &loaded.perspectives,
-                &source,
-                &settings,
-                &out_dir,
-                &control,
-                Some(tx),
-            )
+            crate::util::on_compute_pool(|| {
+                fine_tune(
+                    &*loaded.backbone,
+                    &loaded.perspectives,
+                    &source,
+                    &settings,
+                    &out_dir,
+                    &control,
+                    Some(tx),
+                )
+            })
         })
         .map_err(msg)?;
         let message = format!(
