@@ -1174,17 +1174,15 @@ impl Worker {
                     }
                 }
             });
-            crate::util::on_compute_pool(|| {
-                fine_tune(
-                    &*loaded.backbone,
-                    &loaded.perspectives,
-                    &source,
-                    &settings,
-                    &out_dir,
-                    &control,
-                    Some(tx),
-                )
-            })
+            fine_tune(
+                &*loaded.backbone,
+                &loaded.perspectives,
+                &source,
+                &settings,
+                &out_dir,
+                &control,
+                Some(tx),
+            )
         })
         .map_err(msg)?;
         let message = format!(

@@ -557,16 +557,13 @@ pub fn tower(args: &TowerArgs) -> anyhow::Result<()> {
         batch: args.batch,
         ..VisionSettings::default()
     };
-    // On the compute pool, as `train` runs it.
-    crate::util::on_compute_pool(|| {
-        pretrain_vision(
-            &mut model,
-            &settings,
-            out.path(),
-            &TrainControl::default(),
-            &Some(tx),
-        )
-    })?;
+    pretrain_vision(
+        &mut model,
+        &settings,
+        out.path(),
+        &TrainControl::default(),
+        &Some(tx),
+    )?;
     let seconds: Vec<f64> = rx
         .try_iter()
         .filter_map(|e| match e {
@@ -611,16 +608,13 @@ pub fn contrastive(args: &ContrastiveArgs) -> anyhow::Result<()> {
         ..defaults::recipe(total)
     };
     let (tx, rx) = std::sync::mpsc::sync_channel(total as usize + 16);
-    // On the compute pool, as `train` runs it.
-    crate::util::on_compute_pool(|| {
-        train_demo(
-            &settings,
-            out.path(),
-            false,
-            &TrainControl::default(),
-            Some(tx),
-        )
-    })?;
+    train_demo(
+        &settings,
+        out.path(),
+        false,
+        &TrainControl::default(),
+        Some(tx),
+    )?;
     let seconds: Vec<f64> = rx
         .try_iter()
         .filter_map(|e| match e {

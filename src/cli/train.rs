@@ -310,7 +310,7 @@ where
     let control = TrainControl::default();
     let (tx, rx) = sync_channel(64);
     std::thread::scope(|scope| {
-        let worker = scope.spawn(|| crate::util::on_compute_pool(|| train(&control, tx)));
+        let worker = scope.spawn(|| train(&control, tx));
         let bar = if args.quiet {
             ProgressBar::hidden()
         } else {

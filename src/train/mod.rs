@@ -687,7 +687,18 @@ fn read_state(dir: &Path) -> Result<Option<TrainerState>, TrainError> {
 }
 
 /// Trains the demo MLLM from scratch on procedural scenes (or resumes a run in `out`).
+/// Runs on a worker of rayon's global pool ([`crate::util::on_compute_pool`]).
 pub fn train_demo(
+    settings: &TrainSettings,
+    out: &Path,
+    resume: bool,
+    control: &TrainControl,
+    events: Option<SyncSender<TrainEvent>>,
+) -> Result<TrainSummary, TrainError> {
+    crate::util::on_compute_pool(|| train_demo_inner(settings, out, resume, control, events))
+}
+
+fn train_demo_inner(
     settings: &TrainSettings,
     out: &Path,
     resume: bool,
@@ -1067,7 +1078,22 @@ pub fn read_soft_prompts(
 
 /// Fine-tunes the soft prompts of `perspectives` and the fusion for `backbone` on `data`.
 /// Writes `perspectives.json`, `soft_prompts.safetensors` and `fusion.json` into `out`.
+/// Runs on a worker of rayon's global pool ([`crate::util::on_compute_pool`]).
 pub fn fine_tune(
+    backbone: &dyn Backbone,
+    perspectives: &PerspectiveSet,
+    data: &DataSource,
+    settings: &TrainSettings,
+    out: &Path,
+    control: &TrainControl,
+    events: Option<SyncSender<TrainEvent>>,
+) -> Result<TrainSummary, TrainError> {
+    crate::util::on_compute_pool(|| {
+        fine_tune_inner(backbone, perspectives, data, settings, out, control, events)
+    })
+}
+
+fn fine_tune_inner(
     backbone: &dyn Backbone,
     perspectives: &PerspectiveSet,
     data: &DataSource,

@@ -207,7 +207,18 @@ pub struct VisionSummary {
 /// accuracy: the shape head's) and writes `model.safetensors`/`config.json` plus
 /// `vision.json` into `out` at the end. A non-finite loss or gradient stops it with
 /// [`TrainError::Diverged`].
+/// Runs on a worker of rayon's global pool ([`crate::util::on_compute_pool`]).
 pub fn pretrain_vision(
+    model: &mut DemoModel,
+    settings: &VisionSettings,
+    out: &Path,
+    control: &TrainControl,
+    events: &Option<SyncSender<TrainEvent>>,
+) -> Result<VisionSummary, TrainError> {
+    crate::util::on_compute_pool(|| pretrain_vision_inner(model, settings, out, control, events))
+}
+
+fn pretrain_vision_inner(
     model: &mut DemoModel,
     settings: &VisionSettings,
     out: &Path,

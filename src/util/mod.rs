@@ -48,15 +48,17 @@ mod tests {
     /// result comes back, and a panic in it reaches the caller.
     #[test]
     fn compute_pool_runs_the_job_on_a_pool_worker() {
-        let caller = std::thread::current().id();
-        let (worker, index) = std::thread::spawn(|| {
+        let (caller, worker, index) = std::thread::spawn(|| {
             assert_eq!(rayon::current_thread_index(), None);
-            on_compute_pool(|| (std::thread::current().id(), rayon::current_thread_index()))
+            let caller = std::thread::current().id();
+            let (worker, index) =
+                on_compute_pool(|| (std::thread::current().id(), rayon::current_thread_index()));
+            (caller, worker, index)
         })
         .join()
         .unwrap();
         assert!(index.is_some(), "ran outside the pool");
-        assert_ne!(worker, caller);
+        assert_ne!(worker, caller, "ran on the calling thread");
         let panicked = std::thread::spawn(|| on_compute_pool(|| panic!("job failed"))).join();
         assert!(panicked.is_err());
     }
