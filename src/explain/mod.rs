@@ -8,19 +8,20 @@
 //!   input minus the image's mean visual token, the first-order estimate of how much the
 //!   score would fall were that token replaced by the image's average one (a reference
 //!   input, as DeepLIFT and Integrated Gradients use, here the mean token, in one gradient
-//!   step; the map's sum estimates s(x) − s(every token set to the mean)). Plain grad × input credits
-//!   every token for its whole input, background included; against the mean token, what
-//!   all tokens share cancels and the object that sets the score apart stands out;
+//!   step; the map's sum estimates s(x) − s(every token set to the mean)). Plain grad ×
+//!   input credits every token for its whole input, background included; against the mean
+//!   token, what all tokens share cancels and the object that sets the score apart stands
+//!   out;
 //! - **attention**: attention from the perspective's last token to the visual tokens,
 //!   mean over heads and the last layers;
 //! - **similarity**: cosine between the query's perspective embedding and each visual
 //!   token's final hidden state.
 //!
 //! Maps exist per perspective (score `<q_p, c_p>`) and per pattern (score s_m) and for the
-//! fused score. Attribution and mean-baseline differentiate each score itself. Attention and similarity
-//! have no score to differentiate, so a pattern's map there is the mean of the maps of the
-//! image-side perspectives it reads (ours): GG and FG read the global view, GF and FF the
-//! fine ones, the fused score all of them weighted by a_m.
+//! fused score. Attribution and mean-baseline differentiate each score itself. Attention
+//! and similarity have no score to differentiate, so a pattern's map there is the mean of
+//! the maps of the image-side perspectives it reads (ours): GG and FG read the global
+//! view, GF and FF the fine ones, the fused score all of them weighted by a_m.
 
 mod colormap;
 

@@ -430,7 +430,7 @@ impl SceneHeads {
     }
 
     /// Zero-initialised text heads answering [`text_tasks`] from the text embeddings: the
-    /// global one and the `spatial` perspective (the group of every text task).
+    /// global one every task, the `spatial` and `text` perspectives those of their group.
     ///
     /// # Errors
     /// Allocating the weights.
