@@ -1185,6 +1185,10 @@ impl Worker {
             )
         })
         .map_err(msg)?;
+        // "Stop and save" (and Esc) stop the training through the cancel flag; the trainer
+        // has taken that stop and saved its run, which is applied like a finished one. A
+        // later Esc cancels the re-embedding.
+        self.cancel.store(false, Ordering::Relaxed);
         let message = format!(
             "fine-tune: {} steps, final loss {:.4}; saved in {}",
             summary.steps_done,

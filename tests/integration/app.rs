@@ -233,6 +233,54 @@ fn search_select_and_switch_perspective() {
     assert_ne!(after.fused_map.values, before.fused_map.values);
 }
 
+/// "Stop and save" ends a fine-tune early, and its run is applied as a finished one's is:
+/// no failure, the held-out query ranked after it, the gallery embedded again.
+#[test]
+fn stop_and_save_applies_the_run_so_far() {
+    let mut h = harness(
+        "train-stop",
+        FixedPicker {
+            folder: None,
+            image: None,
+        },
+    );
+    step_until(&mut h, "the demo gallery", |a| {
+        a.gallery.is_some() && !a.busy()
+    });
+    h.get_by_label("Fine-tune").click();
+    h.step();
+    {
+        let s = &mut h.state_mut().settings;
+        s.steps = 10_000;
+        s.batch = 8;
+    }
+    h.get_by_label("Start").click();
+    h.step();
+    step_until(&mut h, "two steps", |a| a.training.losses.len() >= 2);
+    h.get_by_label("Stop and save").click();
+    h.step();
+    step_until(&mut h, "the stopped fine-tune", |a| {
+        !a.training.running && !a.busy()
+    });
+    let log: Vec<&String> = h.state().log.iter().map(|l| &l.text).collect();
+    assert!(
+        log.iter().all(|t| !t.contains("failed")),
+        "stopping is not a failure: {log:?}"
+    );
+    let t = &h.state().training;
+    assert!(t.losses.len() < 10_000, "stopped early");
+    assert!(t.after.is_some(), "ranked after the run: {log:?}");
+    assert!(t.last_run.is_some());
+    let indexed = log
+        .iter()
+        .filter(|t| t.starts_with("indexed 48 images (48 embedded"))
+        .count();
+    assert_eq!(
+        indexed, 2,
+        "the gallery embedded again with the run: {log:?}"
+    );
+}
+
 #[test]
 fn fine_tune_runs_a_few_steps() {
     let mut h = harness(
