@@ -101,6 +101,7 @@ pub fn load_caption_dataset(path: &Path) -> Result<Vec<CaptionPair>, TrainError>
             }
         }
     }
+    check_readable(path, &pairs)?;
     if pairs.len() < 2 {
         return Err(TrainError::Data(format!(
             "{}: found {} captioned images; need at least 2 (images with a sidecar .txt of the same name, or a .jsonl of {{\"image\",\"text\"}})",
@@ -142,6 +143,7 @@ fn read_jsonl(path: &Path) -> Result<Vec<CaptionPair>, TrainError> {
             text: caption.to_string(),
         });
     }
+    check_readable(path, &pairs)?;
     if pairs.len() < 2 {
         return Err(TrainError::Data(format!(
             "{}: needs at least 2 image-text lines, found {}",
@@ -151,6 +153,35 @@ fn read_jsonl(path: &Path) -> Result<Vec<CaptionPair>, TrainError> {
     }
     Ok(pairs)
 }
+
+/// Decodes every image of a data set once (on rayon's pool) and refuses the set if any
+/// cannot be read, naming each such file and why (up to [`NAMED_UNREADABLE`] of them), so
+/// that a fine-tune neither stops at the first batch that draws a corrupt file nor trains
+/// on fewer images than the user pointed it at. `source` is the folder or JSONL file, for
+/// the message.
+fn check_readable(source: &Path, pairs: &[CaptionPair]) -> Result<(), TrainError> {
+    use rayon::prelude::*;
+    let failed: Vec<String> = pairs
+        .par_iter()
+        .filter_map(|p| image_io::open_image(&p.image).err().map(|e| e.to_string()))
+        .collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let mut named = failed[..failed.len().min(NAMED_UNREADABLE)].join("; ");
+    if failed.len() > NAMED_UNREADABLE {
+        named.push_str(&format!("; and {} more", failed.len() - NAMED_UNREADABLE));
+    }
+    Err(TrainError::Data(format!(
+        "{}: {} of {} captioned images cannot be read (fix or remove them): {named}",
+        source.display(),
+        failed.len(),
+        pairs.len()
+    )))
+}
+
+/// How many unreadable images [`check_readable`]'s message names.
+const NAMED_UNREADABLE: usize = 5;
 
 impl DataSource {
     /// The scene stream a fine-tune on procedural scenes (`train --data scenes`, the app's
@@ -330,6 +361,47 @@ fn scene_batch(seed: u64, step: u64, n: usize, pair_share: f64, query_share: f32
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_data_set_with_unreadable_images_is_refused_naming_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = RgbImage::from_pixel(8, 8, image::Rgb([200, 10, 10]));
+        for name in ["a", "b"] {
+            good.save(dir.path().join(format!("{name}.png"))).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.txt")), "a red square").unwrap();
+        }
+        let pairs = load_caption_dataset(dir.path()).unwrap();
+        assert_eq!(pairs.len(), 2);
+
+        // A text file under an image's name and a PNG cut short, each with a caption.
+        std::fs::write(dir.path().join("c.png"), "not an image").unwrap();
+        let mut png = std::fs::read(dir.path().join("a.png")).unwrap();
+        png.truncate(png.len() / 2);
+        std::fs::write(dir.path().join("d.png"), png).unwrap();
+        for name in ["c", "d"] {
+            std::fs::write(dir.path().join(format!("{name}.txt")), "a blue circle").unwrap();
+        }
+        let err = load_caption_dataset(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("2 of 4 captioned images cannot be read"),
+            "{err}"
+        );
+        assert!(err.contains("c.png") && err.contains("d.png"), "{err}");
+        assert!(!err.contains("a.png") && !err.contains("b.png"), "{err}");
+
+        // The same through a JSONL file, whose message names the file.
+        let jsonl = dir.path().join("set.jsonl");
+        std::fs::write(
+            &jsonl,
+            "{\"image\":\"a.png\",\"text\":\"x\"}\n{\"image\":\"missing.png\",\"text\":\"y\"}\n",
+        )
+        .unwrap();
+        let err = load_caption_dataset(&jsonl).unwrap_err().to_string();
+        assert!(
+            err.contains("set.jsonl") && err.contains("1 of 2") && err.contains("missing.png"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_short_query_fits_its_own_scene_and_no_other_of_the_batch() {
