@@ -60,7 +60,7 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 /// the mask).
 ///
 /// On CPU f32 it is one fused kernel, differentiable with a one-pass backward
-/// ([`super::fused`]); elsewhere the composite of candle ops.
+/// (the private `model::fused` module); elsewhere the composite of candle ops.
 pub fn attention_softmax(scores: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
     let mask_fits = mask.is_none_or(|m| fusable(&[m]) && fused::mask_fits(scores.dims(), m.dims()));
     if fusable(&[scores]) && mask_fits {
@@ -122,8 +122,8 @@ pub fn softmax_last_owned(x: Tensor) -> Result<Tensor> {
 
 /// `silu(a)·b` where `x = [a | b]` along the last axis (the stacked gate and up
 /// projections of a SwiGLU MLP). Differentiable; on CPU f32 one fused kernel each way
-/// ([`super::fused`]), which also serves inference (no graph is recorded without a
-/// gradient).
+/// (the private `model::fused` module), which also serves inference (no graph is recorded
+/// without a gradient).
 pub fn swiglu(x: &Tensor) -> Result<Tensor> {
     let width = x.dim(D::Minus1)?;
     let half = width / 2;
@@ -147,7 +147,8 @@ pub fn gelu_tanh_owned(x: Tensor) -> Result<Tensor> {
 
 /// RMS normalisation over the last axis, computed in f32 and returned in `x`'s dtype,
 /// then scaled by `weight` (as transformers' Qwen RMSNorm does). With a gradient tracked
-/// (on `x` or `weight`) on CPU f32 it is one fused kernel each way ([`super::fused`]).
+/// (on `x` or `weight`) on CPU f32 it is one fused kernel each way (the private
+/// `model::fused` module).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     if tracked(&[x, weight])
         && fusable(&[x, weight])
@@ -233,7 +234,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 /// `0.5·x·(1 + tanh(z)) = x·σ(2z)`, `z = √(2/π)·(x + 0.044715·x³)`.
 ///
 /// With a gradient tracked on a CPU f32 tensor it is one fused kernel whose backward is
-/// one kernel too ([`super::fused`]).
+/// one kernel too (the private `model::fused` module).
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     if fusable(&[x]) && tracked(&[x]) {
         return fused::gelu_tanh(x);

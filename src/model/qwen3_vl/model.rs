@@ -237,8 +237,8 @@ impl Qwen3Vl {
     }
 
     /// Resizes, normalises and patches `image` with this model's processor settings
-    /// ([`preprocess`]); [`ModelError::Input`] for an empty image or an aspect ratio over
-    /// 200.
+    /// ([`preprocess_with`]); [`ModelError::Input`] for an empty image or an aspect ratio
+    /// over 200.
     pub fn prepare_image(&self, image: &RgbImage) -> Result<PreparedImage> {
         preprocess_with(image, &self.processor, self.profile)
     }
