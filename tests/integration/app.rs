@@ -30,6 +30,16 @@ struct FixedPicker {
     image: Option<PathBuf>,
 }
 
+impl FixedPicker {
+    /// A picker whose dialogs are always cancelled.
+    fn none() -> Self {
+        FixedPicker {
+            folder: None,
+            image: None,
+        }
+    }
+}
+
 impl Picker for FixedPicker {
     fn pick_folder(&mut self) -> Option<PathBuf> {
         self.folder.clone()
@@ -46,16 +56,21 @@ fn cache_dir(name: &str) -> PathBuf {
 }
 
 /// The app on the demo gallery of 48 scenes, with its own cache folder.
-fn harness(name: &str, picker: FixedPicker) -> Harness<'static, LensApp> {
-    build(AppOptions {
-        picker: Box::new(picker),
+/// The app on 48 demo scenes with nothing to pick, once their gallery is indexed.
+fn demo_gallery(name: &str) -> Harness<'static, LensApp> {
+    let mut h = build(AppOptions {
+        picker: Box::new(FixedPicker::none()),
         cache_dir: Some(cache_dir(name)),
         autostart: true,
         demo_scenes: 48,
         persist: false,
         device: Default::default(),
         ..AppOptions::default()
-    })
+    });
+    step_until(&mut h, "the demo gallery", |a| {
+        a.gallery.is_some() && !a.busy()
+    });
+    h
 }
 
 fn build(options: AppOptions) -> Harness<'static, LensApp> {
@@ -103,16 +118,7 @@ fn snapshot(h: &mut Harness<'_, LensApp>, name: &str) {
 
 #[test]
 fn search_select_and_switch_perspective() {
-    let mut h = harness(
-        "search",
-        FixedPicker {
-            folder: None,
-            image: None,
-        },
-    );
-    step_until(&mut h, "the demo gallery", |a| {
-        a.gallery.is_some() && !a.busy()
-    });
+    let mut h = demo_gallery("search");
     let gallery = h.state().gallery.clone().expect("gallery");
     assert_eq!(gallery.images, 48);
     assert!(gallery.skipped.is_empty());
@@ -237,16 +243,7 @@ fn search_select_and_switch_perspective() {
 /// no failure, the held-out query ranked after it, the gallery embedded again.
 #[test]
 fn stop_and_save_applies_the_run_so_far() {
-    let mut h = harness(
-        "train-stop",
-        FixedPicker {
-            folder: None,
-            image: None,
-        },
-    );
-    step_until(&mut h, "the demo gallery", |a| {
-        a.gallery.is_some() && !a.busy()
-    });
+    let mut h = demo_gallery("train-stop");
     h.get_by_label("Fine-tune").click();
     h.step();
     {
@@ -283,16 +280,7 @@ fn stop_and_save_applies_the_run_so_far() {
 
 #[test]
 fn fine_tune_runs_a_few_steps() {
-    let mut h = harness(
-        "train",
-        FixedPicker {
-            folder: None,
-            image: None,
-        },
-    );
-    step_until(&mut h, "the demo gallery", |a| {
-        a.gallery.is_some() && !a.busy()
-    });
+    let mut h = demo_gallery("train");
     // Dropping a gallery image on the window searches with it: it finds itself first.
     let image = h
         .state()
@@ -512,10 +500,7 @@ fn a_hugging_face_folder_loads_indexes_and_explains() {
 #[test]
 fn a_device_that_is_not_built_in_is_reported_not_panicked_on() {
     let mut h = build(AppOptions {
-        picker: Box::new(FixedPicker {
-            folder: None,
-            image: None,
-        }),
+        picker: Box::new(FixedPicker::none()),
         cache_dir: Some(cache_dir("device")),
         autostart: true,
         demo_scenes: 8,
@@ -545,16 +530,7 @@ fn a_device_that_is_not_built_in_is_reported_not_panicked_on() {
 
 #[test]
 fn start_view_shows_the_gallery_and_example_queries() {
-    let mut h = harness(
-        "start",
-        FixedPicker {
-            folder: None,
-            image: None,
-        },
-    );
-    step_until(&mut h, "the demo gallery", |a| {
-        a.gallery.is_some() && !a.busy()
-    });
+    let mut h = demo_gallery("start");
     // Before any search: the gallery as thumbnails, and the demo model's examples.
     assert_eq!(h.state().preview.len(), 48);
     assert!(h.state().results.is_none());
@@ -577,10 +553,7 @@ fn start_view_shows_the_gallery_and_example_queries() {
 #[test]
 fn pairs_view_scores_every_pattern_with_maps() {
     let mut h = build(AppOptions {
-        picker: Box::new(FixedPicker {
-            folder: None,
-            image: None,
-        }),
+        picker: Box::new(FixedPicker::none()),
         cache_dir: Some(cache_dir("pairs")),
         demo_scenes: 8,
         persist: false,
@@ -620,10 +593,7 @@ fn pairs_view_scores_every_pattern_with_maps() {
 #[test]
 fn map_view_projects_the_gallery_and_inspects_a_point() {
     let mut h = build(AppOptions {
-        picker: Box::new(FixedPicker {
-            folder: None,
-            image: None,
-        }),
+        picker: Box::new(FixedPicker::none()),
         cache_dir: Some(cache_dir("map")),
         demo_scenes: 48,
         persist: false,
@@ -681,10 +651,7 @@ fn map_view_projects_the_gallery_and_inspects_a_point() {
 #[test]
 fn f1_opens_the_shortcut_help() {
     let mut h = build(AppOptions {
-        picker: Box::new(FixedPicker {
-            folder: None,
-            image: None,
-        }),
+        picker: Box::new(FixedPicker::none()),
         cache_dir: Some(cache_dir("help")),
         autostart: false,
         persist: false,
@@ -709,16 +676,7 @@ fn f1_opens_the_shortcut_help() {
 #[test]
 fn compare_mode_ranks_with_two_models_side_by_side() {
     let siglip = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/siglip/tiny");
-    let mut h = harness(
-        "compare",
-        FixedPicker {
-            folder: None,
-            image: None,
-        },
-    );
-    step_until(&mut h, "the demo gallery", |a| {
-        a.gallery.is_some() && !a.busy()
-    });
+    let mut h = demo_gallery("compare");
     // A second model from the compare menu: a (tiny, random) SigLIP checkpoint.
     h.get_by_label("compare").click();
     h.run();
