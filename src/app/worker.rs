@@ -1148,7 +1148,16 @@ impl Worker {
         let source = match &data {
             TrainData::Scenes { seed } => DataSource::scenes(*seed),
             TrainData::Folder(dir) => {
-                DataSource::Pairs(crate::train::load_caption_dataset(dir).map_err(msg)?)
+                let cancel = || self.cancel.load(Ordering::Relaxed);
+                let mut progress = |done, total| {
+                    self.out
+                        .progress("fine-tune", done, total, "checking the images");
+                };
+                match crate::train::load_caption_dataset_with(dir, &cancel, &mut progress) {
+                    Ok(pairs) => DataSource::Pairs(pairs),
+                    Err(crate::train::TrainError::Cancelled) => return Err(JobError::Cancelled),
+                    Err(e) => return Err(msg(e)),
+                }
             }
         };
         let stamp = std::time::SystemTime::now()

@@ -11,8 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::model::{DeviceChoice, PerspectiveSet};
 use crate::session::defaults;
 use crate::train::{
-    DataSource, TrainControl, TrainEvent, TrainSettings, TrainSummary, fine_tune,
-    load_caption_dataset, train_demo,
+    CaptionPair, DataSource, TrainControl, TrainEvent, TrainSettings, TrainSummary, fine_tune,
+    load_caption_dataset_with, train_demo,
 };
 
 /// What to train.
@@ -258,7 +258,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             };
             let data = match args.data.as_deref() {
                 Some("scenes") => DataSource::scenes(args.seed),
-                Some(path) => DataSource::Pairs(load_caption_dataset(Path::new(path))?),
+                Some(path) => DataSource::Pairs(check_dataset(args, Path::new(path))?),
                 None => anyhow::bail!("--model needs --data"),
             };
             let settings = args.settings();
@@ -299,6 +299,26 @@ fn print_summary(s: &TrainSummary) {
 }
 
 /// Runs a trainer on a worker thread and draws its events as a progress bar.
+/// Reads a captioned data set, with a progress bar while its images are checked (they are
+/// all decoded once; a folder of large photos takes a while).
+fn check_dataset(args: &TrainArgs, path: &Path) -> anyhow::Result<Vec<CaptionPair>> {
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("checking images [{elapsed_precise}] {bar:30} {pos}/{len}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let pairs = load_caption_dataset_with(path, &|| false, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    Ok(pairs?)
+}
+
 fn with_progress<F>(args: &TrainArgs, label: &str, train: F) -> anyhow::Result<TrainSummary>
 where
     F: FnOnce(

@@ -60,9 +60,25 @@ pub enum DataSource {
 /// relative to the file; `file` and `caption` are accepted too, so the output of
 /// `agff-lens scenes` is a data set), a folder holding such a file, or a folder of images
 /// each with a sidecar `.txt` caption of the same stem.
+///
+/// Every image is decoded once before this returns, so a set with an unreadable image is
+/// refused up front ([`TrainError::Data`], naming the files). That takes time on a folder
+/// of large photos: [`load_caption_dataset_with`] reports progress and can be cancelled.
 pub fn load_caption_dataset(path: &Path) -> Result<Vec<CaptionPair>, TrainError> {
+    load_caption_dataset_with(path, &|| false, &mut |_, _| {})
+}
+
+/// [`load_caption_dataset`] with progress and cancellation for its image check:
+/// `progress(done, total)` counts images decoded (called on this thread, between chunks
+/// of a few images per core), and `cancel` is polled between those chunks; when it
+/// returns true the load stops with [`TrainError::Cancelled`].
+pub fn load_caption_dataset_with(
+    path: &Path,
+    cancel: &dyn Fn() -> bool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<CaptionPair>, TrainError> {
     if path.is_file() {
-        return read_jsonl(path);
+        return read_jsonl(path, cancel, progress);
     }
     if !path.is_dir() {
         return Err(TrainError::Data(format!(
@@ -79,7 +95,7 @@ pub fn load_caption_dataset(path: &Path) -> Result<Vec<CaptionPair>, TrainError>
         .iter()
         .find(|p| p.extension().is_some_and(|e| e == "jsonl"))
     {
-        return read_jsonl(jsonl);
+        return read_jsonl(jsonl, cancel, progress);
     }
     let mut pairs = Vec::new();
     for p in &entries {
@@ -101,7 +117,7 @@ pub fn load_caption_dataset(path: &Path) -> Result<Vec<CaptionPair>, TrainError>
             }
         }
     }
-    check_readable(path, &pairs)?;
+    check_readable(path, &pairs, cancel, progress)?;
     if pairs.len() < 2 {
         return Err(TrainError::Data(format!(
             "{}: found {} captioned images; need at least 2 (images with a sidecar .txt of the same name, or a .jsonl of {{\"image\",\"text\"}})",
@@ -112,7 +128,11 @@ pub fn load_caption_dataset(path: &Path) -> Result<Vec<CaptionPair>, TrainError>
     Ok(pairs)
 }
 
-fn read_jsonl(path: &Path) -> Result<Vec<CaptionPair>, TrainError> {
+fn read_jsonl(
+    path: &Path,
+    cancel: &dyn Fn() -> bool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<CaptionPair>, TrainError> {
     let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut pairs = Vec::new();
@@ -143,7 +163,7 @@ fn read_jsonl(path: &Path) -> Result<Vec<CaptionPair>, TrainError> {
             text: caption.to_string(),
         });
     }
-    check_readable(path, &pairs)?;
+    check_readable(path, &pairs, cancel, progress)?;
     if pairs.len() < 2 {
         return Err(TrainError::Data(format!(
             "{}: needs at least 2 image-text lines, found {}",
@@ -158,13 +178,31 @@ fn read_jsonl(path: &Path) -> Result<Vec<CaptionPair>, TrainError> {
 /// cannot be read, naming each such file and why (up to [`NAMED_UNREADABLE`] of them), so
 /// that a fine-tune neither stops at the first batch that draws a corrupt file nor trains
 /// on fewer images than the user pointed it at. `source` is the folder or JSONL file, for
-/// the message.
-fn check_readable(source: &Path, pairs: &[CaptionPair]) -> Result<(), TrainError> {
+/// the message. The images go in chunks of [`CHECK_CHUNK_PER_THREAD`] per thread, with
+/// `progress` and `cancel` between chunks.
+fn check_readable(
+    source: &Path,
+    pairs: &[CaptionPair],
+    cancel: &dyn Fn() -> bool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(), TrainError> {
     use rayon::prelude::*;
-    let failed: Vec<String> = pairs
-        .par_iter()
-        .filter_map(|p| image_io::open_image(&p.image).err().map(|e| e.to_string()))
-        .collect();
+    let chunk = CHECK_CHUNK_PER_THREAD * rayon::current_num_threads().max(1);
+    let mut failed: Vec<String> = Vec::new();
+    let mut done = 0;
+    progress(done, pairs.len());
+    for part in pairs.chunks(chunk) {
+        if cancel() {
+            return Err(TrainError::Cancelled);
+        }
+        failed.extend(
+            part.par_iter()
+                .filter_map(|p| image_io::open_image(&p.image).err().map(|e| e.to_string()))
+                .collect::<Vec<_>>(),
+        );
+        done += part.len();
+        progress(done, pairs.len());
+    }
     if failed.is_empty() {
         return Ok(());
     }
@@ -179,6 +217,10 @@ fn check_readable(source: &Path, pairs: &[CaptionPair]) -> Result<(), TrainError
         pairs.len()
     )))
 }
+
+/// Images per thread between two progress reports (and cancellation checks) of
+/// [`check_readable`].
+const CHECK_CHUNK_PER_THREAD: usize = 4;
 
 /// How many unreadable images [`check_readable`]'s message names.
 const NAMED_UNREADABLE: usize = 5;
@@ -401,6 +443,41 @@ mod tests {
             err.contains("set.jsonl") && err.contains("1 of 2") && err.contains("missing.png"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_image_check_reports_progress_and_stops_when_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = RgbImage::from_pixel(8, 8, image::Rgb([10, 200, 10]));
+        // More images than one chunk holds, so there is more than one report.
+        let n = CHECK_CHUNK_PER_THREAD * rayon::current_num_threads().max(1) + 3;
+        for i in 0..n {
+            img.save(dir.path().join(format!("{i:03}.png"))).unwrap();
+            std::fs::write(dir.path().join(format!("{i:03}.txt")), "a green square").unwrap();
+        }
+        let mut seen = Vec::new();
+        let pairs = load_caption_dataset_with(dir.path(), &|| false, &mut |d, t| seen.push((d, t)))
+            .unwrap();
+        assert_eq!(pairs.len(), n);
+        assert_eq!(seen.first(), Some(&(0, n)), "{seen:?}");
+        assert_eq!(seen.last(), Some(&(n, n)), "{seen:?}");
+        assert!(seen.len() >= 3, "{seen:?}");
+        assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
+
+        // A cancel after the first chunk stops the check before the rest is decoded.
+        let mut reports = 0;
+        let calls = std::cell::Cell::new(0);
+        let err = load_caption_dataset_with(
+            dir.path(),
+            &|| {
+                calls.set(calls.get() + 1);
+                calls.get() > 1
+            },
+            &mut |_, _| reports += 1,
+        )
+        .unwrap_err();
+        assert!(matches!(err, TrainError::Cancelled), "{err}");
+        assert_eq!(reports, 2, "the start and one chunk");
     }
 
     #[test]

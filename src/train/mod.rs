@@ -34,7 +34,9 @@ use crate::model::demo::{DemoConfig, DemoModel};
 use crate::model::{Backbone, EmbedInput, EmbedOptions, ModelError, PerspectiveSet};
 use crate::util::rng::derive_seed;
 
-pub use data::{CaptionPair, DEFAULT_QUERY_SHARE, DataSource, load_caption_dataset};
+pub use data::{
+    CaptionPair, DEFAULT_QUERY_SHARE, DataSource, load_caption_dataset, load_caption_dataset_with,
+};
 pub use optim::AdamW;
 
 /// What can go wrong while training.
@@ -74,6 +76,10 @@ pub enum TrainError {
         /// Where the last good checkpoint is (or that nothing was saved).
         kept: String,
     },
+    /// The caller cancelled before training began (while the data set's images were
+    /// being checked); nothing was written.
+    #[error("cancelled")]
+    Cancelled,
     /// A setting is out of range: batch below 2, learning rate or τ not positive, α
     /// negative, an invalid perspective set, or nothing to train.
     #[error("invalid setting: {0}")]

@@ -279,6 +279,44 @@ fn stop_and_save_applies_the_run_so_far() {
 }
 
 #[test]
+fn a_fine_tune_folder_with_an_unreadable_image_fails_naming_it() {
+    let data = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("train-data-with-a-bad-image");
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).unwrap();
+    for (name, colour) in [("a", [200, 10, 10]), ("b", [10, 10, 200])] {
+        image::RgbImage::from_pixel(16, 16, image::Rgb(colour))
+            .save(data.join(format!("{name}.png")))
+            .unwrap();
+        std::fs::write(data.join(format!("{name}.txt")), "a square").unwrap();
+    }
+    std::fs::write(data.join("broken.png"), "not an image").unwrap();
+    std::fs::write(data.join("broken.txt"), "a circle").unwrap();
+
+    let mut h = demo_gallery("train-bad-folder");
+    h.get_by_label("Fine-tune").click();
+    h.step();
+    {
+        let app = h.state_mut();
+        app.training.use_folder = true;
+        app.settings.train_folder = data.display().to_string();
+        app.settings.steps = 4;
+    }
+    h.get_by_label("Start").click();
+    h.step();
+    step_until(&mut h, "the refused fine-tune", |a| {
+        !a.training.running && !a.busy()
+    });
+    let log = &h.state().log;
+    assert!(
+        log.iter().any(|l| l.error
+            && l.text.contains("1 of 3 captioned images cannot be read")
+            && l.text.contains("broken.png")),
+        "{log:?}"
+    );
+    assert!(h.state().training.losses.is_empty(), "no step was run");
+}
+
+#[test]
 fn fine_tune_runs_a_few_steps() {
     let mut h = demo_gallery("train");
     // Dropping a gallery image on the window searches with it: it finds itself first.
