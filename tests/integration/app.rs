@@ -55,8 +55,8 @@ fn cache_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// The app on the demo gallery of 48 scenes, with its own cache folder.
-/// The app on 48 demo scenes with nothing to pick, once their gallery is indexed.
+/// The app on 48 demo scenes with nothing to pick, with its own cache folder, once their
+/// gallery is indexed.
 fn demo_gallery(name: &str) -> Harness<'static, LensApp> {
     let mut h = build(AppOptions {
         picker: Box::new(FixedPicker::none()),
