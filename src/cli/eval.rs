@@ -306,7 +306,7 @@ fn print_rows(benchmark: &str, reports: &[ModelReport]) {
     for n in &names {
         header.push_str(&format!(" {:>7}", n.chars().take(7).collect::<String>()));
     }
-    header.push_str(&format!(" {:>7}", "average"));
+    header.push_str(&format!(" {:>7} {:>6}", "average", "± s.e."));
     println!("{header}");
     for r in reports {
         let row = |label: &str, pick: fn(&crate::scenes::eval::MethodScores) -> f64| {
@@ -317,7 +317,11 @@ fn print_rows(benchmark: &str, reports: &[ModelReport]) {
                     None => line.push_str(&format!(" {:>7}", "–")),
                 }
             }
-            line.push_str(&format!(" {:>7.1}", pick(&r.report.average)));
+            line.push_str(&format!(
+                " {:>7.1} {:>6.1}",
+                pick(&r.report.average),
+                pick(&r.report.average_standard_error)
+            ));
             line
         };
         println!("{}", row(&r.model, |s| s.fused));
@@ -409,9 +413,15 @@ fn print_report(model: &str, r: &PairReport) {
             name, s.fused, s.gg, s.fg, s.gf, s.ff
         );
     }
+    let e = &r.average_standard_error;
     println!(
-        "  (cos img / cos txt: mean cosine of a pair's two images / two statements, global \
-         view; near 1, the model does not tell them apart)"
+        "  {:<12} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1}",
+        "± s.e.", e.fused, e.gg, e.fg, e.gf, e.ff
+    );
+    println!(
+        "  (± s.e.: the average's standard error from the draw of pairs; more --pairs make \
+         it smaller. cos img / cos txt: mean cosine of a pair's two images / two statements, \
+         global view; near 1, the model does not tell them apart)"
     );
     // Each fine perspective's own view (the global one's is GG above).
     let views = r.perspectives.get(1..).unwrap_or_default();

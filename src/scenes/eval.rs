@@ -56,6 +56,10 @@ pub struct PairReport {
     pub patterns: BTreeMap<String, MethodScores>,
     /// Mean of the per-pattern accuracies over the patterns that have pairs (0 with none).
     pub average: MethodScores,
+    /// The standard error (percentage points) of each [`PairReport::average`], from the
+    /// pairs' sampling alone ([`MmvpTally::average_standard_error`]): how far the average
+    /// would move on another draw of pairs.
+    pub average_standard_error: MethodScores,
     /// Number of pairs scored, by pattern name.
     pub pairs_per_pattern: BTreeMap<String, usize>,
     /// Per pattern, how alike the model finds the two sides of a pair: why a pattern
@@ -475,6 +479,13 @@ fn method_report(tallies: &[MmvpTally], separation: &BTreeMap<&str, SeparationSu
         fg: pick(2, &|t| t.average()),
         gf: pick(3, &|t| t.average()),
         ff: pick(4, &|t| t.average()),
+    };
+    out.average_standard_error = MethodScores {
+        fused: pick(0, &|t| t.average_standard_error()),
+        gg: pick(1, &|t| t.average_standard_error()),
+        fg: pick(2, &|t| t.average_standard_error()),
+        gf: pick(3, &|t| t.average_standard_error()),
+        ff: pick(4, &|t| t.average_standard_error()),
     };
     out
 }

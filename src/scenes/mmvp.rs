@@ -556,4 +556,23 @@ impl MmvpTally {
             .collect();
         (!ps.is_empty()).then(|| ps.iter().sum::<f64>() / ps.len() as f64)
     }
+
+    /// Standard error (percentage points) of [`MmvpTally::average`] from the pairs'
+    /// sampling alone: each pattern's accuracy as a binomial proportion q over its n
+    /// pairs, variance q(1 − q)/n, the average's variance the sum over the P patterns
+    /// divided by P². With 15 pairs per pattern it is about 4 points; two models (or two
+    /// runs) differ by more than chance only when their averages are several of these
+    /// apart. `None` without pairs.
+    pub fn average_standard_error(&self) -> Option<f64> {
+        let variances: Vec<f64> = (0..self.pairs.len())
+            .filter(|&i| self.pairs[i] > 0)
+            .map(|i| {
+                let n = self.pairs[i] as f64;
+                let q = self.correct[i] as f64 / n;
+                q * (1.0 - q) / n
+            })
+            .collect();
+        (!variances.is_empty())
+            .then(|| 100.0 * variances.iter().sum::<f64>().sqrt() / variances.len() as f64)
+    }
 }

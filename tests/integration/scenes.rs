@@ -192,6 +192,27 @@ fn mmvp_scoring_by_hand() {
     // Mean over the three patterns with pairs, not over pairs (4/7 would be 57.1 %).
     let avg = t.average().unwrap_or(f64::NAN);
     assert!((avg - 125.0 / 3.0).abs() < 1e-9, "{avg}");
+    // Standard error: sqrt(0.75·0.25/4 + 0.5·0.5/2 + 0/1) / 3, in points.
+    let se = t.average_standard_error().unwrap_or(f64::NAN);
+    let want = 100.0 * (0.75f64 * 0.25 / 4.0 + 0.25 / 2.0).sqrt() / 3.0;
+    assert!((se - want).abs() < 1e-9, "{se} against {want}");
+    // More pairs at the same accuracy shrink it as 1/sqrt(n).
+    let mut big = MmvpTally::default();
+    for _ in 0..100 {
+        for c in [true, true, false, true] {
+            big.add(MmvpPattern::Orientation, c);
+        }
+    }
+    assert_eq!(MmvpTally::default().average_standard_error(), None);
+    let mut small = MmvpTally::default();
+    for c in [true, true, false, true] {
+        small.add(MmvpPattern::Orientation, c);
+    }
+    let (s, b) = (
+        small.average_standard_error().unwrap_or(f64::NAN),
+        big.average_standard_error().unwrap_or(f64::NAN),
+    );
+    assert!((s / b - 10.0).abs() < 1e-9, "{s} / {b}");
 }
 
 #[test]
