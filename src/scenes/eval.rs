@@ -457,36 +457,28 @@ fn method_report(tallies: &[MmvpTally], separation: &BTreeMap<&str, SeparationSu
             out.separation.insert(name.to_string(), mean);
         }
     }
-    let pick = |m: usize, f: &dyn Fn(&MmvpTally) -> Option<f64>| f(&tallies[m]).unwrap_or(0.0);
+    // One figure of each method's tally (fused, GG, FG, GF, FF), 0 where it has none.
+    let per_method = |f: &dyn Fn(&MmvpTally) -> Option<f64>| {
+        let pick = |m: usize| f(&tallies[m]).unwrap_or(0.0);
+        MethodScores {
+            fused: pick(0),
+            gg: pick(1),
+            fg: pick(2),
+            gf: pick(3),
+            ff: pick(4),
+        }
+    };
     for pattern in MmvpPattern::ALL {
         let n = tallies[0].pairs(pattern);
         if n == 0 {
             continue;
         }
-        let scores = MethodScores {
-            fused: pick(0, &|t| t.percent(pattern)),
-            gg: pick(1, &|t| t.percent(pattern)),
-            fg: pick(2, &|t| t.percent(pattern)),
-            gf: pick(3, &|t| t.percent(pattern)),
-            ff: pick(4, &|t| t.percent(pattern)),
-        };
+        let scores = per_method(&|t| t.percent(pattern));
         out.patterns.insert(pattern.name().to_string(), scores);
         out.pairs_per_pattern.insert(pattern.name().to_string(), n);
     }
-    out.average = MethodScores {
-        fused: pick(0, &|t| t.average()),
-        gg: pick(1, &|t| t.average()),
-        fg: pick(2, &|t| t.average()),
-        gf: pick(3, &|t| t.average()),
-        ff: pick(4, &|t| t.average()),
-    };
-    out.average_standard_error = MethodScores {
-        fused: pick(0, &|t| t.average_standard_error()),
-        gg: pick(1, &|t| t.average_standard_error()),
-        fg: pick(2, &|t| t.average_standard_error()),
-        gf: pick(3, &|t| t.average_standard_error()),
-        ff: pick(4, &|t| t.average_standard_error()),
-    };
+    out.average = per_method(&|t| t.average());
+    out.average_standard_error = per_method(&|t| t.average_standard_error());
     out
 }
 
