@@ -14,6 +14,7 @@
 mod data;
 pub mod heads;
 mod optim;
+mod steplog;
 pub mod vision;
 
 use std::collections::HashMap;
@@ -38,6 +39,8 @@ pub use data::{
     CaptionPair, DEFAULT_QUERY_SHARE, DataSource, load_caption_dataset, load_caption_dataset_with,
 };
 pub use optim::AdamW;
+pub use steplog::STEPS_FILE;
+use steplog::StepLog;
 
 /// What can go wrong while training.
 #[derive(Debug, thiserror::Error)]
@@ -858,6 +861,7 @@ fn train_demo_inner(
             resumed_from: start_step,
         },
     );
+    let mut log = StepLog::open(out, state.is_some())?;
     let started = Instant::now();
     let mut last = (f64::NAN, 0.0);
     let mut step = start_step;
@@ -907,15 +911,18 @@ fn train_demo_inner(
         report.thumbnails = batch_thumbnails(&batch);
         report.seconds = t0.elapsed().as_secs_f64();
         last = (report.loss, report.accuracy);
+        log.record(&report);
         emit(&events, TrainEvent::Step(Box::new(report)));
         if step % settings.checkpoint_every.max(1) == 0 {
             save(&mut model, &optim, step)?;
+            log.flush()?;
             last_saved = step;
             emit_checkpoint(&events, step, out);
         }
     }
     if last_saved != step || state.is_none() && step == 0 {
         save(&mut model, &optim, step)?;
+        log.flush()?;
         emit_checkpoint(&events, step, out);
     }
     let summary = TrainSummary {
@@ -1185,6 +1192,7 @@ fn fine_tune_inner(
             resumed_from: 0,
         },
     );
+    let mut log = StepLog::open(out, false)?;
     let started = Instant::now();
     let mut last = (f64::NAN, 0.0);
     let mut step = 0;
@@ -1237,14 +1245,17 @@ fn fine_tune_inner(
         report.thumbnails = batch_thumbnails(&batch);
         report.seconds = t0.elapsed().as_secs_f64();
         last = (report.loss, report.accuracy);
+        log.record(&report);
         emit(&events, TrainEvent::Step(Box::new(report)));
         if step % settings.checkpoint_every.max(1) == 0 {
             save(step)?;
+            log.flush()?;
             last_saved = step;
             emit_checkpoint(&events, step, out);
         }
     }
     save(step)?;
+    log.flush()?;
     let summary = TrainSummary {
         steps_done: step,
         final_loss: last.0,

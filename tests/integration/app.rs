@@ -399,6 +399,9 @@ fn fine_tune_runs_a_few_steps() {
     // "Save run to…" copies the trained prompts, perspectives and fusion to the folder.
     let saved = h.state().training.last_run.clone().expect("the run folder");
     assert!(saved.join("fusion.json").is_file());
+    // Its learning curve, a line a step.
+    let curve = std::fs::read_to_string(saved.join(agff_lens::train::STEPS_FILE)).unwrap();
+    assert_eq!(curve.lines().count(), 4, "{curve}");
     let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("app-train-saved");
     let _ = std::fs::remove_dir_all(&target);
     std::fs::create_dir_all(&target).unwrap();

@@ -215,12 +215,37 @@ fn resumes_exactly(settings: &TrainSettings, name: &str) -> (Vec<TrainEvent>, St
     // Equal only if the weights, the optimiser moments, the fusion and the data stream
     // all survived the interruption.
     assert!(worst < 1e-4, "resumed run differs by {worst}");
+    // The learning curve on disk: a line a step, the resumed run continuing the file.
+    let (a_curve, b_curve) = (step_log(&straight), step_log(&split));
+    let steps: Vec<u64> = (1..=settings.steps).collect();
+    assert_eq!(a_curve.iter().map(|c| c.0).collect::<Vec<_>>(), steps);
+    assert_eq!(b_curve.iter().map(|c| c.0).collect::<Vec<_>>(), steps);
+    for (x, y) in a_curve.iter().zip(&b_curve) {
+        assert!(
+            (x.1 - y.1).abs() < 1e-4,
+            "step {}: loss {} against {}",
+            x.0,
+            x.1,
+            y.1
+        );
+    }
     let provenance = a.config().provenance.clone();
     let _ = (
         std::fs::remove_dir_all(&straight),
         std::fs::remove_dir_all(&split),
     );
     (events, provenance)
+}
+
+/// (step, loss) of each line of a run's `steps.jsonl`.
+fn step_log(dir: &Path) -> Vec<(u64, f64)> {
+    let text = std::fs::read_to_string(dir.join(agff_lens::train::STEPS_FILE)).unwrap();
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+        })
+        .collect()
 }
 
 #[test]
