@@ -298,7 +298,6 @@ fn print_summary(s: &TrainSummary) {
     );
 }
 
-/// Runs a trainer on a worker thread and draws its events as a progress bar.
 /// Reads a captioned data set, with a progress bar while its images are checked (they are
 /// all decoded once; a folder of large photos takes a while).
 fn check_dataset(args: &TrainArgs, path: &Path) -> anyhow::Result<Vec<CaptionPair>> {
@@ -319,6 +318,7 @@ fn check_dataset(args: &TrainArgs, path: &Path) -> anyhow::Result<Vec<CaptionPai
     Ok(pairs?)
 }
 
+/// Runs a trainer on a worker thread and draws its events as a progress bar.
 fn with_progress<F>(args: &TrainArgs, label: &str, train: F) -> anyhow::Result<TrainSummary>
 where
     F: FnOnce(
