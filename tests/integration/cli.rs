@@ -998,12 +998,16 @@ fn eval_pmmvp_puts_several_models_in_one_table_with_a_row_each() {
     assert!(lines[header + 1].trim_start().starts_with("demo"));
     assert!(lines[header + 2].trim_start().starts_with("GG"));
     assert!(lines[header + 3].trim_start().starts_with(siglip));
-    // 9 patterns and the average on every row.
-    assert_eq!(lines[header + 3].split_whitespace().count(), 11);
+    // 9 patterns, the average and its standard error on every row.
+    assert_eq!(lines[header + 3].split_whitespace().count(), 12);
     let v = json_of(&agff_lens().args(args).arg("--json").output().unwrap());
     let models = v["models"].as_array().unwrap();
     assert_eq!(models.len(), 2);
     assert_eq!(models[1]["model"], siglip);
+    for m in models {
+        let se = m["average_standard_error"]["fused"].as_f64().unwrap();
+        assert!((0.0..=50.0).contains(&se), "{se}");
+    }
     // With K = 0 every pattern's FG, GF and FF equal GG.
     let avg = &models[1]["average"];
     assert_eq!(avg["GG"], avg["FF"]);
