@@ -560,7 +560,7 @@ impl MmvpTally {
     /// Standard error (percentage points) of [`MmvpTally::average`] from the pairs'
     /// sampling alone: each pattern's accuracy as a binomial proportion q over its n
     /// pairs, variance q(1 − q)/n, the average's variance the sum over the P patterns
-    /// divided by P². With 15 pairs per pattern it is about 4 points; two models (or two
+    /// divided by P². With 15 pairs per pattern it is about 3 points; two models (or two
     /// runs) differ by more than chance only when their averages are several of these
     /// apart. `None` without pairs.
     pub fn average_standard_error(&self) -> Option<f64> {
