@@ -79,6 +79,11 @@ pub struct TrainArgs {
     /// Stop the pre-training after this many minutes (0: no limit).
     #[arg(long)]
     pub vision_minutes: Option<f64>,
+    /// Steps of the language model's pre-training on the text heads' tasks (which object
+    /// a statement puts on the left…), on texts alone, before a recipe's contrastive stage
+    /// (0: none). Its heads go on into the contrastive stage when --text-heads is on.
+    #[arg(long)]
+    pub text_steps: Option<u64>,
     /// Go on training the pre-trained tower in the contrastive stage (default: frozen).
     #[arg(long)]
     pub tune_vision: bool,
@@ -162,6 +167,7 @@ impl TrainArgs {
             vision_budget_s: self
                 .vision_minutes
                 .map_or(base.vision_budget_s, |m| (m * 60.0).round() as u64),
+            text_steps: self.text_steps.unwrap_or(base.text_steps),
             freeze_vision: !self.tune_vision,
             vision_lr_scale: self.vision_lr_scale.unwrap_or(base.vision_lr_scale),
             visual_position_2d: self.visual_positions_2d,
@@ -180,6 +186,7 @@ impl TrainArgs {
             ("--k", self.k.is_some()),
             ("--vision-steps", self.vision_steps.is_some()),
             ("--vision-minutes", self.vision_minutes.is_some()),
+            ("--text-steps", self.text_steps.is_some()),
             ("--tune-vision", self.tune_vision),
             ("--visual-positions-2d", self.visual_positions_2d),
             ("--scene-heads", self.scene_heads.is_some()),
@@ -361,11 +368,13 @@ where
                         last.push_str(&format!(" text heads {:.3} ({:.2})", h.loss, h.accuracy));
                     }
                     bar.set_message(last.clone());
-                    // The tower's pre-training writes no checkpoints: a quiet run still
+                    // The tower's and the text pre-training write no checkpoints: a quiet run still
                     // says how it goes, at the checkpoint interval.
-                    if args.quiet && stage == "vision" && r.step % args.checkpoint_every.max(1) == 0
+                    if args.quiet
+                        && (stage == "vision" || stage == "text")
+                        && r.step % args.checkpoint_every.max(1) == 0
                     {
-                        eprintln!("{label}/vision: step {}: {last}", r.step);
+                        eprintln!("{label}/{stage}: step {}: {last}", r.step);
                     }
                 }
                 TrainEvent::Checkpoint { step, dir } => {

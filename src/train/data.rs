@@ -305,7 +305,7 @@ const PAIR_WEIGHTS: [(MmvpPattern, usize); 9] = [
     (MmvpPattern::Viewpoint, 1),
 ];
 
-fn pick_pattern(rng: &mut SceneRng) -> MmvpPattern {
+pub(crate) fn pick_pattern(rng: &mut SceneRng) -> MmvpPattern {
     let total: usize = PAIR_WEIGHTS.iter().map(|(_, w)| w).sum();
     let mut r = rng.below(total);
     for (pattern, w) in PAIR_WEIGHTS {

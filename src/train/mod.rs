@@ -15,6 +15,7 @@ mod data;
 pub mod heads;
 mod optim;
 mod steplog;
+pub mod text;
 pub mod vision;
 
 use std::collections::HashMap;
@@ -155,6 +156,10 @@ pub struct TrainSettings {
     /// Seconds the pre-training may take at most (0: no limit).
     #[serde(default)]
     pub vision_budget_s: u64,
+    /// Steps of the language model's text pre-training on the text heads' tasks, after the
+    /// tower's and before the contrastive stage of the demo recipe (0: none); see [`text`].
+    #[serde(default)]
+    pub text_steps: u64,
     /// Keep the (pre-trained) tower fixed in the contrastive stage, as LiT does.
     #[serde(default)]
     pub freeze_vision: bool,
@@ -220,6 +225,7 @@ impl Default for TrainSettings {
             stop_at: 0,
             vision_steps: 0,
             vision_budget_s: 0,
+            text_steps: 0,
             freeze_vision: true,
             vision_lr_scale: 0.1,
             query_share: DEFAULT_QUERY_SHARE,
@@ -757,6 +763,11 @@ fn train_demo_inner(
     } else {
         vision_steps_done(out)
     };
+    let text_done = if state.is_none() && settings.text_steps > 0 {
+        text_stage(&mut model, settings, out, control, &events)?
+    } else {
+        text_steps_done(out)
+    };
     let perspectives = model.config().perspectives.clone();
     let fusion = Fusion::new(fusion_init, DType::F32, &device)?;
     let frozen = |name: &str| settings.freeze_vision && name.starts_with("vision.");
@@ -783,6 +794,9 @@ fn train_demo_inner(
         }
         if state.is_some() {
             h.load(&out.join(h.file_name()))?;
+        } else if text_done > 0 && h.file_name() == heads::TEXT_HEADS_FILE {
+            // The text stage's heads go on where it left them.
+            h.load(&out.join(TEXT_DIR).join(h.file_name()))?;
         }
         vars.extend(h.vars());
         Ok(Some(h))
@@ -819,13 +833,18 @@ fn train_demo_inner(
         let (theta, beta) = fusion_values(&fusion)?;
         model.set_fusion(theta, beta);
         model.set_provenance(format!(
-            "agff-lens train --recipe demo: vision tower pre-trained {} of {} steps{}; {} of {} contrastive steps, batch {}, lr {}, α {}, τ {}, K {}, seed {}{}{}",
+            "agff-lens train --recipe demo: vision tower pre-trained {} of {} steps{}; {}{} of {} contrastive steps, batch {}, lr {}, α {}, τ {}, K {}, seed {}{}{}",
             vision_done,
             settings.vision_steps,
             if settings.freeze_vision {
                 ", then frozen".to_string()
             } else {
                 format!(", then trained at {}× the rate", settings.vision_lr_scale)
+            },
+            if text_done > 0 {
+                format!("language model pre-trained on the text tasks {text_done} steps; ")
+            } else {
+                String::new()
             },
             step,
             settings.steps,
@@ -993,6 +1012,79 @@ fn pretrain_stage(
             summary.steps_done, summary.seconds, probes.test_scenes
         )),
     );
+    if settings.text_steps == 0 {
+        emit(
+            events,
+            TrainEvent::Stage {
+                name: "contrastive".into(),
+                total_steps: settings.steps,
+            },
+        );
+    }
+    Ok(summary.steps_done)
+}
+
+/// Where the recipe's text stage keeps its model and heads, under the run's folder.
+const TEXT_DIR: &str = "text";
+
+/// Stage 1b of the demo recipe: the language model's text pre-training ([`text`]) into
+/// `out/text`, with text heads built as the contrastive stage builds them (cosine at
+/// `text_head_scale` when set), saved there for it. One that finished before (its
+/// `text.json` exists) is loaded instead of run again. Returns the steps done.
+fn text_stage(
+    model: &mut DemoModel,
+    settings: &TrainSettings,
+    out: &Path,
+    control: &TrainControl,
+    events: &Option<SyncSender<TrainEvent>>,
+) -> Result<u64, TrainError> {
+    let dir = out.join(TEXT_DIR);
+    if dir.join(text::TEXT_SUMMARY_FILE).is_file() {
+        let done = DemoModel::load(&dir, &Device::Cpu)?;
+        model.copy_params_from(&done, |name| {
+            name.starts_with("lm.") || name.starts_with("soft.")
+        })?;
+        emit(
+            events,
+            TrainEvent::Note(format!(
+                "language model: pre-trained on the text tasks before, loaded from {}",
+                dir.display()
+            )),
+        );
+        return Ok(text_steps_done(out));
+    }
+    emit(
+        events,
+        TrainEvent::Stage {
+            name: "text".into(),
+            total_steps: settings.text_steps,
+        },
+    );
+    let device = Device::Cpu;
+    let mut heads =
+        heads::SceneHeads::for_text(&model.config().perspectives, model.config().hidden, &device)?;
+    if settings.text_head_scale > 0.0 {
+        heads = heads.cosine(settings.text_head_scale, derive_seed(settings.seed, 0x4ead))?;
+    }
+    let ts = text::TextSettings {
+        steps: settings.text_steps,
+        seed: settings.seed,
+        ..text::TextSettings::default()
+    };
+    let s = text::pretrain_text(model, &heads, &ts, &dir, control, events)?;
+    emit(
+        events,
+        TrainEvent::Note(format!(
+            "language model: {} text steps in {:.1} s, loss {:.4}; held out: relation slots {:.3}, \
+             position statements at a cosine of {:.4}, colour statements {:.4}",
+            s.steps_done,
+            s.seconds,
+            s.final_loss,
+            s.relation_accuracy,
+            s.position_statement_cosine,
+            s.colour_statement_cosine
+        )),
+    );
     emit(
         events,
         TrainEvent::Stage {
@@ -1000,7 +1092,16 @@ fn pretrain_stage(
             total_steps: settings.steps,
         },
     );
-    Ok(summary.steps_done)
+    Ok(s.steps_done)
+}
+
+/// Steps the text pre-training in `out/text` did (0 when there was none).
+fn text_steps_done(out: &Path) -> u64 {
+    std::fs::read_to_string(out.join(TEXT_DIR).join(text::TEXT_SUMMARY_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["summary"]["steps_done"].as_u64())
+        .unwrap_or(0)
 }
 
 /// Steps the tower's pre-training in `out/vision` did (0 when there was none).

@@ -287,6 +287,44 @@ fn cosine_text_heads_beside_linear_scene_heads_resume_exactly() {
     );
 }
 
+/// A text stage (`--text-steps`) runs after the tower's and before the contrastive stage,
+/// reports its held-out figures, is named in the provenance, and leaves a run that still
+/// resumes exactly (a resumed run does not repeat it).
+#[test]
+fn a_text_stage_runs_before_the_contrastive_one_and_the_run_resumes_exactly() {
+    let settings = TrainSettings {
+        text_steps: 5,
+        scene_heads: 1.0,
+        text_heads: 1.0,
+        text_head_scale: 10.0,
+        ..tiny(6)
+    };
+    let out = temp("text-stage");
+    let (r, events) = run(&settings, &out, false);
+    r.unwrap();
+    let stages: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Stage { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stages, ["text", "contrastive"]);
+    assert!(
+        events.iter().any(|e| matches!(e,
+            TrainEvent::Note(n) if n.contains("5 text steps") && n.contains("relation slots"))),
+        "no text-stage note"
+    );
+    assert!(out.join("text").join("text.json").is_file());
+    assert!(out.join("text").join("text_heads.safetensors").is_file());
+    let _ = std::fs::remove_dir_all(&out);
+    let provenance = heads_report_and_resume(&settings, "text-stage");
+    assert!(
+        provenance.contains("language model pre-trained on the text tasks 5 steps; "),
+        "{provenance}"
+    );
+}
+
 /// Checks that every step of a run with both kinds of heads reports both losses and that
 /// the run resumes exactly; returns the model's provenance.
 fn heads_report_and_resume(settings: &TrainSettings, name: &str) -> String {
