@@ -84,6 +84,11 @@ pub struct TrainArgs {
     /// (0: none). Its heads go on into the contrastive stage when --text-heads is on.
     #[arg(long)]
     pub text_steps: Option<u64>,
+    /// Give the text heads two more tasks: the fill and colour of the first object a text
+    /// names ("filled red"), and the viewpoint it names ("far"), on the attributes and
+    /// spatial text embeddings (not the global one).
+    #[arg(long)]
+    pub more_text_tasks: bool,
     /// Go on training the pre-trained tower in the contrastive stage (default: frozen).
     #[arg(long)]
     pub tune_vision: bool,
@@ -168,6 +173,7 @@ impl TrainArgs {
                 .vision_minutes
                 .map_or(base.vision_budget_s, |m| (m * 60.0).round() as u64),
             text_steps: self.text_steps.unwrap_or(base.text_steps),
+            more_text_tasks: self.more_text_tasks,
             freeze_vision: !self.tune_vision,
             vision_lr_scale: self.vision_lr_scale.unwrap_or(base.vision_lr_scale),
             visual_position_2d: self.visual_positions_2d,
@@ -187,6 +193,7 @@ impl TrainArgs {
             ("--vision-steps", self.vision_steps.is_some()),
             ("--vision-minutes", self.vision_minutes.is_some()),
             ("--text-steps", self.text_steps.is_some()),
+            ("--more-text-tasks", self.more_text_tasks),
             ("--tune-vision", self.tune_vision),
             ("--visual-positions-2d", self.visual_positions_2d),
             ("--scene-heads", self.scene_heads.is_some()),

@@ -52,7 +52,7 @@ use candle_core::{D, DType, Device, Tensor, Var};
 use super::TrainError;
 use crate::agff::PerspectiveEmbeddings;
 use crate::model::PerspectiveSet;
-use crate::scenes::{Colour, Orientation, SCENE_SIZE, Scene, SceneObject, Shape, font};
+use crate::scenes::{Colour, Orientation, SCENE_SIZE, Scene, SceneObject, Shape, Zoom, font};
 use crate::util::rng::{SplitMix64, derive_seed};
 
 /// Which perspective a task supervises (besides the global embedding, which gets all).
@@ -90,6 +90,9 @@ pub struct SceneTask {
     pub classes: usize,
     /// The perspective it supervises.
     pub group: TaskGroup,
+    /// Whether the global embedding's head answers it too (all tasks but the extra text
+    /// tasks of [`text_tasks_with`], which stay off the global view).
+    pub global: bool,
 }
 
 /// Columns of the scene a task tells apart (thirds of the width).
@@ -108,6 +111,7 @@ pub fn scene_tasks() -> Vec<SceneTask> {
             name,
             classes,
             group,
+            global: true,
         });
     };
     for s in Shape::ALL {
@@ -245,29 +249,59 @@ pub fn scene_targets(scene: &Scene) -> Vec<u32> {
 /// ("the letter q"), the two things an orientation or a text pair's statements differ in.
 /// Class 0 of each is "not named in the text".
 pub fn text_tasks() -> Vec<SceneTask> {
+    text_tasks_with(false)
+}
+
+/// [`text_tasks`], and with `extra` two more, read off the first words that name them:
+/// the fill and colour of the first object a text names ("filled red", 18 classes, on the
+/// `attributes` text embedding) and the viewpoint ("close up", "far", on `spatial`). Neither
+/// goes to the global embedding's head: a cosine head there pulls the texts of one class
+/// together whatever else they say, and classes that texts of every colour share ("two",
+/// "filled") drew colour words together in earlier runs (README, "Tried three rounds
+/// ago"). A state pair's two statements differ in the fill word, a viewpoint pair's in
+/// the viewpoint word, and the relation tasks alone let both be forgotten.
+pub fn text_tasks_with(extra: bool) -> Vec<SceneTask> {
     let mut tasks = Vec::new();
     for side in ["left", "right", "upper", "lower"] {
         tasks.push(SceneTask {
             name: format!("colour of the {side} object"),
             classes: 1 + Colour::ALL.len(),
             group: TaskGroup::Spatial,
+            global: true,
         });
         tasks.push(SceneTask {
             name: format!("shape of the {side} object"),
             classes: 1 + Shape::ALL.len(),
             group: TaskGroup::Spatial,
+            global: true,
         });
     }
     tasks.push(SceneTask {
         name: "orientation named".into(),
         classes: 1 + Orientation::ALL.len(),
         group: TaskGroup::Spatial,
+        global: true,
     });
     tasks.push(SceneTask {
         name: "characters named".into(),
         classes: 1 + font::LABEL_CHARS.len(),
         group: TaskGroup::Text,
+        global: true,
     });
+    if extra {
+        tasks.push(SceneTask {
+            name: "fill and colour of the first object named".into(),
+            classes: 1 + 2 * Colour::ALL.len(),
+            group: TaskGroup::Attributes,
+            global: false,
+        });
+        tasks.push(SceneTask {
+            name: "viewpoint named".into(),
+            classes: 1 + Zoom::ALL.len(),
+            group: TaskGroup::Spatial,
+            global: false,
+        });
+    }
     tasks
 }
 
@@ -304,6 +338,14 @@ fn named(words: &[&str], last: bool) -> (u32, u32) {
 /// one after "letter" or "digit" (0 where there is none, or it names no orientation or
 /// character).
 pub fn text_targets(text: &str) -> Vec<u32> {
+    text_targets_with(text, false)
+}
+
+/// The targets of [`text_tasks_with`]`(extra)`: those of [`text_targets`], then with
+/// `extra` the first fill word ("filled", "outlined") with the colour word right after it
+/// (class `1 + 2·colour + fill`; 0 where either is missing) and the first viewpoint word
+/// ("close up", "far").
+pub fn text_targets_with(text: &str, extra: bool) -> Vec<u32> {
     let words: Vec<&str> = text.split_whitespace().collect();
     let mut t = vec![0; 10];
     t[..8].copy_from_slice(&relation_targets(&words));
@@ -326,6 +368,21 @@ pub fn text_targets(text: &str) -> Vec<u32> {
         })
         .and_then(|c| font::LABEL_CHARS.iter().position(|&x| x == c))
         .map_or(0, |i| 1 + i as u32);
+    if extra {
+        let fill_colour = words.windows(2).find_map(|w| {
+            let fill = ["filled", "outlined"].iter().position(|f| *f == w[0])?;
+            let colour = Colour::ALL.iter().position(|c| c.name() == w[1])?;
+            Some(1 + (2 * colour + fill) as u32)
+        });
+        t.push(fill_colour.unwrap_or(0));
+        // "close up" or "far": the phrase's first word.
+        let zoom = words.iter().find_map(|w| {
+            Zoom::ALL
+                .iter()
+                .position(|z| z.phrase().split(' ').next() == Some(*w))
+        });
+        t.push(zoom.map_or(0, |z| 1 + z as u32));
+    }
     t
 }
 
@@ -401,6 +458,8 @@ pub struct SceneHeads {
     scale: Option<f64>,
     /// Class 0 means "not named" (text heads), not "none there" (image heads).
     zero_is_unnamed: bool,
+    /// Text heads only: the extra tasks of [`text_tasks_with`] are on.
+    extra: bool,
 }
 
 /// The image heads' file beside a run's checkpoint.
@@ -439,13 +498,28 @@ impl SceneHeads {
         dim: usize,
         device: &Device,
     ) -> Result<Self, TrainError> {
-        Self::build(
-            text_tasks(),
+        Self::for_text_with(perspectives, dim, device, false)
+    }
+
+    /// [`SceneHeads::for_text`], answering [`text_tasks_with`]`(extra)`.
+    ///
+    /// # Errors
+    /// Allocating the weights.
+    pub fn for_text_with(
+        perspectives: &PerspectiveSet,
+        dim: usize,
+        device: &Device,
+        extra: bool,
+    ) -> Result<Self, TrainError> {
+        let mut heads = Self::build(
+            text_tasks_with(extra),
             ("text_heads", TEXT_HEADS_FILE, true),
             perspectives,
             dim,
             device,
-        )
+        )?;
+        heads.extra = extra;
+        Ok(heads)
     }
 
     fn build(
@@ -458,7 +532,9 @@ impl SceneHeads {
         let mut heads = Vec::new();
         for (p, perspective) in perspectives.perspectives.iter().enumerate() {
             let mine: Vec<usize> = (0..tasks.len())
-                .filter(|&i| p == 0 || tasks[i].group.perspective() == perspective.name)
+                .filter(|&i| {
+                    (p == 0 && tasks[i].global) || tasks[i].group.perspective() == perspective.name
+                })
                 .collect();
             if mine.is_empty() {
                 continue;
@@ -487,6 +563,7 @@ impl SceneHeads {
             file,
             scale: None,
             zero_is_unnamed,
+            extra: false,
         })
     }
 
@@ -584,7 +661,10 @@ impl SceneHeads {
         text: &Tensor,
         texts: &[&str],
     ) -> Result<(Tensor, HeadsLoss), TrainError> {
-        let targets: Vec<Vec<u32>> = texts.iter().map(|t| text_targets(t)).collect();
+        let targets: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| text_targets_with(t, self.extra))
+            .collect();
         self.loss_on(text, &targets)
     }
 
@@ -994,6 +1074,55 @@ mod tests {
     /// Cosine text heads leave out texts that do not name a task's thing: a batch of such
     /// texts costs nothing (linear heads ask it for "none"), and adding one to a batch
     /// changes nothing.
+    #[test]
+    fn the_extra_text_tasks_read_fill_colour_and_viewpoint_off_the_global_head() {
+        let red = Colour::ALL.iter().position(|c| *c == Colour::Red).unwrap() as u32;
+        let at = |z: Zoom| 1 + Zoom::ALL.iter().position(|x| *x == z).unwrap() as u32;
+        let extra = |t: &str| text_targets_with(t, true)[10..].to_vec();
+        assert_eq!(extra("a filled red circle"), [1 + 2 * red, 0]);
+        assert_eq!(extra("an outlined red circle"), [2 + 2 * red, 0]);
+        assert_eq!(extra("a far view"), [0, at(Zoom::Far)]);
+        assert_eq!(extra("a close up view"), [0, at(Zoom::Near)]);
+        assert_eq!(extra("a red circle"), [0, 0]);
+        // Without them, the targets and tasks are the ones runs before had.
+        let plain = "a far view of a beach scene with a small filled red circle";
+        assert_eq!(text_targets_with(plain, false), text_targets(plain));
+        assert_eq!(text_tasks_with(false), text_tasks());
+        assert_eq!(text_tasks_with(true).len(), text_tasks().len() + 2);
+        // A state pair's statements differ in the fill task, a viewpoint pair's in the
+        // viewpoint task.
+        let mut rng = SceneRng::new(11);
+        for (pattern, task) in [(MmvpPattern::State, 10), (MmvpPattern::Viewpoint, 11)] {
+            for _ in 0..10 {
+                let [a, b] = ScenePair::generate(pattern, &mut rng).statements;
+                let (ta, tb) = (text_targets_with(&a, true), text_targets_with(&b, true));
+                assert!(
+                    ta[task] > 0 && tb[task] > 0 && ta[task] != tb[task],
+                    "{a} / {b}"
+                );
+            }
+        }
+        // The global head does not answer them; `attributes` and `spatial` do.
+        let set = crate::model::demo::DemoConfig::default_perspectives(4);
+        let heads = SceneHeads::for_text_with(&set, 8, &Device::Cpu, true).unwrap();
+        let tasks_of = |name: &str| -> Vec<usize> {
+            heads
+                .heads
+                .iter()
+                .find(|h| h.name == name)
+                .map(|h| h.tasks.iter().map(|t| t.0).collect())
+                .unwrap_or_default()
+        };
+        assert!(!tasks_of("global").contains(&10) && !tasks_of("global").contains(&11));
+        assert_eq!(tasks_of("attributes"), [10]);
+        assert!(tasks_of("spatial").contains(&11));
+        let raw = Tensor::randn(0f32, 1.0, (2, 5, 8), &Device::Cpu).unwrap();
+        let (_, scored) = heads
+            .text_loss(&raw, &["a filled red circle", "a far view"])
+            .unwrap();
+        assert!(scored.loss > 0.0 && scored.loss.is_finite());
+    }
+
     #[test]
     fn cosine_text_heads_skip_what_a_text_does_not_name() {
         let dev = Device::Cpu;

@@ -160,6 +160,11 @@ pub struct TrainSettings {
     /// tower's and before the contrastive stage of the demo recipe (0: none); see [`text`].
     #[serde(default)]
     pub text_steps: u64,
+    /// Give the text heads two more tasks ([`heads::text_tasks_with`]): the fill and
+    /// colour of the first object a text names, and its viewpoint, on the `attributes`
+    /// and `spatial` text embeddings.
+    #[serde(default)]
+    pub more_text_tasks: bool,
     /// Keep the (pre-trained) tower fixed in the contrastive stage, as LiT does.
     #[serde(default)]
     pub freeze_vision: bool,
@@ -226,6 +231,7 @@ impl Default for TrainSettings {
             vision_steps: 0,
             vision_budget_s: 0,
             text_steps: 0,
+            more_text_tasks: false,
             freeze_vision: true,
             vision_lr_scale: 0.1,
             query_share: DEFAULT_QUERY_SHARE,
@@ -525,6 +531,15 @@ fn batch_loss(
 /// [`heads::SceneHeads::new`] or [`heads::SceneHeads::for_text`].
 type HeadsMaker = fn(&PerspectiveSet, usize, &Device) -> Result<heads::SceneHeads, TrainError>;
 
+/// [`heads::SceneHeads::for_text_with`] the extra tasks on (`--more-text-tasks`).
+fn text_heads_with_more_tasks(
+    perspectives: &PerspectiveSet,
+    dim: usize,
+    device: &Device,
+) -> Result<heads::SceneHeads, TrainError> {
+    heads::SceneHeads::for_text_with(perspectives, dim, device, true)
+}
+
 /// A batch's raw embeddings `[B, 1+K, d]`, and the scene heads' loss on its images and
 /// the text heads' on its texts when the run trains them.
 struct Embedded {
@@ -808,7 +823,11 @@ fn train_demo_inner(
     )?;
     let text_heads = with_heads(
         settings.text_heads > 0.0,
-        heads::SceneHeads::for_text,
+        if settings.more_text_tasks {
+            text_heads_with_more_tasks
+        } else {
+            heads::SceneHeads::for_text
+        },
         settings.text_head_scale,
     )?;
     let mut optim = AdamW::new(vars, settings.weight_decay);
@@ -1061,8 +1080,12 @@ fn text_stage(
         },
     );
     let device = Device::Cpu;
-    let mut heads =
-        heads::SceneHeads::for_text(&model.config().perspectives, model.config().hidden, &device)?;
+    let mut heads = heads::SceneHeads::for_text_with(
+        &model.config().perspectives,
+        model.config().hidden,
+        &device,
+        settings.more_text_tasks,
+    )?;
     if settings.text_head_scale > 0.0 {
         heads = heads.cosine(settings.text_head_scale, derive_seed(settings.seed, 0x4ead))?;
     }
