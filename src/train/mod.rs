@@ -1092,7 +1092,7 @@ fn text_stage(
     let ts = text::TextSettings {
         steps: settings.text_steps,
         seed: settings.seed,
-        ..text::TextSettings::default()
+        ..text::text_settings()
     };
     let s = text::pretrain_text(model, &heads, &ts, &dir, control, events)?;
     emit(

@@ -30,56 +30,23 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::heads::SceneHeads;
+use super::vision::VisionSettings;
 use super::{AdamW, StepReport, TrainControl, TrainError, TrainEvent, emit};
 use crate::model::PerspectiveSet;
 use crate::model::demo::DemoModel;
 use crate::scenes::{MmvpPattern, ScenePair, SceneRng};
 
-/// Settings of the language model's text pre-training.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TextSettings {
-    /// Optimisation steps; the learning-rate schedule spans them.
-    pub steps: u64,
-    /// Texts per step.
-    pub batch: usize,
-    /// Peak learning rate (linear warm-up, then cosine decay to 10%).
-    pub lr: f64,
-    /// Steps of the linear warm-up.
-    pub warmup: u64,
-    /// AdamW's decoupled weight decay on the language model's weight matrices.
-    pub weight_decay: f64,
-    /// Global gradient-norm clip.
-    pub clip: f64,
-    /// Seed of the text stream.
-    pub seed: u64,
-    /// Stop after this many seconds (0: no limit).
-    pub time_budget_s: u64,
-}
+/// Settings of the language model's text pre-training: the fields of the tower's
+/// ([`VisionSettings`]; `batch` counts texts), with [`text_settings`]' defaults.
+pub type TextSettings = VisionSettings;
 
-impl Default for TextSettings {
-    fn default() -> Self {
-        Self {
-            steps: 1500,
-            batch: 64,
-            lr: 2e-3,
-            warmup: 100,
-            weight_decay: 0.05,
-            clip: 1.0,
-            seed: 0,
-            time_budget_s: 0,
-        }
-    }
-}
-
-impl TextSettings {
-    fn lr_at(&self, step: u64) -> f64 {
-        super::TrainSettings {
-            steps: self.steps,
-            lr: self.lr,
-            warmup: self.warmup,
-            ..super::TrainSettings::default()
-        }
-        .lr_at(step)
+/// The text stage's defaults: 1,500 steps of 64 texts; learning rate, warm-up, weight
+/// decay and clip as the tower's.
+pub fn text_settings() -> TextSettings {
+    TextSettings {
+        steps: 1500,
+        batch: 64,
+        ..VisionSettings::default()
     }
 }
 
@@ -349,7 +316,7 @@ mod tests {
             batch: 16,
             lr: 3e-3,
             warmup: 2,
-            ..TextSettings::default()
+            ..text_settings()
         };
         let dir = std::env::temp_dir().join(format!("agff-text-{}", std::process::id()));
         let (tx, rx) = std::sync::mpsc::sync_channel(64);

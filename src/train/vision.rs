@@ -70,7 +70,7 @@ impl Default for VisionSettings {
 
 impl VisionSettings {
     /// Learning rate at `step` (1-based): linear warm-up, then cosine decay to 10%.
-    fn lr_at(&self, step: u64) -> f64 {
+    pub(super) fn lr_at(&self, step: u64) -> f64 {
         super::TrainSettings {
             steps: self.steps,
             lr: self.lr,
