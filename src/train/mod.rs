@@ -607,12 +607,7 @@ fn optimise(
     }
     let step = step + 1;
     let lr = settings.lr_at(step);
-    let scale = if norm > settings.clip {
-        settings.clip / norm
-    } else {
-        1.0
-    };
-    optim.step(&grads, lr, scale)?;
+    optim.step_clipped(&grads, lr, norm, settings.clip)?;
     if !optim.params_finite()? || !fusion_finite(fusion)? {
         return Err(diverged(step, "a parameter after the update".into(), kept));
     }
@@ -783,6 +778,16 @@ fn train_demo_inner(
     } else {
         text_steps_done(out)
     };
+    if state.is_none() && (settings.vision_steps > 0 || settings.text_steps > 0) {
+        // After the stages before it, whether they ran now or were loaded.
+        emit(
+            &events,
+            TrainEvent::Stage {
+                name: "contrastive".into(),
+                total_steps: settings.steps,
+            },
+        );
+    }
     let perspectives = model.config().perspectives.clone();
     let fusion = Fusion::new(fusion_init, DType::F32, &device)?;
     let frozen = |name: &str| settings.freeze_vision && name.starts_with("vision.");
@@ -1031,15 +1036,6 @@ fn pretrain_stage(
             summary.steps_done, summary.seconds, probes.test_scenes
         )),
     );
-    if settings.text_steps == 0 {
-        emit(
-            events,
-            TrainEvent::Stage {
-                name: "contrastive".into(),
-                total_steps: settings.steps,
-            },
-        );
-    }
     Ok(summary.steps_done)
 }
 
@@ -1108,28 +1104,23 @@ fn text_stage(
             s.colour_statement_cosine
         )),
     );
-    emit(
-        events,
-        TrainEvent::Stage {
-            name: "contrastive".into(),
-            total_steps: settings.steps,
-        },
-    );
     Ok(s.steps_done)
 }
 
 /// Steps the text pre-training in `out/text` did (0 when there was none).
 fn text_steps_done(out: &Path) -> u64 {
-    std::fs::read_to_string(out.join(TEXT_DIR).join(text::TEXT_SUMMARY_FILE))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["summary"]["steps_done"].as_u64())
-        .unwrap_or(0)
+    steps_done_in(&out.join(TEXT_DIR).join(text::TEXT_SUMMARY_FILE))
 }
 
 /// Steps the tower's pre-training in `out/vision` did (0 when there was none).
 fn vision_steps_done(out: &Path) -> u64 {
-    std::fs::read_to_string(out.join("vision").join("vision.json"))
+    steps_done_in(&out.join("vision").join("vision.json"))
+}
+
+/// `summary.steps_done` of a pre-training stage's record (`vision.json`, `text.json`: its
+/// settings and summary), 0 when it is missing or unreadable.
+fn steps_done_in(record: &Path) -> u64 {
+    std::fs::read_to_string(record)
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .and_then(|v| v["summary"]["steps_done"].as_u64())

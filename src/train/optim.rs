@@ -86,6 +86,22 @@ impl AdamW {
         Ok(true)
     }
 
+    /// One update with learning rate `lr` after clipping the gradients' global norm
+    /// (`norm`, from [`AdamW::grad_norm`]) to at most `clip`.
+    ///
+    /// # Errors
+    /// As [`AdamW::step`].
+    pub fn step_clipped(
+        &mut self,
+        grads: &GradStore,
+        lr: f64,
+        norm: f64,
+        clip: f64,
+    ) -> Result<(), TrainError> {
+        let scale = if norm > clip { clip / norm } else { 1.0 };
+        self.step(grads, lr, scale)
+    }
+
     /// One update with learning rate `lr`, the gradients scaled by `scale` (clipping).
     pub fn step(&mut self, grads: &GradStore, lr: f64, scale: f64) -> Result<(), TrainError> {
         self.step += 1;

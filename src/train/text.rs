@@ -194,12 +194,7 @@ fn pretrain_text_inner(
         }
         step += 1;
         let lr = settings.lr_at(step);
-        let scale = if norm > settings.clip {
-            settings.clip / norm
-        } else {
-            1.0
-        };
-        optim.step(&grads, lr, scale)?;
+        optim.step_clipped(&grads, lr, norm, settings.clip)?;
         recent.push(scored.loss);
         if recent.len() > 20 {
             recent.remove(0);

@@ -330,12 +330,7 @@ fn pretrain_vision_inner(
         }
         step += 1;
         let lr = settings.lr_at(step);
-        let scale = if norm > settings.clip {
-            settings.clip / norm
-        } else {
-            1.0
-        };
-        optim.step(&grads, lr, scale)?;
+        optim.step_clipped(&grads, lr, norm, settings.clip)?;
         last_loss = loss_value;
         emit(
             events,
