@@ -857,7 +857,7 @@ fn train_demo_inner(
         let (theta, beta) = fusion_values(&fusion)?;
         model.set_fusion(theta, beta);
         model.set_provenance(format!(
-            "agff-lens train --recipe demo: vision tower pre-trained {} of {} steps{}; {}{} of {} contrastive steps, batch {}, lr {}, α {}, τ {}, K {}, seed {}{}{}",
+            "agff-lens train --recipe demo: vision tower pre-trained {} of {} steps{}; {}{} of {} contrastive steps, batch {}, lr {}, α {}, τ {}, K {}, seed {}{}{}{}",
             vision_done,
             settings.vision_steps,
             if settings.freeze_vision {
@@ -880,6 +880,11 @@ fn train_demo_inner(
             settings.seed,
             heads_provenance("scene", settings.scene_heads, settings.head_scale),
             heads_provenance("text", settings.text_heads, settings.text_head_scale),
+            if settings.more_text_tasks && settings.text_heads > 0.0 {
+                " with the fill-and-colour and viewpoint tasks"
+            } else {
+                ""
+            },
         ));
         model.save(out)?;
         optim.save(&out.join(OPTIM_FILE))?;

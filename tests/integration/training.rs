@@ -287,8 +287,9 @@ fn cosine_text_heads_beside_linear_scene_heads_resume_exactly() {
     );
 }
 
-/// A text stage (`--text-steps`) runs after the tower's and before the contrastive stage,
-/// reports its held-out figures, is named in the provenance, and leaves a run that still
+/// A text stage (`--text-steps`, here with `--more-text-tasks` as the committed recipe)
+/// runs after the tower's and before the contrastive stage, reports its held-out figures,
+/// is named in the provenance with the extra tasks, and leaves a run that still
 /// resumes exactly (a resumed run does not repeat it).
 #[test]
 fn a_text_stage_runs_before_the_contrastive_one_and_the_run_resumes_exactly() {
@@ -297,6 +298,7 @@ fn a_text_stage_runs_before_the_contrastive_one_and_the_run_resumes_exactly() {
         scene_heads: 1.0,
         text_heads: 1.0,
         text_head_scale: 10.0,
+        more_text_tasks: true,
         ..tiny(6)
     };
     let out = temp("text-stage");
@@ -321,6 +323,12 @@ fn a_text_stage_runs_before_the_contrastive_one_and_the_run_resumes_exactly() {
     let provenance = heads_report_and_resume(&settings, "text-stage");
     assert!(
         provenance.contains("language model pre-trained on the text tasks 5 steps; "),
+        "{provenance}"
+    );
+    assert!(
+        provenance.ends_with(
+            "text heads 1 (cosine, scale 10) with the fill-and-colour and viewpoint tasks"
+        ),
         "{provenance}"
     );
 }
