@@ -89,6 +89,10 @@ pub struct TrainArgs {
     /// spatial text embeddings (not the global one).
     #[arg(long)]
     pub more_text_tasks: bool,
+    /// Give the text heads a task asking the first size a text names ("small", "large"),
+    /// on the attributes text embedding (not the global one).
+    #[arg(long)]
+    pub size_text_task: bool,
     /// Go on training the pre-trained tower in the contrastive stage (default: frozen).
     #[arg(long)]
     pub tune_vision: bool,
@@ -174,6 +178,7 @@ impl TrainArgs {
                 .map_or(base.vision_budget_s, |m| (m * 60.0).round() as u64),
             text_steps: self.text_steps.unwrap_or(base.text_steps),
             more_text_tasks: self.more_text_tasks,
+            size_text_task: self.size_text_task,
             freeze_vision: !self.tune_vision,
             vision_lr_scale: self.vision_lr_scale.unwrap_or(base.vision_lr_scale),
             visual_position_2d: self.visual_positions_2d,
@@ -194,6 +199,7 @@ impl TrainArgs {
             ("--vision-minutes", self.vision_minutes.is_some()),
             ("--text-steps", self.text_steps.is_some()),
             ("--more-text-tasks", self.more_text_tasks),
+            ("--size-text-task", self.size_text_task),
             ("--tune-vision", self.tune_vision),
             ("--visual-positions-2d", self.visual_positions_2d),
             ("--scene-heads", self.scene_heads.is_some()),

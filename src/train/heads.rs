@@ -52,7 +52,7 @@ use candle_core::{D, DType, Device, Tensor, Var};
 use super::TrainError;
 use crate::agff::PerspectiveEmbeddings;
 use crate::model::PerspectiveSet;
-use crate::scenes::{Colour, Orientation, SCENE_SIZE, Scene, SceneObject, Shape, Zoom, font};
+use crate::scenes::{Colour, Orientation, SCENE_SIZE, Scene, SceneObject, Shape, Size, Zoom, font};
 use crate::util::rng::{SplitMix64, derive_seed};
 
 /// Which perspective a task supervises (besides the global embedding, which gets all).
@@ -249,18 +249,32 @@ pub fn scene_targets(scene: &Scene) -> Vec<u32> {
 /// ("the letter q"), the two things an orientation or a text pair's statements differ in.
 /// Class 0 of each is "not named in the text".
 pub fn text_tasks() -> Vec<SceneTask> {
-    text_tasks_with(false)
+    text_tasks_with(ExtraTextTasks::default())
 }
 
-/// [`text_tasks`], and with `extra` two more, read off the first words that name them:
-/// the fill and colour of the first object a text names ("filled red", 18 classes, on the
-/// `attributes` text embedding) and the viewpoint ("close up", "far", on `spatial`). Neither
-/// goes to the global embedding's head: a cosine head there pulls the texts of one class
+/// The text tasks beyond [`text_tasks`] a run asks ([`text_tasks_with`]), off the global
+/// embedding's head. Off by default, so a run without them has the tasks runs before had.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExtraTextTasks {
+    /// The fill and colour of the first object named ("filled red", on `attributes`) and
+    /// the viewpoint named ("far", on `spatial`): `train --more-text-tasks`.
+    pub fill_colour_viewpoint: bool,
+    /// The first size named ("small", "large"; on `attributes`): `train --size-text-task`.
+    pub size: bool,
+}
+
+/// [`text_tasks`], and those of `extra`, read off the first words that name them: with
+/// `fill_colour_viewpoint` the fill and colour of the first object a text names ("filled
+/// red", 18 classes, on the `attributes` text embedding) and the viewpoint ("close up",
+/// "far", on `spatial`); with `size`, then, the first size named ("small", "large", on
+/// `attributes`). None goes to the global embedding's head: a cosine head there pulls the texts of one class
 /// together whatever else they say, and classes that texts of every colour share ("two",
-/// "filled") drew colour words together in earlier runs (README, "Tried three rounds
-/// ago"). A state pair's two statements differ in the fill word, a viewpoint pair's in
-/// the viewpoint word, and the relation tasks alone let both be forgotten.
-pub fn text_tasks_with(extra: bool) -> Vec<SceneTask> {
+/// "filled") drew colour words together in earlier runs (README, "Runs with cosine heads
+/// and grid positions"). A state pair's two statements differ in the fill word, a
+/// viewpoint pair's in the viewpoint word, and the relation tasks alone let both be
+/// forgotten; heavy text heads without a size task left the size word all but unread
+/// (README, "P-MMVP, retrieval and pointing").
+pub fn text_tasks_with(extra: ExtraTextTasks) -> Vec<SceneTask> {
     let mut tasks = Vec::new();
     for side in ["left", "right", "upper", "lower"] {
         tasks.push(SceneTask {
@@ -288,7 +302,7 @@ pub fn text_tasks_with(extra: bool) -> Vec<SceneTask> {
         group: TaskGroup::Text,
         global: true,
     });
-    if extra {
+    if extra.fill_colour_viewpoint {
         tasks.push(SceneTask {
             name: "fill and colour of the first object named".into(),
             classes: 1 + 2 * Colour::ALL.len(),
@@ -299,6 +313,14 @@ pub fn text_tasks_with(extra: bool) -> Vec<SceneTask> {
             name: "viewpoint named".into(),
             classes: 1 + Zoom::ALL.len(),
             group: TaskGroup::Spatial,
+            global: false,
+        });
+    }
+    if extra.size {
+        tasks.push(SceneTask {
+            name: "size named".into(),
+            classes: 1 + Size::ALL.len(),
+            group: TaskGroup::Attributes,
             global: false,
         });
     }
@@ -338,14 +360,15 @@ fn named(words: &[&str], last: bool) -> (u32, u32) {
 /// one after "letter" or "digit" (0 where there is none, or it names no orientation or
 /// character).
 pub fn text_targets(text: &str) -> Vec<u32> {
-    text_targets_with(text, false)
+    text_targets_with(text, ExtraTextTasks::default())
 }
 
 /// The targets of [`text_tasks_with`]`(extra)`: those of [`text_targets`], then with
-/// `extra` the first fill word ("filled", "outlined") with the colour word right after it
-/// (class `1 + 2·colour + fill`; 0 where either is missing) and the first viewpoint word
-/// ("close up", "far").
-pub fn text_targets_with(text: &str, extra: bool) -> Vec<u32> {
+/// `fill_colour_viewpoint` the first fill word ("filled", "outlined") with the colour word
+/// right after it (class `1 + 2·colour + fill`; 0 where either is missing) and the first
+/// viewpoint word ("close up", "far"), then with `size` the first size word (class
+/// `1 + size`; 0 where there is none).
+pub fn text_targets_with(text: &str, extra: ExtraTextTasks) -> Vec<u32> {
     let words: Vec<&str> = text.split_whitespace().collect();
     let mut t = vec![0; 10];
     t[..8].copy_from_slice(&relation_targets(&words));
@@ -368,7 +391,7 @@ pub fn text_targets_with(text: &str, extra: bool) -> Vec<u32> {
         })
         .and_then(|c| font::LABEL_CHARS.iter().position(|&x| x == c))
         .map_or(0, |i| 1 + i as u32);
-    if extra {
+    if extra.fill_colour_viewpoint {
         let fill_colour = words.windows(2).find_map(|w| {
             let fill = ["filled", "outlined"].iter().position(|f| *f == w[0])?;
             let colour = Colour::ALL.iter().position(|c| c.name() == w[1])?;
@@ -382,6 +405,12 @@ pub fn text_targets_with(text: &str, extra: bool) -> Vec<u32> {
                 .position(|z| z.phrase().split(' ').next() == Some(*w))
         });
         t.push(zoom.map_or(0, |z| 1 + z as u32));
+    }
+    if extra.size {
+        let size = words
+            .iter()
+            .find_map(|w| Size::ALL.iter().position(|z| z.name() == *w));
+        t.push(size.map_or(0, |z| 1 + z as u32));
     }
     t
 }
@@ -458,8 +487,8 @@ pub struct SceneHeads {
     scale: Option<f64>,
     /// Class 0 means "not named" (text heads), not "none there" (image heads).
     zero_is_unnamed: bool,
-    /// Text heads only: the extra tasks of [`text_tasks_with`] are on.
-    extra: bool,
+    /// Text heads only: the extra tasks of [`text_tasks_with`] that are on.
+    extra: ExtraTextTasks,
 }
 
 /// The image heads' file beside a run's checkpoint.
@@ -498,7 +527,7 @@ impl SceneHeads {
         dim: usize,
         device: &Device,
     ) -> Result<Self, TrainError> {
-        Self::for_text_with(perspectives, dim, device, false)
+        Self::for_text_with(perspectives, dim, device, ExtraTextTasks::default())
     }
 
     /// [`SceneHeads::for_text`], answering [`text_tasks_with`]`(extra)`.
@@ -509,7 +538,7 @@ impl SceneHeads {
         perspectives: &PerspectiveSet,
         dim: usize,
         device: &Device,
-        extra: bool,
+        extra: ExtraTextTasks,
     ) -> Result<Self, TrainError> {
         let mut heads = Self::build(
             text_tasks_with(extra),
@@ -563,7 +592,7 @@ impl SceneHeads {
             file,
             scale: None,
             zero_is_unnamed,
-            extra: false,
+            extra: ExtraTextTasks::default(),
         })
     }
 
@@ -1071,14 +1100,18 @@ mod tests {
         }
     }
 
-    /// Cosine text heads leave out texts that do not name a task's thing: a batch of such
-    /// texts costs nothing (linear heads ask it for "none"), and adding one to a batch
-    /// changes nothing.
+    /// The extra text tasks' targets (fill and colour, viewpoint, size), which pairs'
+    /// statements they tell apart, and which heads answer them (not the global one).
     #[test]
-    fn the_extra_text_tasks_read_fill_colour_and_viewpoint_off_the_global_head() {
+    fn the_extra_text_tasks_read_fill_colour_viewpoint_and_size_off_the_global_head() {
         let red = Colour::ALL.iter().position(|c| *c == Colour::Red).unwrap() as u32;
         let at = |z: Zoom| 1 + Zoom::ALL.iter().position(|x| *x == z).unwrap() as u32;
-        let extra = |t: &str| text_targets_with(t, true)[10..].to_vec();
+        let more = ExtraTextTasks {
+            fill_colour_viewpoint: true,
+            size: false,
+        };
+        let all = ExtraTextTasks { size: true, ..more };
+        let extra = |t: &str| text_targets_with(t, more)[10..].to_vec();
         assert_eq!(extra("a filled red circle"), [1 + 2 * red, 0]);
         assert_eq!(extra("an outlined red circle"), [2 + 2 * red, 0]);
         assert_eq!(extra("a far view"), [0, at(Zoom::Far)]);
@@ -1086,16 +1119,32 @@ mod tests {
         assert_eq!(extra("a red circle"), [0, 0]);
         // Without them, the targets and tasks are the ones runs before had.
         let plain = "a far view of a beach scene with a small filled red circle";
-        assert_eq!(text_targets_with(plain, false), text_targets(plain));
-        assert_eq!(text_tasks_with(false), text_tasks());
-        assert_eq!(text_tasks_with(true).len(), text_tasks().len() + 2);
+        let none = ExtraTextTasks::default();
+        assert_eq!(text_targets_with(plain, none), text_targets(plain));
+        assert_eq!(text_tasks_with(none), text_tasks());
+        assert_eq!(text_tasks_with(more).len(), text_tasks().len() + 2);
+        // The size task comes after them, and alone reads only the size word.
+        assert_eq!(text_tasks_with(all).len(), text_tasks().len() + 3);
+        let small = 1 + Size::ALL.iter().position(|z| *z == Size::Small).unwrap() as u32;
+        let large = 1 + Size::ALL.iter().position(|z| *z == Size::Large).unwrap() as u32;
+        assert_ne!(small, large);
+        assert_eq!(
+            text_targets_with(plain, all)[10..],
+            [1 + 2 * red, at(Zoom::Far), small]
+        );
+        let size_only = ExtraTextTasks { size: true, ..none };
+        assert_eq!(
+            text_targets_with("a large outlined red circle", size_only)[10..],
+            [large]
+        );
+        assert_eq!(text_targets_with("a red circle", size_only)[10..], [0]);
         // A state pair's statements differ in the fill task, a viewpoint pair's in the
         // viewpoint task.
         let mut rng = SceneRng::new(11);
         for (pattern, task) in [(MmvpPattern::State, 10), (MmvpPattern::Viewpoint, 11)] {
             for _ in 0..10 {
                 let [a, b] = ScenePair::generate(pattern, &mut rng).statements;
-                let (ta, tb) = (text_targets_with(&a, true), text_targets_with(&b, true));
+                let (ta, tb) = (text_targets_with(&a, more), text_targets_with(&b, more));
                 assert!(
                     ta[task] > 0 && tb[task] > 0 && ta[task] != tb[task],
                     "{a} / {b}"
@@ -1104,7 +1153,7 @@ mod tests {
         }
         // The global head does not answer them; `attributes` and `spatial` do.
         let set = crate::model::demo::DemoConfig::default_perspectives(4);
-        let heads = SceneHeads::for_text_with(&set, 8, &Device::Cpu, true).unwrap();
+        let heads = SceneHeads::for_text_with(&set, 8, &Device::Cpu, all).unwrap();
         let tasks_of = |name: &str| -> Vec<usize> {
             heads
                 .heads
@@ -1113,16 +1162,24 @@ mod tests {
                 .map(|h| h.tasks.iter().map(|t| t.0).collect())
                 .unwrap_or_default()
         };
-        assert!(!tasks_of("global").contains(&10) && !tasks_of("global").contains(&11));
-        assert_eq!(tasks_of("attributes"), [10]);
+        for task in [10, 11, 12] {
+            assert!(!tasks_of("global").contains(&task), "{task}");
+        }
+        assert_eq!(tasks_of("attributes"), [10, 12]);
         assert!(tasks_of("spatial").contains(&11));
-        let raw = Tensor::randn(0f32, 1.0, (2, 5, 8), &Device::Cpu).unwrap();
+        let raw = Tensor::randn(0f32, 1.0, (3, 5, 8), &Device::Cpu).unwrap();
         let (_, scored) = heads
-            .text_loss(&raw, &["a filled red circle", "a far view"])
+            .text_loss(
+                &raw,
+                &["a filled red circle", "a far view", "a small circle"],
+            )
             .unwrap();
         assert!(scored.loss > 0.0 && scored.loss.is_finite());
     }
 
+    /// Cosine text heads leave out texts that do not name a task's thing: a batch of such
+    /// texts costs nothing (linear heads ask it for "none"), and adding one to a batch
+    /// changes nothing.
     #[test]
     fn cosine_text_heads_skip_what_a_text_does_not_name() {
         let dev = Device::Cpu;

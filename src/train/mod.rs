@@ -165,6 +165,10 @@ pub struct TrainSettings {
     /// and `spatial` text embeddings.
     #[serde(default)]
     pub more_text_tasks: bool,
+    /// Give the text heads a task asking the first size a text names ("small", "large"),
+    /// on the `attributes` text embedding ([`heads::ExtraTextTasks::size`]).
+    #[serde(default)]
+    pub size_text_task: bool,
     /// Keep the (pre-trained) tower fixed in the contrastive stage, as LiT does.
     #[serde(default)]
     pub freeze_vision: bool,
@@ -232,6 +236,7 @@ impl Default for TrainSettings {
             vision_budget_s: 0,
             text_steps: 0,
             more_text_tasks: false,
+            size_text_task: false,
             freeze_vision: true,
             vision_lr_scale: 0.1,
             query_share: DEFAULT_QUERY_SHARE,
@@ -245,6 +250,14 @@ impl Default for TrainSettings {
 }
 
 impl TrainSettings {
+    /// The extra text tasks these settings turn on (`more_text_tasks`, `size_text_task`).
+    pub fn extra_text_tasks(&self) -> heads::ExtraTextTasks {
+        heads::ExtraTextTasks {
+            fill_colour_viewpoint: self.more_text_tasks,
+            size: self.size_text_task,
+        }
+    }
+
     fn validate(&self) -> Result<(), TrainError> {
         if self.steps == 0 {
             return Err(TrainError::Config(
@@ -528,18 +541,6 @@ fn batch_loss(
     })
 }
 
-/// [`heads::SceneHeads::new`] or [`heads::SceneHeads::for_text`].
-type HeadsMaker = fn(&PerspectiveSet, usize, &Device) -> Result<heads::SceneHeads, TrainError>;
-
-/// [`heads::SceneHeads::for_text_with`] the extra tasks on (`--more-text-tasks`).
-fn text_heads_with_more_tasks(
-    perspectives: &PerspectiveSet,
-    dim: usize,
-    device: &Device,
-) -> Result<heads::SceneHeads, TrainError> {
-    heads::SceneHeads::for_text_with(perspectives, dim, device, true)
-}
-
 /// A batch's raw embeddings `[B, 1+K, d]`, and the scene heads' loss on its images and
 /// the text heads' on its texts when the run trains them.
 struct Embedded {
@@ -634,6 +635,16 @@ const OPTIM_FILE: &str = "optimizer.safetensors";
 
 /// The provenance words of one kind of heads: ", scene heads 1 (cosine, scale 10)", or
 /// nothing for a run without them.
+/// The provenance words of the extra text tasks: "" when none is on.
+fn extra_tasks_provenance(extra: heads::ExtraTextTasks) -> &'static str {
+    match (extra.fill_colour_viewpoint, extra.size) {
+        (false, false) => "",
+        (true, false) => " with the fill-and-colour and viewpoint tasks",
+        (false, true) => " with the size task",
+        (true, true) => " with the fill-and-colour, viewpoint and size tasks",
+    }
+}
+
 fn heads_provenance(kind: &str, weight: f64, scale: f64) -> String {
     match (weight > 0.0, scale > 0.0) {
         (false, _) => String::new(),
@@ -804,11 +815,20 @@ fn train_demo_inner(
         vars.push(("fusion.rho".into(), fusion.rho().clone(), false));
     }
     let dim = model.config().hidden;
-    let mut with_heads = |on: bool, make: HeadsMaker, scale: f64| -> Result<_, TrainError> {
+    let mut with_heads = |on: bool, text: bool, scale: f64| -> Result<_, TrainError> {
         if !on {
             return Ok(None);
         }
-        let mut h = make(&perspectives, dim, &device)?;
+        let mut h = if text {
+            heads::SceneHeads::for_text_with(
+                &perspectives,
+                dim,
+                &device,
+                settings.extra_text_tasks(),
+            )?
+        } else {
+            heads::SceneHeads::new(&perspectives, dim, &device)?
+        };
         if scale > 0.0 {
             h = h.cosine(scale, derive_seed(settings.seed, 0x4ead))?;
         }
@@ -821,20 +841,8 @@ fn train_demo_inner(
         vars.extend(h.vars());
         Ok(Some(h))
     };
-    let scene_heads = with_heads(
-        settings.scene_heads > 0.0,
-        heads::SceneHeads::new,
-        settings.head_scale,
-    )?;
-    let text_heads = with_heads(
-        settings.text_heads > 0.0,
-        if settings.more_text_tasks {
-            text_heads_with_more_tasks
-        } else {
-            heads::SceneHeads::for_text
-        },
-        settings.text_head_scale,
-    )?;
+    let scene_heads = with_heads(settings.scene_heads > 0.0, false, settings.head_scale)?;
+    let text_heads = with_heads(settings.text_heads > 0.0, true, settings.text_head_scale)?;
     let mut optim = AdamW::new(vars, settings.weight_decay);
     optim.scale_lr_where(|name| name.starts_with("vision."), settings.vision_lr_scale);
     if state.is_some() {
@@ -880,8 +888,8 @@ fn train_demo_inner(
             settings.seed,
             heads_provenance("scene", settings.scene_heads, settings.head_scale),
             heads_provenance("text", settings.text_heads, settings.text_head_scale),
-            if settings.more_text_tasks && settings.text_heads > 0.0 {
-                " with the fill-and-colour and viewpoint tasks"
+            if settings.text_heads > 0.0 {
+                extra_tasks_provenance(settings.extra_text_tasks())
             } else {
                 ""
             },
@@ -1085,7 +1093,7 @@ fn text_stage(
         &model.config().perspectives,
         model.config().hidden,
         &device,
-        settings.more_text_tasks,
+        settings.extra_text_tasks(),
     )?;
     if settings.text_head_scale > 0.0 {
         heads = heads.cosine(settings.text_head_scale, derive_seed(settings.seed, 0x4ead))?;
@@ -1400,6 +1408,24 @@ mod tests {
         assert_eq!(
             heads_provenance("text", 0.5, 10.0),
             ", text heads 0.5 (cosine, scale 10)"
+        );
+        let extra = |more, size| {
+            let settings = TrainSettings {
+                more_text_tasks: more,
+                size_text_task: size,
+                ..TrainSettings::default()
+            };
+            extra_tasks_provenance(settings.extra_text_tasks())
+        };
+        assert_eq!(extra(false, false), "");
+        assert_eq!(
+            extra(true, false),
+            " with the fill-and-colour and viewpoint tasks"
+        );
+        assert_eq!(extra(false, true), " with the size task");
+        assert_eq!(
+            extra(true, true),
+            " with the fill-and-colour, viewpoint and size tasks"
         );
     }
 

@@ -287,7 +287,7 @@ fn cosine_text_heads_beside_linear_scene_heads_resume_exactly() {
     );
 }
 
-/// A text stage (`--text-steps`, here with `--more-text-tasks` as the committed recipe)
+/// A text stage (`--text-steps`, here with every extra text task)
 /// runs after the tower's and before the contrastive stage, reports its held-out figures,
 /// is named in the provenance with the extra tasks, and leaves a run that still
 /// resumes exactly (a resumed run does not repeat it).
@@ -299,6 +299,7 @@ fn a_text_stage_runs_before_the_contrastive_one_and_the_run_resumes_exactly() {
         text_heads: 1.0,
         text_head_scale: 10.0,
         more_text_tasks: true,
+        size_text_task: true,
         ..tiny(6)
     };
     let out = temp("text-stage");
@@ -327,7 +328,7 @@ fn a_text_stage_runs_before_the_contrastive_one_and_the_run_resumes_exactly() {
     );
     assert!(
         provenance.ends_with(
-            "text heads 1 (cosine, scale 10) with the fill-and-colour and viewpoint tasks"
+            "text heads 1 (cosine, scale 10) with the fill-and-colour, viewpoint and size tasks"
         ),
         "{provenance}"
     );
