@@ -337,8 +337,23 @@ fn print_rows(benchmark: &str, reports: &[ModelReport]) {
                 "  {}: recall@1 over {} scenes: text→image {:.3}, image→text {:.3}, short object queries {:.3}",
                 r.model, t.scenes, t.text_to_image_r1, t.image_to_text_r1, t.object_query_r1
             );
+            println!("  {}", misses_line(t));
         }
     }
+}
+
+/// The object queries' misses by cause, as one line.
+fn misses_line(t: &Retrieval) -> String {
+    let m = &t.object_query_misses;
+    format!(
+        "object queries missed: {} (the first-ranked scene's closest object differs in size {}, fill {}, colour {}, shape {}, several {})",
+        m.total(),
+        m.size,
+        m.fill,
+        m.colour,
+        m.shape,
+        m.several
+    )
 }
 
 fn pmmvp(args: &PmmvpArgs) -> anyhow::Result<()> {
@@ -386,6 +401,7 @@ fn pmmvp(args: &PmmvpArgs) -> anyhow::Result<()> {
                     "  recall@1 over {} scenes: text→image {:.3}, image→text {:.3}, short object queries {:.3}",
                     t.scenes, t.text_to_image_r1, t.image_to_text_r1, t.object_query_r1
                 );
+                println!("  {}", misses_line(t));
             }
         }
     }

@@ -385,28 +385,42 @@ impl<'a> Evaluator<'a> {
             2 * n,
             progress,
         )?;
-        let recall = |table: &ScoreTable, right: &dyn Fn(usize, usize) -> bool| -> f64 {
-            let mut hits = 0;
-            for q in 0..table.queries {
-                let best = table
-                    .row(q)
-                    .iter()
-                    .enumerate()
-                    .max_by(|a, b| a.1.fused.total_cmp(&b.1.fused))
-                    .map(|(j, _)| j);
-                if best.is_some_and(|j| right(q, j)) {
-                    hits += 1;
-                }
-            }
-            hits as f64 / table.queries.max(1) as f64
+        // Each query's first-ranked candidate.
+        let firsts = |table: &ScoreTable| -> Vec<Option<usize>> {
+            (0..table.queries)
+                .map(|q| {
+                    table
+                        .row(q)
+                        .iter()
+                        .enumerate()
+                        .max_by(|a, b| a.1.fused.total_cmp(&b.1.fused))
+                        .map(|(j, _)| j)
+                })
+                .collect()
+        };
+        let recall = |firsts: &[Option<usize>], right: &dyn Fn(usize, usize) -> bool| -> f64 {
+            let hits = (firsts.iter().enumerate())
+                .filter(|(q, j)| j.is_some_and(|j| right(*q, j)))
+                .count();
+            hits as f64 / firsts.len().max(1) as f64
         };
         let same_caption = |q: usize, j: usize| j == q || captions[j] == captions[q];
         let has_object = |q: usize, j: usize| wanted[q].fits(&scenes[j]);
+        let object_firsts = firsts(&self.score(&queries, &images)?);
+        let mut misses = ObjectQueryMisses::default();
+        for (q, j) in object_firsts.iter().enumerate() {
+            if let Some(j) = *j
+                && !has_object(q, j)
+            {
+                misses.add(&wanted[q], &scenes[j]);
+            }
+        }
         Ok(Retrieval {
             scenes: n,
-            text_to_image_r1: recall(&self.score(&texts, &images)?, &same_caption),
-            image_to_text_r1: recall(&self.score(&images, &texts)?, &same_caption),
-            object_query_r1: recall(&self.score(&queries, &images)?, &has_object),
+            text_to_image_r1: recall(&firsts(&self.score(&texts, &images)?), &same_caption),
+            image_to_text_r1: recall(&firsts(&self.score(&images, &texts)?), &same_caption),
+            object_query_r1: recall(&object_firsts, &has_object),
+            object_query_misses: misses,
         })
     }
 
@@ -444,6 +458,57 @@ pub struct Retrieval {
     /// A short object query built from one object of each scene ("a small filled green
     /// cross") ranks first a scene that holds such an object (shape, colour, size, fill).
     pub object_query_r1: f64,
+    /// What the first-ranked scene got wrong where a short object query missed.
+    pub object_query_misses: ObjectQueryMisses,
+}
+
+/// Why short object queries missed, a count per cause: the one attribute (of shape,
+/// colour, size, fill) in which the first-ranked scene's closest object differs from the
+/// query, or `several` when its closest object differs in more than one. A model that
+/// does not read one word of the query shows up as one large count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ObjectQueryMisses {
+    /// The closest object has another shape.
+    pub shape: usize,
+    /// Another colour.
+    pub colour: usize,
+    /// Another size.
+    pub size: usize,
+    /// Filled where the query says outlined, or the other way round.
+    pub fill: usize,
+    /// More than one attribute differs.
+    pub several: usize,
+}
+
+impl ObjectQueryMisses {
+    /// Counts one miss: `scene` was ranked first for `query` and holds no fitting object.
+    fn add(&mut self, query: &ObjectQuery, scene: &Scene) {
+        let differs = |o: &super::SceneObject| {
+            [
+                o.shape != query.shape,
+                o.colour != query.colour,
+                query.size.is_some_and(|s| s != o.size),
+                query.filled.is_some_and(|f| f != o.filled),
+            ]
+        };
+        let closest = scene
+            .objects
+            .iter()
+            .map(differs)
+            .min_by_key(|d| d.iter().filter(|x| **x).count());
+        match closest {
+            Some([true, false, false, false]) => self.shape += 1,
+            Some([false, true, false, false]) => self.colour += 1,
+            Some([false, false, true, false]) => self.size += 1,
+            Some([false, false, false, true]) => self.fill += 1,
+            _ => self.several += 1,
+        }
+    }
+
+    /// All misses counted.
+    pub fn total(&self) -> usize {
+        self.shape + self.colour + self.size + self.fill + self.several
+    }
 }
 
 fn eval_err(e: impl std::fmt::Display) -> ScenesError {
@@ -491,4 +556,63 @@ pub fn method_names() -> [&'static str; METHODS] {
         Similarity::GF.name(),
         Similarity::FF.name(),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenes::{Colour, Shape, Size};
+
+    /// A miss is put down to the one attribute the first-ranked scene's closest object
+    /// gets wrong, or to `several`.
+    #[test]
+    fn an_object_query_miss_names_what_the_closest_object_got_wrong() {
+        let scene = Scene::random(&mut SceneRng::new(5));
+        let o = scene.objects[0].clone();
+        let query = ObjectQuery::full(&o);
+        let with = |edit: &dyn Fn(&mut super::super::SceneObject)| {
+            let mut s = scene.clone();
+            let mut x = o.clone();
+            edit(&mut x);
+            s.objects = vec![x];
+            s
+        };
+        let other_size = if o.size == Size::Small {
+            Size::Large
+        } else {
+            Size::Small
+        };
+        let other_colour = Colour::ALL
+            .iter()
+            .copied()
+            .find(|c| *c != o.colour)
+            .unwrap();
+        let other_shape = Shape::ALL.iter().copied().find(|s| *s != o.shape).unwrap();
+        let mut m = ObjectQueryMisses::default();
+        m.add(&query, &with(&|x| x.size = other_size));
+        m.add(&query, &with(&|x| x.filled = !x.filled));
+        m.add(&query, &with(&|x| x.colour = other_colour));
+        m.add(&query, &with(&|x| x.shape = other_shape));
+        m.add(&query, &with(&|x| x.size = other_size));
+        // Two attributes wrong, and a scene with no object at all.
+        m.add(
+            &query,
+            &with(&|x| {
+                x.shape = other_shape;
+                x.colour = other_colour;
+            }),
+        );
+        let mut empty = scene.clone();
+        empty.objects.clear();
+        m.add(&query, &empty);
+        let want = ObjectQueryMisses {
+            shape: 1,
+            colour: 1,
+            size: 2,
+            fill: 1,
+            several: 2,
+        };
+        assert_eq!(m, want);
+        assert_eq!(m.total(), 7);
+    }
 }
