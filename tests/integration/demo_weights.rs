@@ -73,6 +73,9 @@ fn the_committed_weights_pass_a_small_p_mmvp_and_retrieval() {
         "text→image R@1 {} < {FLOOR_RECALL}",
         r.text_to_image_r1
     );
+    // Every missed object query is put down to one cause.
+    let missed = ((1.0 - r.object_query_r1) * r.scenes as f64).round() as usize;
+    assert_eq!(r.object_query_misses.total(), missed, "{r:?}");
     assert!(
         r.object_query_r1 >= FLOOR_OBJECT,
         "object-query R@1 {} < {FLOOR_OBJECT}",
