@@ -267,13 +267,14 @@ pub struct ExtraTextTasks {
 /// `fill_colour_viewpoint` the fill and colour of the first object a text names ("filled
 /// red", 18 classes, on the `attributes` text embedding) and the viewpoint ("close up",
 /// "far", on `spatial`); with `size`, then, the first size named ("small", "large", on
-/// `attributes`). None goes to the global embedding's head: a cosine head there pulls the texts of one class
-/// together whatever else they say, and classes that texts of every colour share ("two",
-/// "filled") drew colour words together in earlier runs (README, "Runs with cosine heads
-/// and grid positions"). A state pair's two statements differ in the fill word, a
-/// viewpoint pair's in the viewpoint word, and the relation tasks alone let both be
-/// forgotten; heavy text heads without a size task left the size word all but unread
-/// (README, "P-MMVP, retrieval and pointing").
+/// `attributes`). None goes to the global embedding's head: a cosine head there pulls
+/// the texts of one class together whatever else they say, and classes that texts of
+/// every colour share ("two", "filled") drew colour words together in earlier runs
+/// (README, "Runs with cosine heads and grid positions"). A state pair's two statements
+/// differ in the fill word, a viewpoint pair's in the viewpoint word, and the relation
+/// tasks alone let both be forgotten; heavy text heads without a size task left the size
+/// word all but unread (README, "P-MMVP, retrieval and pointing"), and with one, in one
+/// run, the fill word (README, "Runs with the text stage").
 pub fn text_tasks_with(extra: ExtraTextTasks) -> Vec<SceneTask> {
     let mut tasks = Vec::new();
     for side in ["left", "right", "upper", "lower"] {
