@@ -541,6 +541,37 @@ fn batch_loss(
     })
 }
 
+/// A run's fresh heads on CPU: its scene heads (`text` false) or its text heads with the
+/// extra tasks it turns on, cosine classifiers when its scale for them is positive
+/// (`head_scale`, `text_head_scale`). The text stage and the contrastive stage build the
+/// text heads alike, so the second can load what the first trained.
+///
+/// # Errors
+/// Allocating the weights; a scale [`heads::SceneHeads::cosine`] refuses.
+fn new_heads(
+    settings: &TrainSettings,
+    perspectives: &PerspectiveSet,
+    dim: usize,
+    text: bool,
+) -> Result<heads::SceneHeads, TrainError> {
+    let device = Device::Cpu;
+    let (h, scale) = if text {
+        let extra = settings.extra_text_tasks();
+        let h = heads::SceneHeads::for_text_with(perspectives, dim, &device, extra)?;
+        (h, settings.text_head_scale)
+    } else {
+        (
+            heads::SceneHeads::new(perspectives, dim, &device)?,
+            settings.head_scale,
+        )
+    };
+    if scale > 0.0 {
+        h.cosine(scale, derive_seed(settings.seed, 0x4ead))
+    } else {
+        Ok(h)
+    }
+}
+
 /// A batch's raw embeddings `[B, 1+K, d]`, and the scene heads' loss on its images and
 /// the text heads' on its texts when the run trains them.
 struct Embedded {
@@ -633,8 +664,6 @@ struct TrainerState {
 const STATE_FILE: &str = "trainer.json";
 const OPTIM_FILE: &str = "optimizer.safetensors";
 
-/// The provenance words of one kind of heads: ", scene heads 1 (cosine, scale 10)", or
-/// nothing for a run without them.
 /// The provenance words of the extra text tasks: "" when none is on.
 fn extra_tasks_provenance(extra: heads::ExtraTextTasks) -> &'static str {
     match (extra.fill_colour_viewpoint, extra.size) {
@@ -645,6 +674,8 @@ fn extra_tasks_provenance(extra: heads::ExtraTextTasks) -> &'static str {
     }
 }
 
+/// The provenance words of one kind of heads: ", scene heads 1 (cosine, scale 10)", or
+/// nothing for a run without them.
 fn heads_provenance(kind: &str, weight: f64, scale: f64) -> String {
     match (weight > 0.0, scale > 0.0) {
         (false, _) => String::new(),
@@ -815,23 +846,11 @@ fn train_demo_inner(
         vars.push(("fusion.rho".into(), fusion.rho().clone(), false));
     }
     let dim = model.config().hidden;
-    let mut with_heads = |on: bool, text: bool, scale: f64| -> Result<_, TrainError> {
+    let mut with_heads = |on: bool, text: bool| -> Result<_, TrainError> {
         if !on {
             return Ok(None);
         }
-        let mut h = if text {
-            heads::SceneHeads::for_text_with(
-                &perspectives,
-                dim,
-                &device,
-                settings.extra_text_tasks(),
-            )?
-        } else {
-            heads::SceneHeads::new(&perspectives, dim, &device)?
-        };
-        if scale > 0.0 {
-            h = h.cosine(scale, derive_seed(settings.seed, 0x4ead))?;
-        }
+        let mut h = new_heads(settings, &perspectives, dim, text)?;
         if state.is_some() {
             h.load(&out.join(h.file_name()))?;
         } else if text_done > 0 && h.file_name() == heads::TEXT_HEADS_FILE {
@@ -841,8 +860,8 @@ fn train_demo_inner(
         vars.extend(h.vars());
         Ok(Some(h))
     };
-    let scene_heads = with_heads(settings.scene_heads > 0.0, false, settings.head_scale)?;
-    let text_heads = with_heads(settings.text_heads > 0.0, true, settings.text_head_scale)?;
+    let scene_heads = with_heads(settings.scene_heads > 0.0, false)?;
+    let text_heads = with_heads(settings.text_heads > 0.0, true)?;
     let mut optim = AdamW::new(vars, settings.weight_decay);
     optim.scale_lr_where(|name| name.starts_with("vision."), settings.vision_lr_scale);
     if state.is_some() {
@@ -1088,16 +1107,12 @@ fn text_stage(
             total_steps: settings.text_steps,
         },
     );
-    let device = Device::Cpu;
-    let mut heads = heads::SceneHeads::for_text_with(
+    let heads = new_heads(
+        settings,
         &model.config().perspectives,
         model.config().hidden,
-        &device,
-        settings.extra_text_tasks(),
+        true,
     )?;
-    if settings.text_head_scale > 0.0 {
-        heads = heads.cosine(settings.text_head_scale, derive_seed(settings.seed, 0x4ead))?;
-    }
     let ts = text::TextSettings {
         steps: settings.text_steps,
         seed: settings.seed,
