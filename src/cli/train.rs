@@ -93,6 +93,16 @@ pub struct TrainArgs {
     /// on the attributes text embedding (not the global one).
     #[arg(long)]
     pub size_text_task: bool,
+    /// The global text embedding's head answers the fill-and-colour task too, and the size
+    /// task asks the size with the colour after it ("small filled red"), there and on the
+    /// attributes text embedding. Needs --more-text-tasks or --size-text-task.
+    #[arg(long)]
+    pub text_tasks_on_global: bool,
+    /// Give the text heads a task asking the number and colour of the first object a text
+    /// names ("two … red", "no red"), on the count text embedding (and the global one with
+    /// --text-tasks-on-global).
+    #[arg(long)]
+    pub number_text_task: bool,
     /// Go on training the pre-trained tower in the contrastive stage (default: frozen).
     #[arg(long)]
     pub tune_vision: bool,
@@ -179,6 +189,8 @@ impl TrainArgs {
             text_steps: self.text_steps.unwrap_or(base.text_steps),
             more_text_tasks: self.more_text_tasks,
             size_text_task: self.size_text_task,
+            text_tasks_on_global: self.text_tasks_on_global,
+            number_text_task: self.number_text_task,
             freeze_vision: !self.tune_vision,
             vision_lr_scale: self.vision_lr_scale.unwrap_or(base.vision_lr_scale),
             visual_position_2d: self.visual_positions_2d,
@@ -200,6 +212,8 @@ impl TrainArgs {
             ("--text-steps", self.text_steps.is_some()),
             ("--more-text-tasks", self.more_text_tasks),
             ("--size-text-task", self.size_text_task),
+            ("--text-tasks-on-global", self.text_tasks_on_global),
+            ("--number-text-task", self.number_text_task),
             ("--tune-vision", self.tune_vision),
             ("--visual-positions-2d", self.visual_positions_2d),
             ("--scene-heads", self.scene_heads.is_some()),

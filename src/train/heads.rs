@@ -261,13 +261,26 @@ pub struct ExtraTextTasks {
     pub fill_colour_viewpoint: bool,
     /// The first size named ("small", "large"; on `attributes`): `train --size-text-task`.
     pub size: bool,
+    /// The global embedding's head answers the fill-and-colour task too, and the size
+    /// task becomes "size and colour of the first object named" (`1 + sizes · colours`
+    /// classes) on `attributes` and the global head: `train --text-tasks-on-global`. On
+    /// the global head every class names a colour, as a class that texts of every colour
+    /// share pulls their colour words together there (README, "Runs with more text tasks
+    /// and a longer schedule"); the viewpoint task stays off it for that reason. Whichever
+    /// of the fill and size words no global task asked for was all but lost from the
+    /// global text embedding in two runs (README, "Runs with the text stage").
+    pub on_global: bool,
+    /// The number and colour of the first object named ("two … red", "no red", "a …
+    /// red"; on `count`, and the global head with `on_global`): `train
+    /// --number-text-task`. Quantity pairs' statements differ in the number word.
+    pub number: bool,
 }
 
 /// [`text_tasks`], and those of `extra`, read off the first words that name them: with
 /// `fill_colour_viewpoint` the fill and colour of the first object a text names ("filled
 /// red", 18 classes, on the `attributes` text embedding) and the viewpoint ("close up",
 /// "far", on `spatial`); with `size`, then, the first size named ("small", "large", on
-/// `attributes`). None goes to the global embedding's head: a cosine head there pulls
+/// `attributes`). None goes to the global embedding's head unless `on_global`: a cosine head there pulls
 /// the texts of one class together whatever else they say, and classes that texts of
 /// every colour share ("two", "filled") drew colour words together in earlier runs
 /// (README, "Runs with cosine heads and grid positions"). A state pair's two statements
@@ -308,7 +321,7 @@ pub fn text_tasks_with(extra: ExtraTextTasks) -> Vec<SceneTask> {
             name: "fill and colour of the first object named".into(),
             classes: 1 + 2 * Colour::ALL.len(),
             group: TaskGroup::Attributes,
-            global: false,
+            global: extra.on_global,
         });
         tasks.push(SceneTask {
             name: "viewpoint named".into(),
@@ -317,7 +330,14 @@ pub fn text_tasks_with(extra: ExtraTextTasks) -> Vec<SceneTask> {
             global: false,
         });
     }
-    if extra.size {
+    if extra.size && extra.on_global {
+        tasks.push(SceneTask {
+            name: "size and colour of the first object named".into(),
+            classes: 1 + Size::ALL.len() * Colour::ALL.len(),
+            group: TaskGroup::Attributes,
+            global: true,
+        });
+    } else if extra.size {
         tasks.push(SceneTask {
             name: "size named".into(),
             classes: 1 + Size::ALL.len(),
@@ -325,7 +345,57 @@ pub fn text_tasks_with(extra: ExtraTextTasks) -> Vec<SceneTask> {
             global: false,
         });
     }
+    if extra.number {
+        tasks.push(SceneTask {
+            name: "number and colour of the first object named".into(),
+            classes: 1 + (MAX_COUNT + 1) * Colour::ALL.len(),
+            group: TaskGroup::Count,
+            global: extra.on_global,
+        });
+    }
     tasks
+}
+
+/// The number the words just before a shape word give it: "no" 0, "a", "an" or "one" 1,
+/// "two" … "five"; `None` where there is none.
+fn number_word(w: &str) -> Option<usize> {
+    match w {
+        "no" => Some(0),
+        "a" | "an" | "one" => Some(1),
+        "two" => Some(2),
+        "three" => Some(3),
+        "four" => Some(4),
+        "five" => Some(5),
+        _ => None,
+    }
+}
+
+/// The class of the number task of [`text_tasks_with`]: the first shape word, the colour
+/// word right before it, and the nearest number word within the three words before the
+/// colour (size and fill may stand between): `1 + number · colours + colour`, 0 where
+/// any is missing.
+fn number_target(words: &[&str]) -> u32 {
+    let Some(at) = words.iter().position(|w| {
+        Shape::ALL
+            .iter()
+            .any(|s| s.name() == *w || s.plural() == *w)
+    }) else {
+        return 0;
+    };
+    let Some(colour) = at
+        .checked_sub(1)
+        .and_then(|i| Colour::ALL.iter().position(|c| c.name() == words[i]))
+    else {
+        return 0;
+    };
+    let from = at.saturating_sub(4);
+    words[from..at - 1]
+        .iter()
+        .rev()
+        .find_map(|w| number_word(w))
+        .map_or(0, |n| {
+            1 + (n.min(MAX_COUNT) * Colour::ALL.len() + colour) as u32
+        })
 }
 
 /// (colour, shape) classes of the first (or the `last`) shape named in `words` and the
@@ -368,7 +438,10 @@ pub fn text_targets(text: &str) -> Vec<u32> {
 /// `fill_colour_viewpoint` the first fill word ("filled", "outlined") with the colour word
 /// right after it (class `1 + 2·colour + fill`; 0 where either is missing) and the first
 /// viewpoint word ("close up", "far"), then with `size` the first size word (class
-/// `1 + size`; 0 where there is none).
+/// `1 + size`; 0 where there is none), or with `size` and `on_global` that word with the
+/// colour word one or two words after it ("small filled red": class
+/// `1 + size · colours + colour`; 0 where either is missing), then with `number` the
+/// number and colour of the first object named ([`number_target`]).
 pub fn text_targets_with(text: &str, extra: ExtraTextTasks) -> Vec<u32> {
     let words: Vec<&str> = text.split_whitespace().collect();
     let mut t = vec![0; 10];
@@ -408,10 +481,29 @@ pub fn text_targets_with(text: &str, extra: ExtraTextTasks) -> Vec<u32> {
         t.push(zoom.map_or(0, |z| 1 + z as u32));
     }
     if extra.size {
-        let size = words
-            .iter()
-            .find_map(|w| Size::ALL.iter().position(|z| z.name() == *w));
-        t.push(size.map_or(0, |z| 1 + z as u32));
+        let at = words.iter().enumerate().find_map(|(i, w)| {
+            Size::ALL
+                .iter()
+                .position(|z| z.name() == *w)
+                .map(|z| (i, z))
+        });
+        let class = if extra.on_global {
+            // The colour word one or two words on: "small red", "small filled red".
+            at.and_then(|(i, size)| {
+                let colour = words
+                    .iter()
+                    .skip(i + 1)
+                    .take(2)
+                    .find_map(|w| Colour::ALL.iter().position(|c| c.name() == *w))?;
+                Some(1 + (size * Colour::ALL.len() + colour) as u32)
+            })
+        } else {
+            at.map(|(_, size)| 1 + size as u32)
+        };
+        t.push(class.unwrap_or(0));
+    }
+    if extra.number {
+        t.push(number_target(&words));
     }
     t
 }
@@ -1110,6 +1202,8 @@ mod tests {
         let more = ExtraTextTasks {
             fill_colour_viewpoint: true,
             size: false,
+            on_global: false,
+            number: false,
         };
         let all = ExtraTextTasks { size: true, ..more };
         let extra = |t: &str| text_targets_with(t, more)[10..].to_vec();
@@ -1176,6 +1270,90 @@ mod tests {
             )
             .unwrap();
         assert!(scored.loss > 0.0 && scored.loss.is_finite());
+    }
+
+    /// With `on_global`, the global head answers fill-and-colour and a size-and-colour
+    /// task (every class naming a colour), and still not the viewpoint.
+    #[test]
+    fn on_the_global_head_the_size_task_names_the_colour_too() {
+        let colours = Colour::ALL.len() as u32;
+        let colour = |c: Colour| Colour::ALL.iter().position(|x| *x == c).unwrap() as u32;
+        let size = |z: Size| Size::ALL.iter().position(|x| *x == z).unwrap() as u32;
+        let extra = ExtraTextTasks {
+            fill_colour_viewpoint: true,
+            size: true,
+            on_global: true,
+            number: false,
+        };
+        let tasks = text_tasks_with(extra);
+        assert_eq!(tasks.len(), text_tasks().len() + 3);
+        assert_eq!(tasks[12].classes, 1 + Size::ALL.len() * Colour::ALL.len());
+        assert!(tasks[10].global && !tasks[11].global && tasks[12].global);
+        let size_colour = |t: &str| text_targets_with(t, extra)[12];
+        let small_green = 1 + size(Size::Small) * colours + colour(Colour::Green);
+        assert_eq!(size_colour("a small filled green cross"), small_green);
+        assert_eq!(size_colour("two small green crosses"), small_green);
+        assert_ne!(size_colour("a large filled green cross"), small_green);
+        assert_ne!(size_colour("a small filled red cross"), small_green);
+        // No size, or no colour near it: not named.
+        assert_eq!(size_colour("a filled green cross"), 0);
+        assert_eq!(size_colour("a small thing left of a green cross"), 0);
+        let set = crate::model::demo::DemoConfig::default_perspectives(4);
+        let heads = SceneHeads::for_text_with(&set, 8, &Device::Cpu, extra).unwrap();
+        let of = |name: &str| -> Vec<usize> {
+            heads
+                .heads
+                .iter()
+                .find(|h| h.name == name)
+                .map(|h| h.tasks.iter().map(|t| t.0).collect())
+                .unwrap_or_default()
+        };
+        assert!(of("global").contains(&10) && of("global").contains(&12));
+        assert!(!of("global").contains(&11));
+        assert_eq!(of("attributes"), [10, 12]);
+    }
+
+    /// The number task reads the number and colour of the first object named, and tells a
+    /// quantity pair's statements apart.
+    #[test]
+    fn the_number_task_reads_number_and_colour_of_the_first_object() {
+        let colours = Colour::ALL.len() as u32;
+        let red = Colour::ALL.iter().position(|c| *c == Colour::Red).unwrap() as u32;
+        let extra = ExtraTextTasks {
+            number: true,
+            ..ExtraTextTasks::default()
+        };
+        let number = |t: &str| text_targets_with(t, extra)[10];
+        assert_eq!(number("two red circles"), 1 + 2 * colours + red);
+        assert_eq!(number("a scene with no red circle"), 1 + red);
+        assert_eq!(number("a small filled red circle"), 1 + colours + red);
+        assert_eq!(
+            number(
+                "a far view of a beach scene with three large outlined red stars left of a blue circle"
+            ),
+            1 + 3 * colours + red
+        );
+        // No colour right before the shape, or no number word near it.
+        assert_eq!(number("two circles"), 0);
+        assert_eq!(number("red circle"), 0);
+        assert_eq!(number("a far view"), 0);
+        let tasks = text_tasks_with(extra);
+        assert_eq!(tasks.len(), text_tasks().len() + 1);
+        assert_eq!(tasks[10].group, TaskGroup::Count);
+        assert!(!tasks[10].global);
+        assert!(
+            text_tasks_with(ExtraTextTasks {
+                on_global: true,
+                ..extra
+            })[10]
+                .global
+        );
+        let mut rng = SceneRng::new(5);
+        for _ in 0..10 {
+            let [a, b] = ScenePair::generate(MmvpPattern::Quantity, &mut rng).statements;
+            let (ta, tb) = (number(&a), number(&b));
+            assert!(ta > 0 && tb > 0 && ta != tb, "{a} / {b}");
+        }
     }
 
     /// Cosine text heads leave out texts that do not name a task's thing: a batch of such

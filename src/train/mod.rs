@@ -169,6 +169,15 @@ pub struct TrainSettings {
     /// on the `attributes` text embedding ([`heads::ExtraTextTasks::size`]).
     #[serde(default)]
     pub size_text_task: bool,
+    /// The global text embedding's head answers the fill-and-colour task too, and the
+    /// size task asks the size with its colour there and on `attributes`
+    /// ([`heads::ExtraTextTasks::on_global`]).
+    #[serde(default)]
+    pub text_tasks_on_global: bool,
+    /// Give the text heads a task asking the number and colour of the first object a text
+    /// names, on `count` ([`heads::ExtraTextTasks::number`]).
+    #[serde(default)]
+    pub number_text_task: bool,
     /// Keep the (pre-trained) tower fixed in the contrastive stage, as LiT does.
     #[serde(default)]
     pub freeze_vision: bool,
@@ -237,6 +246,8 @@ impl Default for TrainSettings {
             text_steps: 0,
             more_text_tasks: false,
             size_text_task: false,
+            text_tasks_on_global: false,
+            number_text_task: false,
             freeze_vision: true,
             vision_lr_scale: 0.1,
             query_share: DEFAULT_QUERY_SHARE,
@@ -255,6 +266,8 @@ impl TrainSettings {
         heads::ExtraTextTasks {
             fill_colour_viewpoint: self.more_text_tasks,
             size: self.size_text_task,
+            on_global: self.text_tasks_on_global,
+            number: self.number_text_task,
         }
     }
 
@@ -308,6 +321,15 @@ impl TrainSettings {
                 "α must be ≥ 0, got {}",
                 self.alpha
             )));
+        }
+        if self.text_tasks_on_global
+            && !(self.more_text_tasks || self.size_text_task || self.number_text_task)
+        {
+            return Err(TrainError::Config(
+                "text tasks on the global head need the tasks themselves \
+                 (more text tasks, the size or the number task)"
+                    .into(),
+            ));
         }
         Ok(())
     }
@@ -665,12 +687,26 @@ const STATE_FILE: &str = "trainer.json";
 const OPTIM_FILE: &str = "optimizer.safetensors";
 
 /// The provenance words of the extra text tasks: "" when none is on.
-fn extra_tasks_provenance(extra: heads::ExtraTextTasks) -> &'static str {
-    match (extra.fill_colour_viewpoint, extra.size) {
-        (false, false) => "",
-        (true, false) => " with the fill-and-colour and viewpoint tasks",
-        (false, true) => " with the size task",
-        (true, true) => " with the fill-and-colour, viewpoint and size tasks",
+fn extra_tasks_provenance(extra: heads::ExtraTextTasks) -> String {
+    let mut tasks = Vec::new();
+    if extra.fill_colour_viewpoint {
+        tasks.extend(["fill-and-colour", "viewpoint"]);
+    }
+    if extra.size {
+        tasks.push("size");
+    }
+    if extra.number {
+        tasks.push("number");
+    }
+    let list = match tasks.as_slice() {
+        [] => return String::new(),
+        [one] => format!(" with the {one} task"),
+        [rest @ .., last] => format!(" with the {} and {last} tasks", rest.join(", ")),
+    };
+    if extra.on_global {
+        format!("{list}, also on the global head (size with colour)")
+    } else {
+        list
     }
 }
 
@@ -910,7 +946,7 @@ fn train_demo_inner(
             if settings.text_heads > 0.0 {
                 extra_tasks_provenance(settings.extra_text_tasks())
             } else {
-                ""
+                String::new()
             },
         ));
         model.save(out)?;
@@ -1442,6 +1478,25 @@ mod tests {
             extra(true, true),
             " with the fill-and-colour, viewpoint and size tasks"
         );
+        let on_global = TrainSettings {
+            size_text_task: true,
+            text_tasks_on_global: true,
+            ..TrainSettings::default()
+        };
+        assert_eq!(
+            extra_tasks_provenance(on_global.extra_text_tasks()),
+            " with the size task, also on the global head (size with colour)"
+        );
+        let all = TrainSettings {
+            more_text_tasks: true,
+            number_text_task: true,
+            ..on_global
+        };
+        assert_eq!(
+            extra_tasks_provenance(all.extra_text_tasks()),
+            " with the fill-and-colour, viewpoint, size and number tasks, also on the global \
+             head (size with colour)"
+        );
     }
 
     #[test]
@@ -1451,6 +1506,11 @@ mod tests {
             Err(TrainError::Config(m)) => m,
             other => panic!("accepted: {other:?}"),
         };
+        let m = refused(TrainSettings {
+            text_tasks_on_global: true,
+            ..TrainSettings::default()
+        });
+        assert!(m.contains("global head"), "{m}");
         // A negative scale would climb the loss on the tower's parameters.
         for scale in [-0.1, f64::NAN] {
             let m = refused(TrainSettings {
