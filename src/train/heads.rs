@@ -375,21 +375,10 @@ fn number_word(w: &str) -> Option<usize> {
 /// colour (size and fill may stand between): `1 + number · colours + colour`, 0 where
 /// any is missing.
 fn number_target(words: &[&str]) -> u32 {
-    let Some(at) = words.iter().position(|w| {
-        Shape::ALL
-            .iter()
-            .any(|s| s.name() == *w || s.plural() == *w)
-    }) else {
+    let Some((at, _, Some(colour))) = shape_named(words, false) else {
         return 0;
     };
-    let Some(colour) = at
-        .checked_sub(1)
-        .and_then(|i| Colour::ALL.iter().position(|c| c.name() == words[i]))
-    else {
-        return 0;
-    };
-    let from = at.saturating_sub(4);
-    words[from..at - 1]
+    words[at.saturating_sub(4)..at - 1]
         .iter()
         .rev()
         .find_map(|w| number_word(w))
@@ -398,28 +387,38 @@ fn number_target(words: &[&str]) -> u32 {
         })
 }
 
-/// (colour, shape) classes of the first (or the `last`) shape named in `words` and the
-/// colour word just before it (0: not named).
-fn named(words: &[&str], last: bool) -> (u32, u32) {
+/// The index in [`Colour::ALL`] of a colour word.
+fn colour_word(w: &str) -> Option<usize> {
+    Colour::ALL.iter().position(|c| c.name() == w)
+}
+
+/// The first (or the `last`) shape word in `words`: its position, its index in
+/// [`Shape::ALL`], and the index in [`Colour::ALL`] of the colour word just before it.
+fn shape_named(words: &[&str], last: bool) -> Option<(usize, usize, Option<usize>)> {
     let shape_at = |(i, w): (usize, &&str)| {
         Shape::ALL
             .iter()
             .position(|s| s.name() == *w || s.plural() == *w)
             .map(|k| (i, k))
     };
-    let shape = if last {
+    let (at, k) = if last {
         words.iter().enumerate().rev().find_map(shape_at)
     } else {
         words.iter().enumerate().find_map(shape_at)
-    };
-    let Some((at, k)) = shape else {
-        return (0, 0);
-    };
+    }?;
     let colour = at
         .checked_sub(1)
         .and_then(|i| words.get(i))
-        .and_then(|w| Colour::ALL.iter().position(|c| c.name() == *w));
-    (colour.map_or(0, |c| 1 + c as u32), 1 + k as u32)
+        .and_then(|w| colour_word(w));
+    Some((at, k, colour))
+}
+
+/// (colour, shape) classes of the first (or the `last`) shape named in `words` and the
+/// colour word just before it (0: not named).
+fn named(words: &[&str], last: bool) -> (u32, u32) {
+    shape_named(words, last).map_or((0, 0), |(_, k, colour)| {
+        (colour.map_or(0, |c| 1 + c as u32), 1 + k as u32)
+    })
 }
 
 /// The class of every task of [`text_tasks`] for one text of the scene grammar
@@ -468,7 +467,7 @@ pub fn text_targets_with(text: &str, extra: ExtraTextTasks) -> Vec<u32> {
     if extra.fill_colour_viewpoint {
         let fill_colour = words.windows(2).find_map(|w| {
             let fill = ["filled", "outlined"].iter().position(|f| *f == w[0])?;
-            let colour = Colour::ALL.iter().position(|c| c.name() == w[1])?;
+            let colour = colour_word(w[1])?;
             Some(1 + (2 * colour + fill) as u32)
         });
         t.push(fill_colour.unwrap_or(0));
@@ -494,7 +493,7 @@ pub fn text_targets_with(text: &str, extra: ExtraTextTasks) -> Vec<u32> {
                     .iter()
                     .skip(i + 1)
                     .take(2)
-                    .find_map(|w| Colour::ALL.iter().position(|c| c.name() == *w))?;
+                    .find_map(|w| colour_word(w))?;
                 Some(1 + (size * Colour::ALL.len() + colour) as u32)
             })
         } else {
@@ -921,6 +920,16 @@ mod tests {
     use super::*;
     use crate::scenes::{MmvpPattern, ScenePair, SceneRng};
 
+    /// The tasks (indices into the task list) the head on perspective `name` answers.
+    fn tasks_of(heads: &SceneHeads, name: &str) -> Vec<usize> {
+        heads
+            .heads
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| h.tasks.iter().map(|t| t.0).collect())
+            .unwrap_or_default()
+    }
+
     /// The heads' loss on fixed embeddings before and after 30 AdamW steps.
     fn fit(heads: &SceneHeads, image: &Tensor, scenes: &[&Scene]) -> (HeadsLoss, HeadsLoss) {
         let (_, first) = heads.loss(image, scenes).unwrap();
@@ -1249,14 +1258,7 @@ mod tests {
         // The global head does not answer them; `attributes` and `spatial` do.
         let set = crate::model::demo::DemoConfig::default_perspectives(4);
         let heads = SceneHeads::for_text_with(&set, 8, &Device::Cpu, all).unwrap();
-        let tasks_of = |name: &str| -> Vec<usize> {
-            heads
-                .heads
-                .iter()
-                .find(|h| h.name == name)
-                .map(|h| h.tasks.iter().map(|t| t.0).collect())
-                .unwrap_or_default()
-        };
+        let tasks_of = |name: &str| tasks_of(&heads, name);
         for task in [10, 11, 12] {
             assert!(!tasks_of("global").contains(&task), "{task}");
         }
@@ -1300,14 +1302,7 @@ mod tests {
         assert_eq!(size_colour("a small thing left of a green cross"), 0);
         let set = crate::model::demo::DemoConfig::default_perspectives(4);
         let heads = SceneHeads::for_text_with(&set, 8, &Device::Cpu, extra).unwrap();
-        let of = |name: &str| -> Vec<usize> {
-            heads
-                .heads
-                .iter()
-                .find(|h| h.name == name)
-                .map(|h| h.tasks.iter().map(|t| t.0).collect())
-                .unwrap_or_default()
-        };
+        let of = |name: &str| tasks_of(&heads, name);
         assert!(of("global").contains(&10) && of("global").contains(&12));
         assert!(!of("global").contains(&11));
         assert_eq!(of("attributes"), [10, 12]);
