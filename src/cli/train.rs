@@ -95,7 +95,8 @@ pub struct TrainArgs {
     pub size_text_task: bool,
     /// The global text embedding's head answers the fill-and-colour task too, and the size
     /// task asks the size with the colour after it ("small filled red"), there and on the
-    /// attributes text embedding. Needs --more-text-tasks or --size-text-task.
+    /// attributes text embedding; with --number-text-task, the number task too. Needs at
+    /// least one of --more-text-tasks, --size-text-task and --number-text-task.
     #[arg(long)]
     pub text_tasks_on_global: bool,
     /// Give the text heads a task asking the number and colour of the first object a text

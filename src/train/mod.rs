@@ -703,10 +703,10 @@ fn extra_tasks_provenance(extra: heads::ExtraTextTasks) -> String {
         [one] => format!(" with the {one} task"),
         [rest @ .., last] => format!(" with the {} and {last} tasks", rest.join(", ")),
     };
-    if extra.on_global {
-        format!("{list}, also on the global head (size with colour)")
-    } else {
-        list
+    match (extra.on_global, extra.size) {
+        (false, _) => list,
+        (true, false) => format!("{list}, also on the global head"),
+        (true, true) => format!("{list}, also on the global head (size with colour)"),
     }
 }
 
@@ -1496,6 +1496,15 @@ mod tests {
             extra_tasks_provenance(all.extra_text_tasks()),
             " with the fill-and-colour, viewpoint, size and number tasks, also on the global \
              head (size with colour)"
+        );
+        let number_on_global = TrainSettings {
+            number_text_task: true,
+            text_tasks_on_global: true,
+            ..TrainSettings::default()
+        };
+        assert_eq!(
+            extra_tasks_provenance(number_on_global.extra_text_tasks()),
+            " with the number task, also on the global head"
         );
     }
 
