@@ -43,6 +43,9 @@ pub struct ProbesArgs {
     /// Seed of the fitting scenes (the held-out ones use seed + 1).
     #[arg(long, default_value_t = 7_000_001)]
     pub seed: u64,
+    /// Full-batch Adam steps each probe is fitted with.
+    #[arg(long, default_value_t = 300)]
+    pub fit_steps: usize,
     /// Also probe each token's column, from the tower's tokens and from the language
     /// model's inputs (for a model with a trained projector: stage 2, not `OUT/vision`).
     #[arg(long)]
@@ -163,22 +166,24 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
                     train_scenes: args.train_scenes,
                     test_scenes: args.test_scenes,
                     seed: args.seed,
+                    steps: args.fit_steps,
                     positions: args.positions,
-                    ..ProbeSettings::default()
                 },
             )?;
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 println!(
-                    "{}: linear probes, fitted on {} scenes, scored on {} others",
-                    args.model, report.train_scenes, report.test_scenes
+                    "{}: linear probes, fitted on {} scenes ({} steps), scored on {} others",
+                    args.model, report.train_scenes, args.fit_steps, report.test_scenes
                 );
                 for (name, acc) in &report.accuracy {
+                    let fit = report.fit_accuracy.get(name).copied().unwrap_or(f64::NAN);
                     println!(
-                        "  {name:<30} {:>6.1} %  ({} held-out rows)",
+                        "  {name:<30} {:>6.1} %  ({} held-out rows; {:.1} % on the rows fitted)",
                         100.0 * acc,
-                        report.rows[name]
+                        report.rows[name],
+                        100.0 * fit
                     );
                 }
             }

@@ -385,6 +385,11 @@ pub struct ProbeReport {
     pub accuracy: BTreeMap<String, f64>,
     /// Per attribute: held-out rows scored (tokens, or images for per-image attributes).
     pub rows: BTreeMap<String, usize>,
+    /// Per attribute: accuracy on the rows the probe was fitted on. Near the held-out
+    /// figure, a probe is limited by what the tokens hold (or by its fit); well above
+    /// it, by its fitting data.
+    #[serde(default)]
+    pub fit_accuracy: BTreeMap<String, f64>,
     /// Scenes the probes were fitted on.
     pub train_scenes: usize,
     /// Held-out scenes they were scored on.
@@ -488,21 +493,23 @@ pub fn probe_vision(
     };
     // One probe: fitted on the training scenes' rows, scored on the held-out ones;
     // `None` when either side has no row of it.
-    let probe =
-        |attribute: Attribute, objects_only: bool| -> Result<Option<(f64, usize)>, TrainError> {
-            let (rows, y) = rows_of(&train_l, attribute, n, objects_only);
-            let (test_rows, test_y) = rows_of(&test_l, attribute, n, objects_only);
-            if rows.is_empty() || test_rows.is_empty() {
-                return Ok(None);
-            }
-            let x = features(&train_x, attribute)?
-                .index_select(&Tensor::new(rows.as_slice(), &device)?, 0)?;
-            let (w, b) = fit_probe(&x, &y, attribute.classes(), settings.steps)?;
-            let tx = features(&test_x, attribute)?
-                .index_select(&Tensor::new(test_rows.as_slice(), &device)?, 0)?;
-            let logits = ops::linear(&tx, &w, Some(&b))?;
-            Ok(Some((accuracy(&logits, &test_y)?, test_y.len())))
-        };
+    // Returns (held-out accuracy, held-out rows, accuracy on the fitted rows).
+    type Scored = Option<(f64, usize, f64)>;
+    let probe = |attribute: Attribute, objects_only: bool| -> Result<Scored, TrainError> {
+        let (rows, y) = rows_of(&train_l, attribute, n, objects_only);
+        let (test_rows, test_y) = rows_of(&test_l, attribute, n, objects_only);
+        if rows.is_empty() || test_rows.is_empty() {
+            return Ok(None);
+        }
+        let x = features(&train_x, attribute)?
+            .index_select(&Tensor::new(rows.as_slice(), &device)?, 0)?;
+        let (w, b) = fit_probe(&x, &y, attribute.classes(), settings.steps)?;
+        let fit = accuracy(&ops::linear(&x, &w, Some(&b))?, &y)?;
+        let tx = features(&test_x, attribute)?
+            .index_select(&Tensor::new(test_rows.as_slice(), &device)?, 0)?;
+        let logits = ops::linear(&tx, &w, Some(&b))?;
+        Ok(Some((accuracy(&logits, &test_y)?, test_y.len(), fit)))
+    };
     for attribute in Attribute::ALL {
         let mut scored = vec![(attribute.name().to_string(), probe(attribute, false)?)];
         if attribute == Attribute::Shape {
@@ -512,8 +519,9 @@ pub fn probe_vision(
             scored.push((SHAPE_ON_OBJECTS.to_string(), probe(attribute, true)?));
         }
         for (name, score) in scored {
-            if let Some((acc, rows)) = score {
+            if let Some((acc, rows, fit)) = score {
                 report.accuracy.insert(name.clone(), acc);
+                report.fit_accuracy.insert(name.clone(), fit);
                 report.rows.insert(name, rows);
             }
         }
@@ -531,10 +539,13 @@ pub fn probe_vision(
             (COLUMN_TOWER, train_x.clone(), test_x.clone()),
             (COLUMN_LANGUAGE, lm(&train_x)?, lm(&test_x)?),
         ] {
-            let (w, b) = fit_probe(&flat(&train)?, &column(&train)?, grid, settings.steps)?;
+            let (x, fit_y) = (flat(&train)?, column(&train)?);
+            let (w, b) = fit_probe(&x, &fit_y, grid, settings.steps)?;
+            let fit = accuracy(&ops::linear(&x, &w, Some(&b))?, &fit_y)?;
             let y = column(&test)?;
             let logits = ops::linear(&flat(&test)?, &w, Some(&b))?;
             report.accuracy.insert(name.into(), accuracy(&logits, &y)?);
+            report.fit_accuracy.insert(name.into(), fit);
             report.rows.insert(name.into(), y.len());
         }
     }
@@ -643,6 +654,17 @@ mod tests {
                 a.name()
             );
         }
+        // Every probe scored reports its accuracy on the rows it was fitted on too.
+        assert_eq!(
+            report.fit_accuracy.keys().collect::<Vec<_>>(),
+            report.accuracy.keys().collect::<Vec<_>>()
+        );
+        assert!(
+            report
+                .fit_accuracy
+                .values()
+                .all(|x| (0.0..=1.0).contains(x))
+        );
         // Even a random tower's mean token separates a near from a far scene (the
         // horizon and the object sizes differ).
         assert!(report.accuracy["zoom"] > 0.6, "{:?}", report.accuracy);
