@@ -1460,13 +1460,13 @@ mod tests {
             heads_provenance("text", 0.5, 10.0),
             ", text heads 0.5 (cosine, scale 10)"
         );
+        let of = |s: &TrainSettings| extra_tasks_provenance(s.extra_text_tasks());
         let extra = |more, size| {
-            let settings = TrainSettings {
+            of(&TrainSettings {
                 more_text_tasks: more,
                 size_text_task: size,
                 ..TrainSettings::default()
-            };
-            extra_tasks_provenance(settings.extra_text_tasks())
+            })
         };
         assert_eq!(extra(false, false), "");
         assert_eq!(
@@ -1484,7 +1484,7 @@ mod tests {
             ..TrainSettings::default()
         };
         assert_eq!(
-            extra_tasks_provenance(on_global.extra_text_tasks()),
+            of(&on_global),
             " with the size task, also on the global head (size with colour)"
         );
         let all = TrainSettings {
@@ -1493,7 +1493,7 @@ mod tests {
             ..on_global
         };
         assert_eq!(
-            extra_tasks_provenance(all.extra_text_tasks()),
+            of(&all),
             " with the fill-and-colour, viewpoint, size and number tasks, also on the global \
              head (size with colour)"
         );
@@ -1503,7 +1503,7 @@ mod tests {
             ..TrainSettings::default()
         };
         assert_eq!(
-            extra_tasks_provenance(number_on_global.extra_text_tasks()),
+            of(&number_on_global),
             " with the number task, also on the global head"
         );
     }
