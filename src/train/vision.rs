@@ -478,10 +478,21 @@ fn fit_probe(
 
 /// Linear probes of `model`'s frozen vision tower, one per [`Attribute`]: fitted on
 /// `settings.train_scenes` scenes, scored on `settings.test_scenes` others.
+///
+/// # Errors
+/// [`TrainError::Config`] when either count or `settings.steps` is 0; a tensor error of
+/// the model otherwise.
 pub fn probe_vision(
     model: &DemoModel,
     settings: &ProbeSettings,
 ) -> Result<ProbeReport, TrainError> {
+    if settings.train_scenes == 0 || settings.test_scenes == 0 || settings.steps == 0 {
+        return Err(TrainError::Config(format!(
+            "linear probes need at least one fitting scene, one held-out scene and one \
+             fitting step (got {} fitting scenes, {} held-out scenes, {} steps)",
+            settings.train_scenes, settings.test_scenes, settings.steps
+        )));
+    }
     let n = model.config().grid() * model.config().grid();
     let (train_x, train_l) = probe_data(model, settings.seed, settings.train_scenes)?;
     let (test_x, test_l) = probe_data(model, settings.seed + 1, settings.test_scenes)?;
@@ -665,6 +676,20 @@ mod tests {
                 .values()
                 .all(|x| (0.0..=1.0).contains(x))
         );
+        // Nothing to fit on, nothing to score or no step: a clear refusal, not a
+        // tensor error from deep inside.
+        for (train_scenes, test_scenes, steps) in [(0, 40, 60), (60, 0, 60), (60, 40, 0)] {
+            let settings = ProbeSettings {
+                train_scenes,
+                test_scenes,
+                steps,
+                ..ProbeSettings::default()
+            };
+            match probe_vision(&model, &settings) {
+                Err(TrainError::Config(m)) => assert!(m.contains("at least one"), "{m}"),
+                other => panic!("{train_scenes}/{test_scenes}/{steps}: {other:?}"),
+            }
+        }
         // Even a random tower's mean token separates a near from a far scene (the
         // horizon and the object sizes differ).
         assert!(report.accuracy["zoom"] > 0.6, "{:?}", report.accuracy);
