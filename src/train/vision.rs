@@ -476,6 +476,19 @@ fn fit_probe(
     Ok((w.as_tensor().detach(), b.as_tensor().detach()))
 }
 
+/// Fits a probe on `(x, y)` and scores it: (accuracy on `(test_x, test_y)`, accuracy on
+/// the fitted rows `(x, y)`), each a fraction in [0, 1].
+fn fit_and_score(
+    (x, y): (&Tensor, &[u32]),
+    (test_x, test_y): (&Tensor, &[u32]),
+    classes: usize,
+    steps: usize,
+) -> Result<(f64, f64), TrainError> {
+    let (w, b) = fit_probe(x, y, classes, steps)?;
+    let score = |x: &Tensor, y: &[u32]| accuracy(&ops::linear(x, &w, Some(&b))?, y);
+    Ok((score(test_x, test_y)?, score(x, y)?))
+}
+
 /// Linear probes of `model`'s frozen vision tower, one per [`Attribute`]: fitted on
 /// `settings.train_scenes` scenes, scored on `settings.test_scenes` others.
 ///
@@ -514,12 +527,15 @@ pub fn probe_vision(
         }
         let x = features(&train_x, attribute)?
             .index_select(&Tensor::new(rows.as_slice(), &device)?, 0)?;
-        let (w, b) = fit_probe(&x, &y, attribute.classes(), settings.steps)?;
-        let fit = accuracy(&ops::linear(&x, &w, Some(&b))?, &y)?;
         let tx = features(&test_x, attribute)?
             .index_select(&Tensor::new(test_rows.as_slice(), &device)?, 0)?;
-        let logits = ops::linear(&tx, &w, Some(&b))?;
-        Ok(Some((accuracy(&logits, &test_y)?, test_y.len(), fit)))
+        let (held_out, fit) = fit_and_score(
+            (&x, &y),
+            (&tx, &test_y),
+            attribute.classes(),
+            settings.steps,
+        )?;
+        Ok(Some((held_out, test_y.len(), fit)))
     };
     for attribute in Attribute::ALL {
         let mut scored = vec![(attribute.name().to_string(), probe(attribute, false)?)];
@@ -550,12 +566,14 @@ pub fn probe_vision(
             (COLUMN_TOWER, train_x.clone(), test_x.clone()),
             (COLUMN_LANGUAGE, lm(&train_x)?, lm(&test_x)?),
         ] {
-            let (x, fit_y) = (flat(&train)?, column(&train)?);
-            let (w, b) = fit_probe(&x, &fit_y, grid, settings.steps)?;
-            let fit = accuracy(&ops::linear(&x, &w, Some(&b))?, &fit_y)?;
             let y = column(&test)?;
-            let logits = ops::linear(&flat(&test)?, &w, Some(&b))?;
-            report.accuracy.insert(name.into(), accuracy(&logits, &y)?);
+            let (held_out, fit) = fit_and_score(
+                (&flat(&train)?, &column(&train)?),
+                (&flat(&test)?, &y),
+                grid,
+                settings.steps,
+            )?;
+            report.accuracy.insert(name.into(), held_out);
             report.fit_accuracy.insert(name.into(), fit);
             report.rows.insert(name.into(), y.len());
         }
